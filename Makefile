@@ -1,0 +1,31 @@
+# Fresh machine: `make demo` or `make test`. Both create .venv and install cnnlab into it first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Pinned to the releases this project's machines hold on disk; elsewhere, override with your own build,
+# e.g. `make install TORCH="torch torchvision"`.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= demo-out
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/python -m cnnlab.demo --out $(DEMO_DIR)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

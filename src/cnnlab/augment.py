@@ -1,0 +1,85 @@
+"""Per-sample augmentation on batched tensors (no per-image PIL work, no decoding).
+
+Every random draw comes from the epoch's `torch.Generator`, so a run is reproducible and resumable.
+Geometric transforms (flips, rotation, shift, zoom) are folded into one affine warp per sample.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.config import AugmentConfig
+
+# Copies made by random oversampling get at least this, so that they are not identical repeats.
+COPY_AUGMENT = AugmentConfig(hflip=True, rotate=10.0, translate=0.05, scale_min=0.9, brightness=0.1)
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+class Augmenter:
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    @property
+    def geometric(self) -> bool:
+        c = self.cfg
+        return bool(c.rotate or c.translate or c.scale_min != 1 or c.scale_max != 1)
+
+    @property
+    def active(self) -> bool:
+        c = self.cfg
+        return bool(self.geometric or c.hflip or c.vflip or c.brightness or c.contrast or c.gamma or c.blur
+                    or c.noise)
+
+    def pixels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """x: float B x C x H x W in [0, 1]. Returns the augmented batch, still in [0, 1]."""
+        c, n = self.cfg, x.shape[0]
+        if self.geometric:
+            x = self._affine(x, g)
+        else:
+            if c.hflip:
+                x = torch.where((torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+            if c.vflip:
+                x = torch.where((torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1).to(x.device), x.flip(-2), x)
+        if c.brightness:
+            x = x * _uniform(n, 1 - c.brightness, 1 + c.brightness, g).view(-1, 1, 1, 1).to(x)
+        if c.contrast:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * _uniform(n, 1 - c.contrast, 1 + c.contrast, g).view(-1, 1, 1, 1).to(x) + mean
+        if c.brightness or c.contrast:
+            x = x.clamp(0, 1)
+        if c.gamma:
+            log_g = math.log1p(c.gamma)
+            x = x.clamp_min(1e-6) ** torch.exp(_uniform(n, -log_g, log_g, g)).view(-1, 1, 1, 1).to(x)
+        if c.blur:
+            pick = (torch.rand(n, generator=g) < c.blur).view(-1, 1, 1, 1).to(x.device)
+            k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype)
+            k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+            blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
+            x = torch.where(pick, blurred, x)
+        return x
+
+    def noise(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Gaussian noise, added after normalisation so its scale is independent of the data."""
+        if not self.cfg.noise:
+            return x
+        return x + self.cfg.noise * torch.randn(x.shape, generator=g).to(x)
+
+    def _affine(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        c, n = self.cfg, x.shape[0]
+        angle = _uniform(n, -c.rotate, c.rotate, g) * (math.pi / 180)
+        # The sampling grid is scaled by s: s < 1 samples a smaller region, i.e. zooms in.
+        scale = _uniform(n, c.scale_min, c.scale_max, g)
+        tx, ty = (_uniform(n, -2 * c.translate, 2 * c.translate, g) for _ in range(2))
+        fx = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if c.hflip else torch.ones(n)
+        fy = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if c.vflip else torch.ones(n)
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta = torch.stack([torch.stack([cos * fx, -sin * fy, tx], 1),
+                             torch.stack([sin * fx, cos * fy, ty], 1)], 1).to(x)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,234 @@
+"""The `cnnlab` command line. Heavy imports (torch) happen inside commands so `--help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from cnnlab.errors import UserError
+
+
+class _Group(click.Group):
+    """A click group that turns UserError (and a few OS errors) into one line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    return f"warning: {message}\n"
+
+
+warnings.formatwarning = _one_line_warnings
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cnnlab")
+def main():
+    """cnnlab: train CNN image classifiers from scratch on folder-per-class data.
+
+    \b
+    Example, end to end on the built-in synthetic eclipse set:
+      cnnlab data synth-eclipse /tmp/ecl
+      cnnlab data inspect /tmp/ecl --out /tmp/ecl-look
+      cnnlab train --data /tmp/ecl --model simple-bn-dropout --epochs 10 --out runs/r1
+      cnnlab test runs/r1 --data /tmp/ecl
+    """
+
+
+@main.group(cls=_Group)
+def data():
+    """Look at, generate and audit datasets (read-only for the data itself)."""
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@data.command("inspect")
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--out", type=click.Path(), help="Folder for contact sheets (one PNG per split).")
+@click.option("--cache-dir", type=click.Path(), help="Decode cache folder (default: the user cache).")
+@click.option("--class-map", help="Map test class folders to train ones: test_name=train_name,...")
+def data_inspect(dataset, as_json, out, cache_dir, class_map):
+    """Counts per split and class, image sizes and modes, unusable files, sample images.
+
+    \b
+    Example:
+      cnnlab data inspect ../shared/datasets/brain-tumor-mri --out look/
+      cnnlab data inspect /tmp/ecl --json
+    """
+    from cnnlab.inspection import format_report, inspect
+
+    report = inspect(dataset, out=out, cache_dir=cache_dir, class_map=class_map)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@data.command("synth-eclipse")
+@click.argument("out", type=click.Path())
+@click.option("--train-per-class", default=200, show_default=True, help="Training images per class.")
+@click.option("--test-per-class", default=50, show_default=True, help="Test images per class.")
+@click.option("--size", default=128, show_default=True, help="Side of the square images, in pixels.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, byte-identical files.")
+def data_synth(out, train_per_class, test_per_class, size, seed):
+    """Render the synthetic solar-eclipse set (annular, partial, total) in the real set's layout.
+
+    \b
+    Example:
+      cnnlab data synth-eclipse /tmp/ecl --train-per-class 300 --test-per-class 60
+    """
+    from cnnlab.synth import synth_eclipse
+
+    summary = synth_eclipse(out, train_per_class, test_per_class, size=size, seed=seed, progress=True)
+    click.echo(f"wrote {out}: " + json.dumps(summary.get("counts", summary)))
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def build_config(config_file, flags: dict, sets) -> "Config":  # noqa: F821
+    from cnnlab.config import Config, parse_sets
+
+    cfg = Config.load(config_file) if config_file else Config()
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    cfg.update(parse_sets(sets))
+    return cfg.validate()
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(), help="TOML config; flags and --set override it.")
+@click.option("--data", help="Dataset root (train/test or Training/Testing split folders, or a class tree).")
+@click.option("--model", help="simple, simple-bn, simple-dropout, simple-bn-dropout, mlp, adaptive, resnet.")
+@click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
+@click.option("--image-size", type=int, help="Input side in pixels.")
+@click.option("--batch-size", type=int)
+@click.option("--optimizer", help="sgd, adam, adamw, rmsprop, adagrad.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--device", help="auto (default), cpu, cuda, cuda:N.")
+@click.option("--dedupe", is_flag=True, default=None, help="Keep duplicate groups on one side of the split.")
+@click.option("--strict", is_flag=True, default=None, help="Unusable files are an error, not a warning.")
+@click.option("--class-map", help="test_name=train_name,... when test folders are named differently.")
+@click.option("--cache-dir", help="Decode cache folder (default: the user cache).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field (repeatable).")
+@click.option("--out", type=click.Path(), help="Run folder (default runs/<model>-<time>).")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last epoch.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+def train(config_file, data, model, epochs, image_size, batch_size, optimizer, lr, device, dedupe, strict,
+          class_map, cache_dir, sets, out, resume, quiet):
+    """Train one model from scratch; writes config.toml, split.csv, history.csv, curves.png, checkpoints.
+
+    \b
+    Examples:
+      cnnlab train --data /tmp/ecl --model simple-bn-dropout --image-size 64 --epochs 10 --out runs/r1
+      cnnlab train --config recipes/mri.toml --data ../shared/datasets/brain-tumor-mri --set seed=1 --out R
+      cnnlab train --resume runs/r1        # after Ctrl-C, SIGTERM or kill -9
+    """
+    import time
+
+    from cnnlab.train import fit
+
+    if resume:
+        summary = fit(None, Path(resume), resume=True, progress=not quiet, log=click.echo)
+        click.echo(f"run {resume}: best val macro-F1 {summary.get('best_val_f1', float('nan')):.4f} "
+                   f"at epoch {summary.get('best_epoch')}")
+        return
+    flags = {"data.path": data, "model.model": model, "train.epochs": epochs, "data.image_size": image_size,
+             "train.batch_size": batch_size, "optim.optimizer": optimizer, "optim.lr": lr, "train.device": device,
+             "data.dedupe": dedupe, "data.strict": strict, "data.class_map": class_map,
+             "data.cache_dir": cache_dir}
+    cfg = build_config(config_file, flags, sets)
+    out = Path(out or f"runs/{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "config.toml").exists():
+        raise UserError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
+    try:
+        summary = fit(cfg, out, progress=not quiet, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; continue with: cnnlab train --resume {out}", err=True)
+        sys.exit(130)
+    click.echo(f"run {out}: best val macro-F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']} "
+               f"of {summary['epochs']}; curves in {out / 'curves.png'}")
+
+
+@main.command("test")
+@click.argument("run", type=click.Path())
+@click.option("--data", help="Dataset root (default: the run's own).")
+@click.option("--manifest", type=click.Path(), help="Score only the images listed (CSV: path,class[,split]).")
+@click.option("--class-map", help="test_name=train_name,... when test folders are named differently.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def test_cmd(run, data, manifest, class_map, as_json):
+    """Score a run's best checkpoint once on the test split (or a manifest); writes test.json.
+
+    Use it once, for the final choice: every evaluation is counted in the run folder, and a repeat warns.
+
+    \b
+    Example:
+      cnnlab test runs/r1 --data /tmp/ecl
+      cnnlab test runs/r1 --data DATA --manifest audit/leak_free_test.csv
+    """
+    from cnnlab.evaluate import test_run
+
+    r = test_run(Path(run), data, manifest, class_map)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{r['split']}: {r['n_images']} images  macro-F1 {r['macro_f1']:.4f}  accuracy {r['accuracy']:.4f}"
+               f"  (evaluation #{r['evaluation_number']} of this split)")
+    width = max(len(c) for c in r["per_class"])
+    click.echo(f"  {'class':<{width}}  precision  recall     f1  support")
+    for c, m in r["per_class"].items():
+        click.echo(f"  {c:<{width}}  {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:8d}")
+    click.echo(f"wrote {Path(run) / (r['split'] + '.json')}")
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, label, probs}.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV: path, label, one probability column per class.")
+def predict(run, paths, as_json, as_csv):
+    """Classify images or folders of images with a run's best checkpoint.
+
+    \b
+    Example:
+      cnnlab predict runs/r1 photo.jpg more_photos/ --json
+    """
+    from cnnlab.evaluate import predict as do_predict
+
+    rows = do_predict(Path(run), list(paths))
+    classes = list(rows[0]["probs"])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif as_csv:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "label", *classes])
+        for r in rows:
+            w.writerow([r["path"], r["label"], *(f"{r['probs'][c]:.6f}" for c in classes)])
+    else:
+        for r in rows:
+            click.echo(f"{r['label']:<24} {r['probs'][r['label']]:.3f}  {r['path']}")
+
+
+def _register_optional():
+    # Sub-command groups living in their own modules.
+    from cnnlab.cli_optim import optim
+
+    main.add_command(optim)
+
+
+try:
+    _register_optional()
+except ImportError:  # pragma: no cover - module not written yet during development
+    pass

@@ -1,0 +1,266 @@
+"""One typed config describes a run: loadable from TOML, overridable by `--set key=value`, saved with the run.
+
+Field names are unique across sections, so a key may be written bare (`seed=3`, `image_size=64`) or
+qualified (`train.seed=3`, `data.dedupe=true`). TOML files use the sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import tomli_w
+
+from cnnlab.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    image_size: int = 128
+    resize: str = "squash"  # squash | pad | keep (variable size, for size-agnostic models)
+    channels: int = 3  # 1 = gray
+    crop: str = "none"  # none | foreground
+    val_fraction: float = 0.3
+    split_seed: int = 42
+    dedupe: bool = False  # keep duplicate groups whole on one side of the train/val split
+    strict: bool = False  # unusable files are an error instead of a warning
+    class_map: str = ""  # test_name=train_name,...
+    cache_dir: str = ""
+    imbalance: str = "none"  # none | weights | oversample | undersample
+
+
+@dataclass
+class AugmentConfig:
+    hflip: bool = False
+    vflip: bool = False
+    rotate: float = 0.0  # max degrees
+    translate: float = 0.0  # max shift, fraction of the side
+    scale_min: float = 1.0  # random resized crop: zoom in up to 1/scale_min
+    scale_max: float = 1.0  # values above 1 zoom out
+    brightness: float = 0.0  # +- fraction
+    contrast: float = 0.0  # +- fraction
+    gamma: float = 0.0  # log-uniform in [1/(1+g), 1+g]
+    blur: float = 0.0  # probability of a 3x3 blur
+    noise: float = 0.0  # std of gaussian noise, in units of the normalised input
+
+
+@dataclass
+class ModelConfig:
+    model: str = "simple-bn-dropout"
+    width: int = 32  # channels of the first block
+    depth: int = 2  # residual blocks per stage (resnet), convs per stage (adaptive)
+    kernel_size: int = 4
+    stride: int = 1
+    padding: int = 0
+    activation: str = "relu"
+    pool: str = "max"
+    dropout: float = 0.2
+    batchnorm: bool = True  # for models whose name does not fix it (mlp, adaptive, resnet)
+    hidden: int = 512
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd, rmsprop
+    nesterov: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    alpha: float = 0.99  # rmsprop smoothing
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    scheduler: str = "none"  # none | plateau | step | cosine | onecycle
+    warmup_epochs: int = 0
+    plateau_patience: int = 3
+    plateau_factor: float = 0.1
+    step_size: int = 10
+    step_gamma: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 256
+    eval_batch_size: int = 512
+    seed: int = 0
+    monitor: str = "val_f1"  # val_f1 | val_loss | val_acc
+    patience: int = 10  # early stopping; 0 = never stop early
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 autocast on GPU) | fp32 | bf16
+    channels_last: bool = True
+    threads: int = 0  # 0 = all cores
+    ema: float = 0.0  # weight EMA decay (e.g. 0.999); 0 = off
+    tta: bool = False  # average predictions over horizontal flips at evaluation
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---------------------------------------------------------------- keys
+
+    @staticmethod
+    @functools.cache
+    def keys() -> dict[str, tuple[str, str, type]]:
+        """bare name -> (section, name, type). Qualified names are `section.name`."""
+        out = {}
+        for sec in fields(Config):
+            cls = type(sec.default_factory())
+            hints = typing.get_type_hints(cls)
+            for f in fields(cls):
+                out[f.name] = (sec.name, f.name, hints[f.name])
+        return out
+
+    def get(self, key: str):
+        sec, name, _ = resolve_key(key)
+        return getattr(getattr(self, sec), name)
+
+    def set(self, key: str, value) -> None:
+        sec, name, typ = resolve_key(key)
+        setattr(getattr(self, sec), name, coerce(value, typ, key))
+
+    def update(self, overrides: dict) -> Config:
+        for k, v in overrides.items():
+            self.set(k, v)
+        return self
+
+    def copy(self) -> Config:
+        return Config.from_dict(self.to_dict())
+
+    # ---------------------------------------------------------------- io
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> Config:
+        cfg = cls()
+        for sec, body in d.items():
+            if isinstance(body, dict):
+                if sec not in {f.name for f in fields(Config)}:
+                    raise _unknown(sec, where, sections=True)
+                for k, v in body.items():
+                    if k not in {f.name for f in fields(getattr(cfg, sec))}:
+                        raise _unknown(f"{sec}.{k}", where)
+                    cfg.set(f"{sec}.{k}", v)
+            else:
+                cfg.set(sec, body)  # bare keys at top level are allowed too
+        return cfg
+
+    @classmethod
+    def load(cls, path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML: {e}") from e
+        return cls.from_dict(d, where=str(path))
+
+    def save(self, path) -> None:
+        Path(path).write_text(tomli_w.dumps(self.to_dict()))
+
+    def validate(self) -> Config:
+        """Checks that need several fields or registries; names are checked where they are looked up."""
+        if self.train.epochs < 1:
+            raise UserError(f"epochs must be at least 1, got {self.train.epochs}")
+        if self.train.batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {self.train.batch_size}")
+        if self.optim.lr <= 0:
+            raise UserError(f"lr must be positive, got {self.optim.lr}")
+        if not 0 <= self.loss.label_smoothing < 1:
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.loss.label_smoothing}")
+        if self.train.monitor not in ("val_f1", "val_loss", "val_acc"):
+            raise UserError(f"monitor must be val_f1, val_loss or val_acc, got '{self.train.monitor}'")
+        if self.data.imbalance not in ("none", "weights", "oversample", "undersample"):
+            raise UserError(f"unknown imbalance '{self.data.imbalance}' "
+                            "(choose from: none, weights, oversample, undersample)")
+        return self
+
+
+def _unknown(key: str, where: str, sections: bool = False) -> UserError:
+    pool = [f.name for f in fields(Config)] if sections else (
+        list(Config.keys()) + [f"{s}.{n}" for s, n, _ in Config.keys().values()])
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    what = "section" if sections else "key"
+    return UserError(f"unknown config {what} '{key}' in {where}{hint}")
+
+
+def resolve_key(key: str) -> tuple[str, str, type]:
+    keys = Config.keys()
+    if "." in key:
+        sec, name = key.split(".", 1)
+        if name in keys and keys[name][0] == sec:
+            return keys[name]
+    elif key in keys:
+        return keys[key]
+    raise _unknown(key, "--set")
+
+
+def coerce(value, typ, key: str):
+    """A TOML value or a command-line string -> the field's type, or one clear error."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"bad value for {key}: '{value}' is not a {typ.__name__}") from None
+    raise UserError(f"cannot set {key}")  # pragma: no cover
+
+
+def parse_sets(items) -> dict[str, str]:
+    """`key=value` strings from the command line -> dict (checked against the config keys)."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UserError(f"bad --set '{item}': expected key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        resolve_key(k)
+        out[k] = v.strip()
+    return out

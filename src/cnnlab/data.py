@@ -1,0 +1,270 @@
+"""Finding a folder-per-class dataset, validating it, and splitting train/validation without moving files.
+
+A dataset root either holds split folders (`train`/`training`, `val`/`validation`, `test`/`testing`, any
+case), each with one folder per class, or is itself a class-folder tree (then it has no test split).
+Nothing here ever writes into the dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cnnlab.errors import UserError
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+IGNORED_DIRS = {"__pycache__", "__MACOSX"}
+
+
+def image_extensions() -> set[str]:
+    """Every extension Pillow can open, lower case (.jpg .jpeg .png .bmp .tif .webp ...)."""
+    Image.init()
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+@dataclass
+class Sample:
+    path: Path  # absolute
+    label: int
+    split: str  # train | val | test
+    group: int = -1  # duplicate group id, -1 when unknown or alone
+
+
+@dataclass
+class Dataset:
+    """A scanned dataset: classes and the samples of each split present on disk."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def counts(self, split: str) -> dict[str, int]:
+        c = Counter(s.label for s in self.splits.get(split, []))
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def rel(self, path: Path) -> str:
+        return os.path.relpath(path, self.root)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_DIRS or name.startswith("~$")
+
+
+def _subdirs(path: Path, skipped: list | None = None) -> list[Path]:
+    try:
+        dirs = sorted(p for p in path.iterdir() if p.is_dir())
+    except PermissionError as e:
+        raise UserError(f"cannot read folder {path}: permission denied") from e
+    if skipped is not None:
+        skipped += [(str(p), "hidden folder") for p in dirs if _is_hidden(p.name)]
+    return [p for p in dirs if not _is_hidden(p.name)]
+
+
+def _check_root(root: Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise UserError(f"dataset path does not exist: {root}")
+    if not root.is_dir():
+        raise UserError(f"dataset path is not a folder: {root}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise UserError(f"cannot read dataset folder {root}: permission denied")
+    return root.resolve()
+
+
+def find_splits(root: Path) -> dict[str, Path]:
+    """Map normalised split names to folders; a plain class tree is the 'train' split."""
+    found: dict[str, Path] = {}
+    for d in _subdirs(root):
+        split = SPLIT_ALIASES.get(d.name.lower())
+        if split is None:
+            continue
+        if split in found:
+            raise UserError(f"two folders name the {split} split in {root}: {found[split].name}, {d.name}")
+        found[split] = d
+    order = ["train", "val", "test"]
+    return {k: found[k] for k in order if k in found} or {"train": root}
+
+
+def _scan_class_dir(d: Path, exts: set[str], skipped: list) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        skipped += [(os.path.join(dirpath, n), "hidden folder") for n in sorted(dirnames) if _is_hidden(n)]
+        dirnames[:] = sorted(n for n in dirnames if not _is_hidden(n))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if _is_hidden(name):
+                skipped.append((str(p), "hidden file"))
+            elif p.suffix.lower() not in exts:
+                skipped.append((str(p), "not an image file"))
+            elif p.stat().st_size == 0:
+                skipped.append((str(p), "empty file"))
+            else:
+                files.append(p)
+    return files
+
+
+def parse_class_map(spec: str | dict | None) -> dict[str, str]:
+    """`test_name=train_name,...` -> dict; lets a test split use other folder names for the same classes."""
+    if not spec:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    out = {}
+    for item in str(spec).split(","):
+        if "=" not in item:
+            raise UserError(f"bad --class-map entry '{item}': expected test_name=train_name")
+        a, b = (s.strip() for s in item.split("=", 1))
+        out[a] = b
+    return out
+
+
+def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Dataset:
+    """Scan a dataset root; raise UserError for anything that makes it unusable."""
+    root = _check_root(Path(root))
+    exts = image_extensions()
+    mapping = parse_class_map(class_map)
+    split_dirs = find_splits(root)
+    skipped: list[tuple[str, str]] = []
+    per_split: dict[str, dict[str, list[Path]]] = {}
+    for split, sdir in split_dirs.items():
+        class_dirs = _subdirs(sdir, skipped)
+        if not class_dirs:
+            raise UserError(f"no class folders in {sdir}: expected one sub-folder per class")
+        names = {}
+        for cdir in class_dirs:
+            name = mapping.get(cdir.name, cdir.name) if split != "train" else cdir.name
+            names[name] = _scan_class_dir(cdir, exts, skipped)
+        for name, files in names.items():
+            if not files:
+                raise UserError(f"class folder {sdir / name} holds no images")
+        per_split[split] = names
+
+    ref_split = "train" if "train" in per_split else next(iter(per_split))
+    classes = sorted(per_split[ref_split])
+    if len(classes) < 2:
+        raise UserError(f"only one class ({classes[0]}) in {split_dirs[ref_split]}: need at least two")
+    for split, names in per_split.items():
+        if sorted(names) != classes:
+            extra = sorted(set(names) - set(classes))
+            missing = sorted(set(classes) - set(names))
+            raise UserError(
+                f"classes of {split} differ from {ref_split}: only in {split}: {extra or 'none'}; "
+                f"missing from {split}: {missing or 'none'} (map names with --class-map test=train,...)")
+
+    splits = {split: [Sample(p, classes.index(name), split) for name in classes for p in names[name]]
+              for split, names in per_split.items()}
+    ds = Dataset(root, classes, splits, skipped)
+    report_skipped(ds.skipped, strict, warn)
+    return ds
+
+
+def report_skipped(skipped: list[tuple[str, str]], strict: bool, warn: bool = True, first: int = 3) -> None:
+    if not skipped:
+        return
+    listed = "; ".join(f"{p} ({why})" for p, why in skipped[:first])
+    more = f" and {len(skipped) - first} more" if len(skipped) > first else ""
+    if strict:
+        raise UserError(f"{len(skipped)} unusable file(s) (--strict): {listed}{more}")
+    if warn:
+        warnings.warn(f"skipped {len(skipped)} unusable file(s): {listed}{more}", UserWarning, stacklevel=2)
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+
+def _stable_rank(rel_path: str, seed: int) -> str:
+    # A hash of the path and seed orders files the same way on every machine and Python version.
+    return hashlib.sha1(f"{seed}:{rel_path}".encode()).hexdigest()
+
+
+def split_train_val(ds: Dataset, fraction: float, seed: int, groups: dict[str, int] | None = None) -> None:
+    """Per class, move `fraction` of the train samples to a new 'val' split (in memory only).
+
+    Deterministic: sorted relative names ranked by a seeded hash. With `groups` (relative path -> group id),
+    each group of duplicates goes wholly to one side, so validation does not contain copies of training
+    images. A dataset that already has a val folder keeps it.
+    """
+    if "val" in ds.splits or fraction <= 0:
+        return
+    if not 0 < fraction < 1:
+        raise UserError(f"val_fraction must be between 0 and 1, got {fraction}")
+    train, val = [], []
+    for label in range(len(ds.classes)):
+        members = [s for s in ds.splits["train"] if s.label == label]
+        units: dict[str, list[Sample]] = {}
+        for s in members:
+            rel = ds.rel(s.path)
+            key = f"group-{groups[rel]}" if groups and rel in groups else rel
+            if groups and rel in groups:
+                s.group = groups[rel]
+            units.setdefault(key, []).append(s)
+        order = sorted(units, key=lambda k: _stable_rank(k, seed))
+        n_val = int(round(fraction * len(members)))
+        taken = 0
+        for key in order:
+            unit = units[key]
+            if taken < n_val and (taken + len(unit) <= n_val or taken == 0):
+                val.extend(unit)
+                taken += len(unit)
+            else:
+                train.extend(unit)
+        if taken == 0 or len(members) - taken == 0:
+            raise UserError(
+                f"class '{ds.classes[label]}' has {len(members)} image(s): too few for a "
+                f"{fraction:.0%} validation split")
+    for s in val:
+        s.split = "val"
+    key = lambda s: (s.label, str(s.path))  # noqa: E731
+    ds.splits["train"] = sorted(train, key=key)
+    ds.splits["val"] = sorted(val, key=key)
+
+
+MANIFEST_FIELDS = ["path", "class", "split", "group"]
+
+
+def write_manifest(ds: Dataset, path: Path, splits=("train", "val", "test")) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(MANIFEST_FIELDS)
+        for split in splits:
+            for s in ds.splits.get(split, []):
+                w.writerow([ds.rel(s.path), ds.classes[s.label], split, s.group])
+
+
+def read_manifest(path: Path, root: Path, classes: list[str], split: str | None = None) -> list[Sample]:
+    """Samples listed in a manifest CSV (columns path, class[, split]); paths relative to `root`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest not found: {path}")
+    out = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "class"} <= set(reader.fieldnames):
+            raise UserError(f"manifest {path} needs the columns path and class")
+        for i, row in enumerate(reader, start=2):
+            if split and row.get("split") and row["split"] != split:
+                continue
+            if row["class"] not in classes:
+                raise UserError(f"{path}:{i}: class '{row['class']}' is not one of the run's classes {classes}")
+            p = Path(row["path"])
+            p = p if p.is_absolute() else Path(root) / p
+            if not p.is_file():
+                raise UserError(f"{path}:{i}: image not found: {p}")
+            out.append(Sample(p, classes.index(row["class"]), row.get("split") or split or "test"))
+    if not out:
+        raise UserError(f"manifest {path} lists no images")
+    return out
+
+
+def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(labels), minlength=n_classes)

@@ -1,0 +1,159 @@
+"""Models by name, always from scratch (nothing here downloads or loads pretrained weights)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from cnnlab.config import ModelConfig
+from cnnlab.errors import UserError, nearest
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": lambda: nn.SiLU(inplace=True),
+    "elu": lambda: nn.ELU(inplace=True),
+}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+MODELS: dict[str, Callable] = {}
+FIXED_SIZE: set[str] = set()  # models whose input must have the configured size
+
+
+def register(name: str, fixed_size: bool = False):
+    def deco(fn):
+        MODELS[name] = fn
+        if fixed_size:
+            FIXED_SIZE.add(name)
+        return fn
+
+    return deco
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise nearest(name, ACTIVATIONS, "activation")
+    return ACTIVATIONS[name]()
+
+
+def pool(name: str, k: int) -> nn.Module:
+    if name not in POOLS:
+        raise nearest(name, POOLS, "pooling")
+    return POOLS[name](k)
+
+
+def build(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Module:
+    if cfg.model not in MODELS:
+        raise nearest(cfg.model, MODELS, "model")
+    return MODELS[cfg.model](cfg, in_channels, n_classes, image_size)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------- the assignment's network
+
+
+def _flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
+    with torch.no_grad():
+        out = features.eval()(torch.zeros(1, in_channels, image_size, image_size))
+    if out.numel() == 0:
+        raise UserError(f"image_size {image_size} is too small for this network's convolutions and pooling")
+    return out.numel()
+
+
+def simple_cnn(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int,
+               batchnorm: bool, dropout: bool) -> nn.Sequential:
+    """The assignment's CNN: two conv/pool blocks and two linear layers; BatchNorm and Dropout optional.
+
+    At 128 px with the defaults: 128 -conv4-> 125 -pool3-> 41 -conv4-> 38 -pool3-> 12, 64*12*12 = 9216.
+    """
+    p = cfg.dropout
+
+    def block(cin, cout):
+        layers = [nn.Conv2d(cin, cout, cfg.kernel_size, cfg.stride, cfg.padding), pool(cfg.pool, 3)]
+        layers += [nn.BatchNorm2d(cout)] if batchnorm else []
+        layers += [nn.Dropout(p)] if dropout else []
+        return layers + [activation(cfg.activation)]
+
+    features = nn.Sequential(*block(in_channels, cfg.width), *block(cfg.width, 2 * cfg.width), nn.Flatten())
+    flat = _flat_size(features, in_channels, image_size)
+    head = [nn.Linear(flat, cfg.hidden)] + ([nn.Dropout(p)] if dropout else [])
+    head += [activation(cfg.activation), nn.Linear(cfg.hidden, n_classes)]
+    return nn.Sequential(*features, *head)
+
+
+for _name, _bn, _do in [("simple", False, False), ("simple-bn", True, False),
+                        ("simple-dropout", False, True), ("simple-bn-dropout", True, True)]:
+    register(_name, fixed_size=True)(
+        lambda cfg, c, n, s, _bn=_bn, _do=_do: simple_cnn(cfg, c, n, s, batchnorm=_bn, dropout=_do))
+
+
+@register("mlp", fixed_size=True)
+def mlp(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
+    """A fully connected baseline: what convolutions buy is measured against this."""
+    d = in_channels * image_size * image_size
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(d, cfg.hidden)]
+    layers += [nn.BatchNorm1d(cfg.hidden)] if cfg.batchnorm else []
+    layers += [activation(cfg.activation), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden // 2)]
+    layers += [activation(cfg.activation), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden // 2, n_classes)]
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------- size-agnostic nets
+
+
+def conv_bn_act(cin: int, cout: int, cfg: ModelConfig, stride: int = 1) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride, 1, bias=not cfg.batchnorm)]
+    layers += [nn.BatchNorm2d(cout)] if cfg.batchnorm else []
+    return layers + [activation(cfg.activation)]
+
+
+@register("adaptive")
+def adaptive(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
+    """Any input size: 3x3 'same' convolutions, pooling halves the resolution while channels double,
+    then AdaptiveAvgPool2d reduces whatever is left to one vector of n_channels."""
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for stage in range(4):
+        cout = cfg.width * 2**stage
+        for i in range(max(1, cfg.depth)):
+            layers += conv_bn_act(cin if i == 0 else cout, cout, cfg)
+        layers.append(pool(cfg.pool, 2))
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cin, n_classes)]
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig):
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn_act(cin, cout, cfg, stride),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=not cfg.batchnorm),
+                                  *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=not cfg.batchnorm),
+            *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []))
+        self.act = activation(cfg.activation)
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.skip(x))
+
+
+@register("resnet")
+def resnet(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
+    """A small residual CNN: a strided stem, four stages of `depth` basic blocks, widths doubling."""
+    layers: list[nn.Module] = [*conv_bn_act(in_channels, cfg.width, cfg, stride=2)]
+    cin = cfg.width
+    for stage in range(4):
+        cout = cfg.width * 2**stage
+        for i in range(max(1, cfg.depth)):
+            layers.append(BasicBlock(cin, cout, 2 if (i == 0 and stage > 0) else 1, cfg))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cin, n_classes)]
+    return nn.Sequential(*layers)

@@ -1,0 +1,87 @@
+"""Figures: learning curves, study overlays, confusion matrices, contact sheets. Always the Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path, dpi: int = 100) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)  # a viewer never sees a half-written image
+
+
+def curves(history: list[dict], path: Path, title: str = "") -> None:
+    """Loss and macro-F1 against epoch, train and validation."""
+    overlay({title or "run": history}, path, title=title)
+
+
+def overlay(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
+    """One colour per run; train solid, validation faded (as the assignment draws them)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for i, (name, hist) in enumerate(runs.items()):
+        ep = [r["epoch"] for r in hist]
+        c = colors(i % colors.N)
+        for ax, key in zip(axes, ("loss", "f1"), strict=True):
+            ax.plot(ep, [r[f"train_{key}"] for r in hist], color=c, lw=1.8, label=f"{name} train")
+            ax.plot(ep, [r[f"val_{key}"] for r in hist], color=c, lw=1.8, alpha=0.4, ls="--",
+                    label=f"{name} val")
+    for ax, ylabel in zip(axes, ("loss", "macro-F1"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2 if len(runs) > 3 else 1, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> None:
+    cm = np.asarray(cm)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), [c[:18] for c in classes], rotation=45, ha="right")
+    ax.set_yticks(range(n), [c[:18] for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    hi = cm.max() if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > hi / 2 else "black", fontsize=9)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, title: str = "", thumb: int = 96) -> None:
+    """One row per class: label on the left, sample images (H x W x C uint8, any size) beside it."""
+    cols = max((len(v) for v in rows.values()), default=1)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * thumb / 60, len(rows) * thumb / 60 + 0.4),
+                             squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if c < len(images):
+                im = images[c]
+                ax.imshow(im.squeeze(), cmap="gray" if im.ndim == 2 or im.shape[-1] == 1 else None, vmin=0,
+                          vmax=255)
+            if c == 0:
+                ax.set_ylabel(name[:22], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)

@@ -1,0 +1,268 @@
+"""The data layer: layouts, bad input, image modes, the split, the decode cache, a read-only dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_shapes, one_line_error, run_cli, tree_hash
+from PIL import Image
+
+from cnnlab import data as data_mod
+from cnnlab.errors import UserError
+from cnnlab.images import ImageCache, Prep, decode, load_images
+
+
+# ------------------------------------------------------------------------------------------ layouts
+
+
+@pytest.mark.parametrize("names", [("Training", "Testing"), ("train", "test"), ("TRAIN", "Test"),
+                                   ("training", "validation")])
+def test_split_folder_names_any_case(tmp_path, names):
+    make_shapes(tmp_path, splits=((names[0], 5), (names[1], 2)))
+    ds = data_mod.scan(tmp_path)
+    other = data_mod.SPLIT_ALIASES[names[1].lower()]
+    assert list(ds.splits) == ["train", other]
+    assert ds.classes == ["circle", "square", "triangle"]
+    assert ds.counts("train") == {"circle": 5, "square": 5, "triangle": 5}
+    assert ds.counts(other) == {"circle": 2, "square": 2, "triangle": 2}
+
+
+def test_plain_class_tree_is_train_only(tmp_path):
+    make_shapes(tmp_path, splits=(("", 4),))
+    ds = data_mod.scan(tmp_path)
+    assert list(ds.splits) == ["train"] and len(ds.splits["train"]) == 12
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".JPG", ".jpeg", ".png", ".bmp", ".tif", ".webp"])
+def test_every_common_extension(tmp_path, ext):
+    make_shapes(tmp_path, splits=(("train", 2),), ext=ext)
+    ds = data_mod.scan(tmp_path)
+    assert len(ds.splits["train"]) == 6
+    images, bad, _ = load_images(ds.splits["train"], ds.root, Prep(16))
+    assert not bad and tuple(images.images.shape) == (6, 3, 16, 16)
+
+
+def test_mismatched_classes_error_and_class_map(tmp_path):
+    make_shapes(tmp_path, splits=(("train", 3),))
+    make_shapes(tmp_path / "tmp", splits=(("test", 2),), classes=("Circle", "square", "triangle"))
+    shutil.move(tmp_path / "tmp" / "test", tmp_path / "test")
+    shutil.rmtree(tmp_path / "tmp")
+    with pytest.raises(UserError, match=r"only in test: \['Circle'\]; missing from test: \['circle'\]"):
+        data_mod.scan(tmp_path)
+    ds = data_mod.scan(tmp_path, class_map="Circle=circle")
+    assert ds.counts("test") == {"circle": 2, "square": 2, "triangle": 2}
+
+
+# --------------------------------------------------------------------------------------- bad input
+
+
+def _bad_files(root):
+    d = root / "train" / "circle"
+    (d / ".DS_Store").write_bytes(b"\0\0\1")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    (root / "train" / ".ipynb_checkpoints" / "x.png").write_bytes(b"junk")
+    (d / "notes.txt").write_text("not an image")
+    (d / "empty.png").write_bytes(b"")
+    good = (d / "img 000.png").read_bytes()
+    (d / "truncated.png").write_bytes(good[: len(good) // 2])
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(200))
+
+
+def test_unusable_files_are_skipped_with_one_warning_and_recorded(shapes, tmp_path):
+    _bad_files(shapes)
+    with pytest.warns(UserWarning, match=r"skipped 4 unusable file\(s\)"):
+        ds = data_mod.scan(shapes)
+    reasons = sorted(r for _, r in ds.skipped)
+    assert reasons == ["empty file", "hidden file", "hidden folder", "not an image file"]
+    images, bad, _ = load_images(ds.splits["train"], ds.root, Prep(16))
+    assert sorted(os.path.basename(p) for p, _ in bad) == ["corrupt.jpg", "truncated.png"]
+    assert len(images) == 36
+    # A run records them too.
+    out = tmp_path / "run"
+    run_cli("train", "--data", shapes, "--image-size", 32, "--epochs", 1, "--batch-size", 8, "--out", out, "-q")
+    skipped = (out / "skipped.csv").read_text()
+    for name in ("notes.txt", "empty.png", ".DS_Store", ".ipynb_checkpoints", "truncated.png", "corrupt.jpg"):
+        assert name in skipped
+
+
+def test_strict_turns_skips_into_an_error(shapes, tmp_path):
+    _bad_files(shapes)
+    line = one_line_error("train", "--data", shapes, "--strict", "--epochs", 1, "--out", tmp_path / "r")
+    assert "unusable file(s) (--strict)" in line
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
+    assert "does not exist" in one_line_error("data", "inspect", tmp_path / "missing")
+    (tmp_path / "file.txt").write_text("x")
+    assert "not a folder" in one_line_error("data", "inspect", tmp_path / "file.txt")
+    (tmp_path / "noclass" / "train").mkdir(parents=True)
+    assert "no class folders" in one_line_error("data", "inspect", tmp_path / "noclass")
+    make_shapes(tmp_path / "emptyclass", splits=(("train", 2),))
+    (tmp_path / "emptyclass" / "train" / "void").mkdir()
+    assert "holds no images" in one_line_error("data", "inspect", tmp_path / "emptyclass")
+    make_shapes(tmp_path / "single", splits=(("train", 2),), classes=("only",))
+    assert "only one class" in one_line_error("data", "inspect", tmp_path / "single")
+    make_shapes(tmp_path / "mismatch", splits=(("train", 2),))
+    make_shapes(tmp_path / "mismatch", splits=(("test", 2),), classes=("circle", "square"))
+    assert "classes of test differ" in one_line_error("data", "inspect", tmp_path / "mismatch")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+def test_unreadable_folder(tmp_path):
+    make_shapes(tmp_path / "locked", splits=(("train", 2),))
+    os.chmod(tmp_path / "locked", 0)
+    try:
+        assert "permission denied" in one_line_error("data", "inspect", tmp_path / "locked")
+    finally:
+        os.chmod(tmp_path / "locked", 0o755)
+
+
+def test_decompression_bomb_is_a_user_error(shapes, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x36 images are 14x over the limit
+    assert "decompression-bomb limit" in one_line_error("data", "inspect", shapes)
+
+
+# ------------------------------------------------------------------------------------------- modes
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_any_mode_becomes_rgb_or_gray(tmp_path, mode, channels):
+    ramp = (np.arange(30 * 20).reshape(20, 30) % 256).astype(np.uint8)
+    im = Image.fromarray(ramp, "L")
+    if mode == "I;16":
+        im = Image.fromarray(ramp.astype("<u2") * 200)
+    else:
+        im = im.convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("CMYK", "I;16") else "x.png")
+    im.save(path)
+    arr, size, got_mode = decode(path, Prep(16, channels=channels))
+    assert arr.shape == (channels, 16, 16) and arr.dtype == np.uint8
+    assert size == (30, 20) and got_mode == mode
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (40, 20), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "o.jpg", exif=exif, quality=95)
+    arr, _, _ = decode(tmp_path / "o.jpg", Prep(64, resize="keep", channels=1))
+    # Displayed upright, the white half is on top: the image is now portrait.
+    assert arr.shape[1] > arr.shape[2]
+    assert arr[0, : arr.shape[1] // 2 - 2].mean() > 200 and arr[0, arr.shape[1] // 2 + 2 :].mean() < 50
+
+
+@pytest.mark.parametrize("policy", ["squash", "pad", "keep"])
+def test_resize_policies(tmp_path, policy):
+    Image.new("RGB", (200, 100), (255, 255, 255)).save(tmp_path / "w.png")
+    arr, _, _ = decode(tmp_path / "w.png", Prep(64, resize=policy))
+    if policy == "squash":
+        assert arr.shape == (3, 64, 64) and arr.min() == 255
+    elif policy == "pad":
+        assert arr.shape == (3, 64, 64) and arr[:, 0].max() == 0 and arr[:, 32].min() == 255
+    else:
+        assert arr.shape == (3, 32, 64)
+
+
+# ------------------------------------------------------------------------------------------- split
+
+
+def test_split_is_stratified_deterministic_and_disjoint(tmp_path):
+    make_shapes(tmp_path, splits=(("train", 20),))
+    a, b = data_mod.scan(tmp_path), data_mod.scan(tmp_path)
+    data_mod.split_train_val(a, 0.3, 42)
+    data_mod.split_train_val(b, 0.3, 42)
+    assert [s.path for s in a.splits["val"]] == [s.path for s in b.splits["val"]]
+    assert a.counts("val") == {"circle": 6, "square": 6, "triangle": 6}
+    assert not {s.path for s in a.splits["val"]} & {s.path for s in a.splits["train"]}
+    c = data_mod.scan(tmp_path)
+    data_mod.split_train_val(c, 0.3, 7)
+    assert [s.path for s in c.splits["val"]] != [s.path for s in a.splits["val"]]
+
+
+def test_group_aware_split_keeps_groups_whole(tmp_path):
+    make_shapes(tmp_path, splits=(("train", 20),))
+    ds = data_mod.scan(tmp_path)
+    rels = [ds.rel(s.path) for s in ds.splits["train"]]
+    groups = {r: i // 4 for i, r in enumerate(rels)}  # groups of 4 files
+    data_mod.split_train_val(ds, 0.3, 42, groups)
+    side = {}
+    for split in ("train", "val"):
+        for s in ds.splits[split]:
+            side.setdefault(groups[ds.rel(s.path)], set()).add(split)
+    assert all(len(v) == 1 for v in side.values())
+    assert 4 <= len(ds.splits["val"]) / 3 <= 8
+
+
+def test_manifest_round_trip(tmp_path):
+    make_shapes(tmp_path / "d", splits=(("train", 10), ("test", 2)))
+    ds = data_mod.scan(tmp_path / "d")
+    data_mod.split_train_val(ds, 0.3, 42)
+    data_mod.write_manifest(ds, tmp_path / "m.csv")
+    back = data_mod.read_manifest(tmp_path / "m.csv", ds.root, ds.classes, split="val")
+    assert [s.path for s in back] == [s.path for s in ds.splits["val"]]
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+
+def test_second_load_opens_no_image_and_changes_invalidate_exactly(shapes, monkeypatch):
+    ds = data_mod.scan(shapes)
+    samples = ds.splits["train"]
+    prep = Prep(24)
+    first, _, stats = load_images(samples, ds.root, prep)
+    assert stats.decoded == 36 and stats.hits == 0
+
+    def no_open(*a, **k):
+        raise AssertionError("an image was opened on a cache hit")
+
+    with monkeypatch.context() as m:
+        m.setattr(Image, "open", no_open)
+        second, _, stats = load_images(samples, ds.root, prep)
+    assert stats.decoded == 0 and stats.hits == 36
+    assert (first.images == second.images).all()
+
+    changed = samples[5].path
+    Image.new("RGB", (40, 36), (255, 0, 0)).save(changed)
+    third, _, stats = load_images(samples, ds.root, prep)
+    assert stats.decoded == 1 and stats.hits == 35
+    assert third.images[5].float().mean() > first.images[5].float().mean()
+
+    _, _, stats = load_images(samples, ds.root, Prep(24, channels=1))
+    assert stats.decoded == 36  # another setting is another cache
+
+
+def test_cache_refuses_to_live_inside_the_dataset(shapes):
+    with pytest.raises(UserError, match="inside the dataset"):
+        ImageCache(shapes, Prep(16), cache_dir=shapes / "cache")
+
+
+# ------------------------------------------------------------------------------------------ inspect
+
+
+def test_inspect_json_and_contact_sheet(shapes, tmp_path):
+    out = run_cli("data", "inspect", shapes, "--json", "--out", tmp_path / "look").output
+    report = json.loads(out)
+    assert report["splits"]["train"]["classes"]["circle"]["count"] == 12
+    assert report["splits"]["test"]["classes"]["square"]["count"] == 4
+    assert report["splits"]["train"]["sizes"]["most_common"][0] == ["40x36", 36]
+    assert (tmp_path / "look" / "samples_train.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------- read-only
+
+
+def test_a_full_command_leaves_the_dataset_unchanged(shapes, tmp_path):
+    _bad_files(shapes)
+    before = tree_hash(shapes)
+    run = tmp_path / "run"
+    run_cli("data", "inspect", shapes, "--out", tmp_path / "look")
+    run_cli("train", "--data", shapes, "--image-size", 32, "--epochs", 1, "--batch-size", 8, "--out", run, "-q")
+    run_cli("test", run, "--data", shapes)
+    run_cli("predict", run, shapes / "test")
+    assert tree_hash(shapes) == before
