@@ -31,9 +31,13 @@ def make_shapes(root: Path, splits=(("train", 12), ("test", 4)), classes=("circl
                 draw = ImageDraw.Draw(im)
                 x, y, r = int(rng.integers(12, size[0] - 12)), int(rng.integers(12, size[1] - 12)), 8
                 col = tuple(int(v) for v in rng.integers(150, 255, 3))
-                [draw.ellipse, draw.rectangle, lambda b, fill: draw.polygon(
-                    [(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)][c % 3]([x - r, y - r, x + r, y + r],
-                                                                                  fill=col)
+                box = [x - r, y - r, x + r, y + r]
+                if c % 3 == 0:
+                    draw.ellipse(box, fill=col)
+                elif c % 3 == 1:
+                    draw.rectangle(box, fill=col)
+                else:
+                    draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=col)
                 im.save(d / f"img {i:03d}{ext}")
     return root
 

@@ -15,7 +15,6 @@ from cnnlab import data as data_mod
 from cnnlab.errors import UserError
 from cnnlab.images import ImageCache, Prep, decode, load_images
 
-
 # ------------------------------------------------------------------------------------------ layouts
 
 

@@ -11,26 +11,32 @@ import click
 
 from cnnlab.errors import UserError
 
+_show_warning = warnings.showwarning
+
+
+def _echo_warning(message, category, filename, lineno, file=None, line=None):
+    if "cnnlab" in str(filename):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
 
 class _Group(click.Group):
     """A click group that turns UserError (and a few OS errors) into one line and exit code 2."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # Library warnings (skipped files, a reused test split) become one stderr line each.
+                warnings.simplefilter("always", UserWarning)
+                warnings.showwarning = _echo_warning
+                return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-
-
-def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
-    return f"warning: {message}\n"
-
-
-warnings.formatwarning = _one_line_warnings
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,7 +103,7 @@ def data_synth(out, train_per_class, test_per_class, size, seed):
 # ------------------------------------------------------------------------------------- training
 
 
-def build_config(config_file, flags: dict, sets) -> "Config":  # noqa: F821
+def build_config(config_file, flags: dict, sets) -> Config:  # noqa: F821
     from cnnlab.config import Config, parse_sets
 
     cfg = Config.load(config_file) if config_file else Config()
@@ -221,14 +227,15 @@ def predict(run, paths, as_json, as_csv):
             click.echo(f"{r['label']:<24} {r['probs'][r['label']]:.3f}  {r['path']}")
 
 
-def _register_optional():
-    # Sub-command groups living in their own modules.
+def _register():
+    # Command groups that live in their own modules.
     from cnnlab.cli_optim import optim
 
     main.add_command(optim)
 
 
-try:
-    _register_optional()
-except ImportError:  # pragma: no cover - module not written yet during development
-    pass
+_register()
+
+
+if __name__ == "__main__":
+    main()

@@ -136,8 +136,11 @@ class BasicBlock(nn.Module):
         self.body = nn.Sequential(*conv_bn_act(cin, cout, cfg, stride),
                                   nn.Conv2d(cout, cout, 3, 1, 1, bias=not cfg.batchnorm),
                                   *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []))
+        # ResNet-D shortcut: average-pool, then a 1x1 convolution. It keeps all pixels' information, and it
+        # avoids a strided 1x1 channels_last convolution whose CPU backward crashes in this PyTorch build.
         self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=not cfg.batchnorm),
+            *([nn.AvgPool2d(stride, ceil_mode=True)] if stride > 1 else []),
+            nn.Conv2d(cin, cout, 1, bias=not cfg.batchnorm),
             *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []))
         self.act = activation(cfg.activation)
 

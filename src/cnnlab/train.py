@@ -118,12 +118,19 @@ def batches(images: ImageSet, order: torch.Tensor, batch_size: int) -> list[torc
     """Positions into `order`, one tensor a batch. Variable-size images are grouped by size (buckets)."""
     positions = torch.arange(len(order))
     if isinstance(images.images, torch.Tensor):
-        return list(positions.split(batch_size))
-    buckets: dict[tuple, list[int]] = {}
-    for pos, i in enumerate(order.tolist()):
-        buckets.setdefault(tuple(images.images[i].shape), []).append(pos)
-    out = [b for members in buckets.values() for b in torch.tensor(members).split(batch_size)]
-    return sorted(out, key=lambda b: int(b[0]))  # interleave buckets, keeping the shuffled order's spirit
+        groups = [positions]
+    else:
+        buckets: dict[tuple, list[int]] = {}
+        for pos, i in enumerate(order.tolist()):
+            buckets.setdefault(tuple(images.images[i].shape), []).append(pos)
+        groups = [torch.tensor(members) for members in buckets.values()]
+    out = []
+    for members in groups:
+        parts = list(members.split(batch_size))
+        if len(parts) > 1 and len(parts[-1]) == 1:  # BatchNorm cannot train on a batch of one
+            parts[-2:] = [torch.cat(parts[-2:])]
+        out += parts
+    return sorted(out, key=lambda b: int(b[0]))  # interleave buckets deterministically
 
 
 def gather(images: ImageSet, idx: torch.Tensor) -> torch.Tensor:
