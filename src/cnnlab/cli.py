@@ -227,6 +227,61 @@ def predict(run, paths, as_json, as_csv):
             click.echo(f"{r['label']:<24} {r['probs'][r['label']]:.3f}  {r['path']}")
 
 
+@main.command()
+@click.argument("name")
+@click.option("--data", help="Dataset root.")
+@click.option("--out", type=click.Path(), required=True, help="Study folder (runs, summary.csv, report).")
+@click.option("--epochs", type=int, help="Maximum epochs per run (default 50, early stopping at patience 10).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every run.")
+@click.option("--param", help="Sweep any field: NAME=v1,v2,... (replaces the lr values of the lr study).")
+@click.option("--jobs", default=1, show_default=True, help="Runs in parallel processes; cores are divided.")
+@click.option("--seeds", default=1, show_default=True, help="Repeat each run with K seeds (mean ± std).")
+@click.option("--config", "config_file", type=click.Path(), help="Base TOML config for every run.")
+def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
+    """Run a comparison study (or resume one): summary.csv, overlay plot, report.md and report.html.
+
+    NAME is one of regularization, optimizers, lr, overfitting, imbalance, architecture, activations,
+    assignment (all of the assignment's stages in order, each winner chosen on validation, then one test),
+    or a study TOML file with a [base] table and one [runs.NAME] table per run.
+    The base is the assignment's setting: simple-bn-dropout, 128 px, batch 256, Adam 1e-3, class weights.
+
+    \b
+    Examples:
+      cnnlab study regularization --data /tmp/ecl --out S --epochs 20 --set image_size=64
+      cnnlab study lr --data D --out S --param momentum=0.5,0.9,0.95,0.99 --set optimizer=sgd
+      cnnlab study assignment --data ../shared/datasets/brain-tumor-mri --out runs/assignment --jobs 2
+      cnnlab study my_study.toml --data D --out S --seeds 3
+    """
+    from cnnlab.config import Config
+    from cnnlab.studies import ASSIGNMENT_BASE, load_study, run_assignment, run_study, sweep
+
+    if jobs < 1 or seeds < 1:
+        raise UserError("--jobs and --seeds must be at least 1")
+    base = Config.load(config_file) if config_file else Config().update(ASSIGNMENT_BASE)
+    flags = {"data.path": data, "train.epochs": epochs}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    base.update(parse_sets_cli(sets)).validate()
+    if not base.data.path:
+        raise UserError("no dataset given: pass --data DIR")
+    out = Path(out)
+    if name == "assignment":
+        if param:
+            raise UserError("--param applies to a single study, not to the assignment")
+        run_assignment(base, out, seeds, jobs=jobs, log=click.echo)
+    else:
+        spec = load_study(name)
+        if param:
+            spec = sweep(spec, param)
+        run_study(spec, base, out, seeds, jobs=jobs, log=click.echo)
+    click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
+
+
+def parse_sets_cli(sets):
+    from cnnlab.config import parse_sets
+
+    return parse_sets(sets)
+
+
 def _register():
     # Command groups that live in their own modules.
     from cnnlab.cli_optim import optim

@@ -1,0 +1,273 @@
+"""Studies: a base config plus named overrides, run as independent, resumable runs.
+
+A study is data, not code: the built-ins below are dicts, and a TOML file in the same shape works too:
+
+    name = "my-study"
+    [base]            # config overrides shared by every run (bare or qualified keys)
+    image_size = 96
+    [runs.adam]       # one table per run
+    optimizer = "adam"
+    [runs.sgd]
+    optimizer = "sgd"
+    momentum = 0.9
+
+Runs go through an Executor (one small interface: `map(jobs) -> summaries`), so a study can later be
+spread over a cluster without touching the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import os
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cnnlab.config import Config, parse_sets
+from cnnlab.errors import UserError, nearest
+
+# The assignment's settings (SPEC.md): 128 px, batch 256, Adam 1e-3, class-weighted loss, up to 50 epochs.
+ASSIGNMENT_BASE = {"model": "simple-bn-dropout", "image_size": 128, "batch_size": 256, "optimizer": "adam",
+                   "lr": 1e-3, "imbalance": "weights", "epochs": 50, "patience": 10}
+
+
+@dataclass
+class Study:
+    name: str
+    runs: dict[str, dict]
+    base: dict = field(default_factory=dict)
+    question: str = ""
+    # The config fields a stage of the assignment carries forward from its winner.
+    carries: tuple[str, ...] = ()
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in [
+    Study("regularization", {
+        "simple": {"model": "simple"}, "simple-bn": {"model": "simple-bn"},
+        "simple-dropout": {"model": "simple-dropout"}, "simple-bn-dropout": {"model": "simple-bn-dropout"},
+    }, question="What do BatchNorm and Dropout do to the assignment's CNN?", carries=("model",)),
+    Study("optimizers", {
+        "sgd": {"optimizer": "sgd", "momentum": 0.0}, "rmsprop": {"optimizer": "rmsprop"},
+        "adam": {"optimizer": "adam"}, "adagrad": {"optimizer": "adagrad"},
+    }, question="Which torch.optim optimizer trains the chosen network best at the same learning rate?",
+        carries=("optimizer", "momentum")),
+    Study("lr", {f"lr={v:g}": {"lr": v} for v in (1e-3, 5e-3, 1e-2, 5e-2)},
+          question="Which learning rate suits the chosen optimizer?", carries=("lr",)),
+    Study("overfitting", {
+        "baseline": {}, "plateau": {"scheduler": "plateau", "plateau_patience": 3, "plateau_factor": 0.1},
+        "label-smoothing": {"label_smoothing": 0.1},
+        "plateau+smoothing": {"scheduler": "plateau", "plateau_patience": 3, "plateau_factor": 0.1,
+                              "label_smoothing": 0.1},
+    }, question="Do a learning-rate scheduler and label smoothing reduce overfitting?",
+        carries=("scheduler", "plateau_patience", "plateau_factor", "label_smoothing")),
+    Study("imbalance", {
+        "none": {"imbalance": "none"}, "weights": {"imbalance": "weights"},
+        "oversample": {"imbalance": "oversample"}, "undersample": {"imbalance": "undersample"},
+    }, question="How should class imbalance be handled?"),
+    Study("architecture", {
+        "mlp": {"model": "mlp", "resize": "squash"}, "simple-bn-dropout": {"model": "simple-bn-dropout"},
+        "adaptive": {"model": "adaptive", "resize": "keep"}, "resnet": {"model": "resnet"},
+    }, question="What do convolutions, size-agnostic pooling and residual blocks buy over a fully connected net?"),
+    Study("activations", {a: {"activation": a} for a in ("relu", "leaky_relu", "tanh", "gelu")},
+          question="Does the activation function matter for the assignment's CNN?"),
+]}
+ASSIGNMENT_STAGES = ("regularization", "optimizers", "lr", "overfitting")
+NAMES = (*STUDIES, "assignment")
+
+
+def load_study(name_or_path: str) -> Study:
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise UserError(f"study file not found: {path}")
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML: {e}") from e
+        runs = d.get("runs")
+        if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict) for v in runs.values()):
+            raise UserError(f"{path}: a study needs [runs.NAME] tables, one per run")
+        study = Study(str(d.get("name", path.stem)), runs, dict(d.get("base", {})), str(d.get("question", "")))
+        for overrides in [study.base, *study.runs.values()]:
+            Config().update(overrides)  # unknown keys and bad values fail here, before anything runs
+        return study
+    if name_or_path not in STUDIES:
+        raise nearest(name_or_path, NAMES, "study")
+    return STUDIES[name_or_path]
+
+
+def sweep(study: Study, param: str) -> Study:
+    """`NAME=v1,v2,...`: the same study shape, sweeping any config field instead."""
+    if "=" not in param:
+        raise UserError(f"bad --param '{param}': expected NAME=v1,v2,...")
+    key, values = param.split("=", 1)
+    values = [v.strip() for v in values.split(",") if v.strip()]
+    if len(values) < 2:
+        raise UserError(f"--param {key} needs at least two values")
+    for v in values:
+        parse_sets([f"{key}={v}"])
+        Config().set(key.strip(), v)
+    key = key.strip()
+    return Study(f"{key}-sweep", {f"{key}={v}": {key: v} for v in values}, study.base,
+                 f"Which value of {key} works best?", carries=(key,))
+
+
+# --------------------------------------------------------------------------------------- executors
+
+
+@dataclass
+class Job:
+    run: str
+    seed: int
+    config: dict  # Config.to_dict()
+    out: str
+
+
+class Executor(Protocol):
+    def map(self, jobs: list[Job]) -> list[dict]: ...
+
+
+def run_job(job: Job, progress: bool = False) -> dict:
+    """Train one run, or resume it, or read its result if it has finished. Safe to call again."""
+    from cnnlab.train import fit
+
+    out = Path(job.out)
+    cfg = Config.from_dict(job.config)
+    if (out / "config.toml").is_file():
+        saved = Config.load(out / "config.toml")
+        if saved.to_dict() != cfg.to_dict():
+            changed = sorted(k for k in Config.keys() if saved.get(k) != cfg.get(k))
+            raise UserError(f"{out} holds a run with another config ({', '.join(changed)} differ): "
+                            "use another --out, or delete that folder")
+        summary = fit(None, out, resume=True, progress=progress, log=lambda *a: None)
+    else:
+        summary = fit(cfg, out, progress=progress, log=lambda *a: None)
+    return {"run": job.run, "seed": job.seed, "out": str(out), **summary}
+
+
+class LocalExecutor:
+    """Runs jobs here: in this process with jobs=1, else in `jobs` processes sharing the cores."""
+
+    def __init__(self, jobs: int = 1, log=print):
+        self.jobs = max(1, jobs)
+        self.log = log
+
+    def map(self, jobs: list[Job]) -> list[dict]:
+        if self.jobs == 1:
+            results = []
+            for i, job in enumerate(jobs, 1):
+                self.log(f"[{i}/{len(jobs)}] {job.run} (seed {job.seed})")
+                results.append(run_job(job, progress=True))
+                self._done(results[-1])
+            return results
+        # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(run_job, job) for job in jobs]
+            results = []
+            for f in futures:
+                results.append(f.result())
+                self._done(results[-1])
+            return results
+
+    def _done(self, r: dict) -> None:
+        self.log(f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
+                 f"at epoch {r.get('best_epoch')} of {r.get('epochs')}")
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+SUMMARY_COLUMNS = ["run", "seed", "best_val_f1", "best_val_acc", "best_epoch", "best_train_f1", "final_train_loss",
+                   "final_val_loss", "final_train_f1", "final_val_f1", "val_f1_tail_std", "epochs", "wall_s",
+                   "images_per_s", "out"]
+
+
+def make_jobs(study: Study, base: Config, out: Path, seeds: int, threads: int) -> list[Job]:
+    jobs = []
+    for run, overrides in study.runs.items():
+        for k in range(seeds):
+            cfg = base.copy().update(study.base).update(overrides)
+            cfg.train.seed = base.train.seed + k
+            cfg.train.threads = threads
+            folder = out / "runs" / (_slug(run) + (f"-seed{cfg.train.seed}" if seeds > 1 else ""))
+            jobs.append(Job(run, cfg.train.seed, cfg.validate().to_dict(), str(folder)))
+    return jobs
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=+" else "_" for c in name)
+
+
+def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: Executor | None = None,
+              jobs: int = 1, log=print) -> list[dict]:
+    """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html."""
+    from cnnlab.report import study_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (base.train.threads or os.cpu_count() or 1) // max(1, jobs))
+    executor = executor or LocalExecutor(jobs, log=log)
+    results = executor.map(make_jobs(study, base, out, seeds, threads))
+    write_summary(results, out / "summary.csv")
+    study_report(study, results, out)
+    return results
+
+
+def write_summary(results: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, SUMMARY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def mean_by_run(results: list[dict], key: str = "best_val_f1") -> dict[str, float]:
+    by: dict[str, list[float]] = {}
+    for r in results:
+        by.setdefault(r["run"], []).append(r[key])
+    return {k: sum(v) / len(v) for k, v in by.items()}
+
+
+def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor | None = None, jobs: int = 1,
+                   log=print) -> dict:
+    """The whole assignment: each stage's winner (by validation macro-F1 only) becomes the next stage's base;
+    the final choice is scored once on the test split."""
+    from cnnlab.evaluate import test_run
+    from cnnlab.report import assignment_report
+
+    out = Path(out)
+    stages = []
+    current = base.copy()
+    for name in ASSIGNMENT_STAGES:
+        study = STUDIES[name]
+        log(f"== stage {name}: {study.question}")
+        results = run_study(study, current, out / name, seeds, executor, jobs, log)
+        means = mean_by_run(results)
+        winner = max(means, key=means.get)
+        for k, v in study.runs[winner].items():
+            if k in study.carries:
+                current.set(k, v)
+        stages.append({"study": name, "winner": winner, "mean_val_f1": means[winner], "results": results})
+        log(f"   winner by validation macro-F1: {winner} ({means[winner]:.4f})")
+    final = stages[-1]
+    final_runs = [r for r in final["results"] if r["run"] == final["winner"]]
+    tests = []
+    if current.data.path and _has_test(current):
+        for r in final_runs:
+            res = test_run(Path(r["out"]), current.data.path, log=log)
+            tests.append({"run": r["run"], "seed": r["seed"], "out": r["out"], "macro_f1": res["macro_f1"],
+                          "accuracy": res["accuracy"], "per_class": res["per_class"],
+                          "evaluation_number": res["evaluation_number"]})
+    summary = {"stages": stages, "final_config": current.to_dict(), "tests": tests}
+    assignment_report(summary, out)
+    return summary
+
+
+def _has_test(cfg: Config) -> bool:
+    from cnnlab.data import find_splits
+
+    return "test" in find_splits(Path(cfg.data.path))
