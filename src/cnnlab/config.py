@@ -104,7 +104,7 @@ class TrainConfig:
     monitor: str = "val_f1"  # val_f1 | val_loss | val_acc
     patience: int = 10  # early stopping; 0 = never stop early
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 autocast on GPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on GPUs and on CPUs with native bf16, else fp32) | fp32 | bf16
     channels_last: bool = True
     threads: int = 0  # 0 = all cores
     ema: float = 0.0  # weight EMA decay (e.g. 0.999); 0 = off
@@ -173,14 +173,7 @@ class Config:
 
     @classmethod
     def load(cls, path) -> Config:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            d = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML: {e}") from e
-        return cls.from_dict(d, where=str(path))
+        return cls.from_dict(read_toml(path, "config file"), where=str(path))
 
     def save(self, path) -> None:
         Path(path).write_text(tomli_w.dumps(self.to_dict()))
@@ -201,6 +194,16 @@ class Config:
             raise UserError(f"unknown imbalance '{self.data.imbalance}' "
                             "(choose from: none, weights, oversample, undersample)")
         return self
+
+
+def read_toml(path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from e
 
 
 def _unknown(key: str, where: str, sections: bool = False) -> UserError:

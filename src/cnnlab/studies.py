@@ -20,13 +20,12 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
-import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cnnlab.config import Config, parse_sets
+from cnnlab.config import Config, parse_sets, read_toml
 from cnnlab.errors import UserError, nearest
 
 # The assignment's settings (SPEC.md): 128 px, batch 256, Adam 1e-3, class-weighted loss, up to 50 epochs.
@@ -81,12 +80,7 @@ NAMES = (*STUDIES, "assignment")
 def load_study(name_or_path: str) -> Study:
     path = Path(name_or_path)
     if path.suffix == ".toml":
-        if not path.is_file():
-            raise UserError(f"study file not found: {path}")
-        try:
-            d = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML: {e}") from e
+        d = read_toml(path, "study file")
         runs = d.get("runs")
         if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict) for v in runs.values()):
             raise UserError(f"{path}: a study needs [runs.NAME] tables, one per run")

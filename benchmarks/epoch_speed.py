@@ -1,0 +1,160 @@
+"""Seconds per training epoch: the assignment's pipeline against cnnlab's, same network, batch and input size.
+
+    python benchmarks/epoch_speed.py --data ../shared/datasets/brain-tumor-mri [--limit 150] [--epochs 2] [--json]
+
+(a) the assignment's way: torchvision ImageFolder with ToTensor() then Resize((128, 128)), decoding every JPEG
+    every epoch, DataLoader(batch_size=256, shuffle=True), the BatchNorm+Dropout CNN in float32, Adam,
+    class-weighted cross-entropy, predictions pulled to numpy every batch for the epoch's F1.
+(b) cnnlab: the decode-once cache (timed cold, in a fresh cache folder), tensors batched in memory,
+    channels_last, the configured precision, cnnlab's own train_one_epoch.
+Both run in this one process, one after the other: a warm-up epoch, then E measured epochs each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab import data as data_mod
+from cnnlab.config import Config
+from cnnlab.images import Prep, load_images
+from cnnlab.models import build
+from cnnlab.train import Criterion, channel_stats, class_weights, make_engine, make_optimizer, train_one_epoch
+
+SIZE, BATCH = 128, 256
+
+
+def _subset(samples, n_classes: int, limit: int | None):
+    if not limit:
+        return samples
+    out = []
+    for c in range(n_classes):
+        out += sorted((s for s in samples if s.label == c), key=lambda s: str(s.path))[:limit]
+    return out
+
+
+def seed_pipeline(train_dir: Path, keep: set[str], n_classes: int, weights: torch.Tensor, epochs: int) -> list[float]:
+    """The assignment's loop, reproduced (its notebook's code is not copied; the pipeline is the same)."""
+    from sklearn.metrics import f1_score
+    from torchvision import datasets, transforms
+
+    ds = datasets.ImageFolder(str(train_dir), transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Resize((SIZE, SIZE))]))
+    ds.samples = [s for s in ds.samples if s[0] in keep]
+    ds.imgs = ds.samples
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True)
+    torch.manual_seed(0)
+    model = build(Config().model, 3, n_classes, SIZE)
+    criterion = nn.CrossEntropyLoss(weight=weights)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        ys, ps = [], []
+        for x, y in loader:
+            out = model(x)
+            loss = criterion(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ys.append(y.numpy())
+            ps.append(out.argmax(1).detach().numpy())
+        f1_score(np.concatenate(ys), np.concatenate(ps), average="macro")
+        times.append(time.perf_counter() - t0)
+    return times[1:]
+
+
+def cnnlab_pipeline(cfg: Config, samples, root: Path, n_classes: int, epochs: int) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        images, _, stats = load_images(samples, root, Prep(SIZE, "squash", 3), cache)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        load_images(samples, root, Prep(SIZE, "squash", 3), cache)
+        warm = time.perf_counter() - t0
+    mean, std = channel_stats(images)
+    torch.manual_seed(0)
+    eng = make_engine(cfg, build(cfg.model, 3, n_classes, SIZE), mean, std)
+    criterion = Criterion(n_classes, class_weights(images.labels, n_classes), 0.0)
+    opt = make_optimizer(eng.model, cfg)
+    times, waits = [], []
+    for e in range(epochs + 1):
+        g = torch.Generator().manual_seed(e)
+        t0 = time.perf_counter()
+        r = train_one_epoch(eng, images, opt, criterion, cfg, g)
+        times.append(time.perf_counter() - t0)
+        waits.append(r["data_wait_s"])
+    return {"times": times[1:], "waits": waits[1:], "cold_decode_s": cold, "warm_load_s": warm,
+            "decoded": stats.decoded}
+
+
+def flops_per_image(n_classes: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build(Config().model, 3, n_classes, SIZE)
+    x = torch.randn(8, 3, SIZE, SIZE)
+    with FlopCounterMode(display=False) as fc:
+        model(x).sum().backward()
+    return fc.get_total_flops() / 8
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--limit", type=int, help="N images per class (sorted names)")
+    ap.add_argument("--epochs", type=int, default=2, help="measured epochs per pipeline (after one warm-up)")
+    ap.add_argument("--precision", default="auto", help="cnnlab precision: auto, fp32 or bf16")
+    ap.add_argument("--skip-seed", action="store_true", help="time cnnlab only")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ds = data_mod.scan(args.data)
+    train_dir = ds.splits["train"][0].path.parent.parent
+    n_classes = len(ds.classes)
+    samples = _subset(ds.splits["train"], n_classes, args.limit)
+    labels = torch.tensor([s.label for s in samples])
+    weights = class_weights(labels, n_classes)
+    cfg = Config().update({"image_size": SIZE, "batch_size": BATCH, "precision": args.precision,
+                           "imbalance": "weights", "device": "cpu"})
+
+    seed_times = [] if args.skip_seed else seed_pipeline(train_dir, {str(s.path) for s in samples}, n_classes,
+                                                         weights, args.epochs)
+    ours = cnnlab_pipeline(cfg, samples, ds.root, n_classes, args.epochs)
+    flop = flops_per_image(n_classes)
+    s_ours = float(np.mean(ours["times"]))
+    result = {
+        "data": str(ds.root), "images": len(samples), "limit": args.limit, "epochs_measured": args.epochs,
+        "precision": args.precision, "threads": torch.get_num_threads(),
+        "seed_s_per_epoch": float(np.mean(seed_times)) if seed_times else None,
+        "cnnlab_s_per_epoch": s_ours,
+        "ratio": float(np.mean(seed_times)) / s_ours if seed_times else None,
+        "seed_images_per_s": len(samples) / float(np.mean(seed_times)) if seed_times else None,
+        "cnnlab_images_per_s": len(samples) / s_ours,
+        "data_wait_share": float(np.sum(ours["waits"]) / np.sum(ours["times"])),
+        "cold_decode_s": ours["cold_decode_s"], "cache_hit_load_s": ours["warm_load_s"],
+        "gflop_per_image": flop / 1e9, "cnnlab_gflop_per_s": flop * len(samples) / s_ours / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seed_epochs_s": seed_times, "cnnlab_epochs_s": ours["times"],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            print(f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {v}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

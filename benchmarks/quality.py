@@ -1,0 +1,94 @@
+"""Train and test the MRI recipe for several seeds; write docs/results/quality.json.
+
+    python benchmarks/quality.py --data ../shared/datasets/brain-tumor-mri --out runs/quality [--seeds 0 1 2]
+
+Per seed: `cnnlab train --config recipes/mri.toml --set seed=K`, then one `cnnlab test` on the official
+Testing folder and one on its leak-free subset (the Testing images with no near copy in Training, from
+`cnnlab data audit`). Finished seeds are skipped on a rerun (their runs resume), and their test results
+are read back rather than evaluated again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from cnnlab.audit import audit
+from cnnlab.config import Config
+from cnnlab.evaluate import test_run
+from cnnlab.report import machine
+from cnnlab.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _test_once(run: Path, data: str, manifest: Path | None) -> dict:
+    name = f"test-{manifest.stem}" if manifest else "test"
+    done = run / f"{name}.json"
+    if done.is_file():  # scored before: read it back, never evaluate the test split twice
+        return json.loads(done.read_text())
+    return test_run(run, data, str(manifest) if manifest else None, log=lambda *a: None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", default="runs/quality")
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "mri.toml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--result", default=str(ROOT / "docs" / "results" / "quality.json"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    leak_dir = out / "audit"
+    if not (leak_dir / "leak_free_test.csv").is_file():
+        audit(args.data, out=leak_dir)
+    manifest = leak_dir / "leak_free_test.csv"
+
+    seeds = []
+    for seed in args.seeds:
+        run = out / f"seed{seed}"
+        cfg = Config.load(args.recipe).update({"path": args.data, "seed": seed})
+        t0 = time.process_time()
+        summary = fit(None, run, resume=True) if (run / "config.toml").is_file() else fit(cfg, run)
+        cpu_min = (time.process_time() - t0) / 60
+        official, leak_free = _test_once(run, args.data, None), _test_once(run, args.data, manifest)
+        wall_min = summary.get("wall_s", 0) / 60
+        seeds.append({
+            "seed": seed, "run": str(run), "val_macro_f1": summary["best_val_f1"], "best_epoch": summary["best_epoch"],
+            "test_macro_f1": official["macro_f1"], "test_accuracy": official["accuracy"],
+            "per_class_recall": {c: m["recall"] for c, m in official["per_class"].items()},
+            "confusion_matrix": official["confusion_matrix"],
+            "leak_free_accuracy": leak_free["accuracy"], "leak_free_macro_f1": leak_free["macro_f1"],
+            "leak_free_n": leak_free["n_images"],
+            "leak_free_per_class_recall": {c: m["recall"] for c, m in leak_free["per_class"].items()
+                                           if m["support"]},
+            "train_minutes": wall_min, "process_cpu_minutes_this_call": cpu_min,
+            "test_evaluations": official["evaluation_number"],
+        })
+        print(json.dumps(seeds[-1]), flush=True)
+
+    def mean_std(key):
+        vals = [s[key] for s in seeds]
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+    result = {
+        "recipe": str(Path(args.recipe).relative_to(ROOT)) if Path(args.recipe).is_relative_to(ROOT) else args.recipe,
+        "command": "python benchmarks/quality.py --data " + args.data + " --out " + args.out
+                   + " --seeds " + " ".join(map(str, args.seeds)),
+        "machine": machine(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+        "seeds": seeds,
+        "summary": {k: mean_std(k) for k in ("val_macro_f1", "test_macro_f1", "test_accuracy",
+                                             "leak_free_accuracy", "train_minutes")},
+    }
+    Path(args.result).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
