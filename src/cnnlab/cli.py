@@ -284,8 +284,10 @@ def parse_sets_cli(sets):
 
 def _register():
     # Command groups that live in their own modules.
+    from cnnlab.cli_audit import audit
     from cnnlab.cli_optim import optim
 
+    data.add_command(audit)
     main.add_command(optim)
 
 

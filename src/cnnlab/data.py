@@ -188,40 +188,41 @@ def _stable_rank(rel_path: str, seed: int) -> str:
 
 
 def split_train_val(ds: Dataset, fraction: float, seed: int, groups: dict[str, int] | None = None) -> None:
-    """Per class, move `fraction` of the train samples to a new 'val' split (in memory only).
+    """Move `fraction` of each class's train samples to a new 'val' split (in memory only).
 
-    Deterministic: sorted relative names ranked by a seeded hash. With `groups` (relative path -> group id),
-    each group of duplicates goes wholly to one side, so validation does not contain copies of training
-    images. A dataset that already has a val folder keeps it.
+    Deterministic: files (or duplicate groups) are ranked by a seeded hash of their relative path, the same on
+    every machine. With `groups` (relative path -> group id), each group goes wholly to one side, even when its
+    copies carry different labels, so validation holds no copies of training images. A dataset that already
+    has a val folder keeps it.
     """
     if "val" in ds.splits or fraction <= 0:
         return
     if not 0 < fraction < 1:
         raise UserError(f"val_fraction must be between 0 and 1, got {fraction}")
+    units: dict[str, list[Sample]] = {}
+    for s in ds.splits["train"]:
+        rel = ds.rel(s.path)
+        if groups and rel in groups:
+            s.group = groups[rel]
+            units.setdefault(f"group-{s.group}", []).append(s)
+        else:
+            units.setdefault(rel, []).append(s)
+    count = Counter(s.label for s in ds.splits["train"])
+    quota = {c: int(round(fraction * n)) for c, n in count.items()}
+    taken: Counter = Counter()
     train, val = [], []
-    for label in range(len(ds.classes)):
-        members = [s for s in ds.splits["train"] if s.label == label]
-        units: dict[str, list[Sample]] = {}
-        for s in members:
-            rel = ds.rel(s.path)
-            key = f"group-{groups[rel]}" if groups and rel in groups else rel
-            if groups and rel in groups:
-                s.group = groups[rel]
-            units.setdefault(key, []).append(s)
-        order = sorted(units, key=lambda k: _stable_rank(k, seed))
-        n_val = int(round(fraction * len(members)))
-        taken = 0
-        for key in order:
-            unit = units[key]
-            if taken < n_val and (taken + len(unit) <= n_val or taken == 0):
-                val.extend(unit)
-                taken += len(unit)
-            else:
-                train.extend(unit)
-        if taken == 0 or len(members) - taken == 0:
-            raise UserError(
-                f"class '{ds.classes[label]}' has {len(members)} image(s): too few for a "
-                f"{fraction:.0%} validation split")
+    for key in sorted(units, key=lambda k: _stable_rank(k, seed)):
+        unit = units[key]
+        need = Counter(s.label for s in unit)
+        # A unit fits if no class goes over its quota; a class's first unit always fits, so none stays empty.
+        if all(taken[c] + n <= quota[c] or taken[c] == 0 for c, n in need.items()):
+            val += unit
+            taken += need
+        else:
+            train += unit
+    for c, n in count.items():
+        if taken[c] == 0 or taken[c] == n:
+            raise UserError(f"class '{ds.classes[c]}' has {n} image(s): too few for a {fraction:.0%} validation split")
     for s in val:
         s.split = "val"
     key = lambda s: (s.label, str(s.path))  # noqa: E731

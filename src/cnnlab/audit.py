@@ -1,0 +1,434 @@
+"""Duplicates and train/test leakage: exact copies by content hash, near copies by pixel distance.
+
+Near copy: the mean absolute difference between the two images' 64x64 gray thumbnails (squashed, the
+decode cache's `Prep(64, "squash", 1)`) is at most `threshold` (default 4/255). On the brain-MRI set the
+nearest Training image of each Testing image is either at most 3.3/255 away (259 images: the same slice,
+re-encoded or resized) or at least 10/255 away: a wide gap, and 4/255 sits inside it.
+
+Finding every pair within the threshold is exact, not approximate: block sums of the thumbnails at 8x8,
+16x16 and 32x32 give lower bounds of the full L1 distance (|sum(a - b)| <= sum|a - b| over each block), so
+all pairs are compared cheaply at 8x8 and only the survivors of each level are compared at the next one.
+Groups are the connected components of the "exact or near copy" graph. Nothing is written into the dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab import data as data_mod
+from cnnlab.errors import UserError
+from cnnlab.images import Prep, load_images
+
+THUMB = Prep(64, "squash", 1)
+SIDE = 64
+DEFAULT_THRESHOLD = 4 / 255
+TRAIN_SIDE = ("train", "val")  # the splits a model learns from or is chosen on
+HIST_FACTOR = 3  # the distance histogram is exact up to HIST_FACTOR * threshold
+GALLERY_LARGEST = 8
+GALLERY_COLUMNS = 8
+GALLERY_ROWS_PER_PAGE = 30
+
+
+# ------------------------------------------------------------------------------------------ hashes
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file's bytes (threads: hashing releases the GIL)."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+# ---------------------------------------------------------------------------------------- distances
+
+
+def _block_sums(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """N x 64 x 64 int32 -> N x grid*grid sums over (64/grid)^2 pixel blocks."""
+    n, k = x.shape[0], SIDE // grid
+    return x.view(n, grid, k, grid, k).sum((2, 4), dtype=torch.int32).flatten(1)
+
+
+def close_pairs(thumbs: torch.Tensor, cap: float, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs (i < j) whose mean absolute difference is at most `cap` (0-1 scale), with that distance.
+
+    `thumbs`: N x 1 x 64 x 64 uint8. Exact (integer arithmetic, no candidate is ever missed): an all-pairs
+    pass on 8x8 block sums, then the survivors on 16x16, 32x32 and the full 64x64 pixels. Returns
+    (pairs: M x 2 long, dist: M float, 0-1 scale).
+    """
+    n = thumbs.shape[0]
+    if n < 2:
+        return torch.zeros(0, 2, dtype=torch.long), torch.zeros(0)
+    x = thumbs.reshape(n, SIDE, SIDE).to(torch.int32)
+    cap_l1 = int(np.floor(cap * 255 * SIDE * SIDE + 1e-6))  # total L1 over 4096 pixels, in gray levels
+    coarse = _block_sums(x, 8).to(torch.float32)  # integers below 2^24: float32 sums of them are exact
+    found = []
+    for a in range(0, n, chunk):
+        d = torch.cdist(coarse[a:a + chunk], coarse[a:], p=1)
+        ii, jj = (d <= cap_l1 + 0.5).nonzero(as_tuple=True)
+        keep = jj > ii
+        found.append(torch.stack([ii[keep] + a, jj[keep] + a], 1))
+    pairs = torch.cat(found)
+    dist = torch.zeros(len(pairs), dtype=torch.int32)
+    for grid in (16, 32, SIDE):
+        level = (_block_sums(x, grid) if grid < SIDE else x.flatten(1)).to(torch.int16)  # sums < 2^15 here
+        step = max(1, (1 << 22) // level.shape[1])  # about 8 MB of int16 per gathered block
+        dist = torch.cat([(level[pairs[c:c + step, 0]] - level[pairs[c:c + step, 1]])
+                          .abs().sum(1, dtype=torch.int32) for c in range(0, len(pairs), step)]
+                         or [torch.zeros(0, dtype=torch.int32)])
+        keep = dist <= cap_l1
+        pairs, dist = pairs[keep], dist[keep]
+    return pairs, dist.to(torch.float64) / (255 * SIDE * SIDE)
+
+
+def _components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not edges:
+        return np.arange(n)
+    e = np.asarray(edges, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _hash_edges(hashes: list[str]) -> list[tuple[int, int]]:
+    first: dict[str, int] = {}
+    edges = []
+    for i, h in enumerate(hashes):
+        if h in first:
+            edges.append((first[h], i))
+        else:
+            first[h] = i
+    return edges
+
+
+def _groups(labels: np.ndarray, keys: list[str]) -> list[list[int]]:
+    """Members (indices) of each component of size >= 2, largest first, then by first key: stable ids."""
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        members.setdefault(int(c), []).append(i)
+    groups = [sorted(m, key=lambda i: keys[i]) for m in members.values() if len(m) > 1]
+    return sorted(groups, key=lambda m: (-len(m), keys[m[0]]))
+
+
+def _thumbnails(samples: list[data_mod.Sample], root: Path, cache_dir) -> tuple[torch.Tensor, list[int]]:
+    """Gray 64x64 thumbnails (through the shared decode cache) and the indices of the decodable samples."""
+    images, _bad, _ = load_images(samples, root, THUMB, cache_dir)
+    index = {id(s): i for i, s in enumerate(samples)}
+    good = [index[id(s)] for s in images.samples]
+    thumbs = images.images if good else torch.zeros(0, 1, SIDE, SIDE, dtype=torch.uint8)
+    return thumbs, good
+
+
+def duplicate_groups(ds: data_mod.Dataset, split: str = "train", cache_dir=None,
+                     threshold: float = DEFAULT_THRESHOLD) -> dict[str, int]:
+    """Relative path -> group id for the files of one split that have an exact or near copy in it.
+
+    For `split_train_val(..., groups=...)`: each group goes wholly to train or to validation. Files alone
+    are left out. Ids are 0, 1, ... from the largest group down.
+    """
+    samples = ds.splits.get(split, [])
+    if not samples:
+        return {}
+    rel = [ds.rel(s.path) for s in samples]
+    hashes = file_hashes([s.path for s in samples])
+    thumbs, good = _thumbnails(samples, ds.root, cache_dir)
+    pairs, _ = close_pairs(thumbs, threshold)
+    edges = _hash_edges(hashes) + [(good[i], good[j]) for i, j in pairs.tolist()]
+    groups = _groups(_components(len(samples), edges), rel)
+    return {rel[i]: gid for gid, members in enumerate(groups) for i in members}
+
+
+# -------------------------------------------------------------------------------------------- audit
+
+
+def _scope(splits: list[str]) -> str:
+    kinds = set(splits)
+    return next(iter(kinds)) if len(kinds) == 1 else "across"
+
+
+def _check_out(out: Path, root: Path) -> Path:
+    out = Path(out).expanduser()
+    try:
+        out.resolve().relative_to(root)
+    except ValueError:
+        pass
+    else:
+        raise UserError(f"output folder {out} is inside the dataset {root}: cnnlab never writes there")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from e
+    return out
+
+
+def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, class_map=None) -> dict:
+    """Exact and near duplicates within and across splits, label conflicts, and test leakage.
+
+    `threshold`: near-copy distance, mean absolute difference on the 0-1 scale. With `out`, writes
+    audit.json, leak_free_test.csv (test images without an exact or near copy in train/val, manifest
+    format), distance_hist.png and the galleries.
+    """
+    t0 = time.perf_counter()
+    if not 0 <= threshold < 1:
+        raise UserError(f"threshold must be between 0 and 255 gray levels, got {threshold * 255:g}")
+    ds = data_mod.scan(root, class_map=class_map)
+    out_dir = _check_out(out, ds.root) if out else None
+    samples = [s for split in ds.splits for s in ds.splits[split]]
+    n = len(samples)
+    rel = [ds.rel(s.path) for s in samples]
+    split_of = np.array([s.split for s in samples])
+    label_of = np.array([s.label for s in samples])
+    hashes = file_hashes([s.path for s in samples])
+    thumbs, good = _thumbnails(samples, ds.root, cache_dir)
+    good_idx = np.array(good, dtype=np.int64)
+    pairs, dist = close_pairs(thumbs, HIST_FACTOR * threshold)
+    pairs = torch.from_numpy(good_idx)[pairs] if len(pairs) else pairs  # back to indices into `samples`
+    near = dist <= threshold + 1e-12
+    near_pairs = pairs[near].tolist()
+
+    # Exact groups: byte-identical files.
+    exact_edges = _hash_edges(hashes)
+    exact_groups = _groups(_components(n, exact_edges), rel)
+    # Near groups: connected components of "exact or near copy".
+    comp = _components(n, exact_edges + [tuple(p) for p in near_pairs])
+    near_groups = _groups(comp, rel)
+    group_id = np.full(n, -1)
+    for gid, members in enumerate(near_groups):
+        group_id[members] = gid
+
+    # Leakage: images of one split with an exact or near copy in other splits.
+    def copied_from(target: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ref_hashes = {h for h, r in zip(hashes, reference, strict=True) if r}
+        exact = np.array([h in ref_hashes for h in hashes]) & target
+        either = exact.copy()
+        for i, j in near_pairs:
+            either[i] |= bool(target[i] and reference[j])
+            either[j] |= bool(target[j] and reference[i])
+        return exact, either
+
+    train_side = np.isin(split_of, TRAIN_SIDE)
+    test = split_of == "test"
+    exact_in_train, near_in_train = copied_from(test, train_side)
+    val_exact, val_near = copied_from(split_of == "val", split_of == "train")
+
+    # Nearest train-side neighbour of every image (exact up to the histogram cap, else "above").
+    cap = HIST_FACTOR * threshold
+    nn = np.full(n, np.inf)
+    for (i, j), d in zip(pairs.tolist(), dist.tolist(), strict=True):
+        if train_side[j]:
+            nn[i] = min(nn[i], d)
+        if train_side[i]:
+            nn[j] = min(nn[j], d)
+    readable = np.zeros(n, dtype=bool)
+    readable[good_idx] = True
+    edges_gray = np.round(np.linspace(0, cap * 255, 4 * HIST_FACTOR * 2 + 1), 3)
+
+    def hist(mask):
+        d = nn[mask & readable] * 255
+        return {"counts": np.histogram(d[np.isfinite(d)], bins=edges_gray)[0].tolist(),
+                "above_cap": int((~np.isfinite(d)).sum()),
+                "largest_within_threshold": _r(d[d <= threshold * 255 + 1e-9], max),
+                "smallest_above_threshold": _r(d[np.isfinite(d) & (d > threshold * 255 + 1e-9)], min)}
+
+    def scopes(groups):
+        c = Counter(_scope(split_of[m].tolist()) for m in groups)
+        return {k: c.get(k, 0) for k in [*ds.splits, "across"]}
+
+    cross = [m for m in near_groups if len(set(label_of[m].tolist())) > 1]
+    cross_exact = [m for m in exact_groups if len(set(label_of[m].tolist())) > 1]
+    has_test = "test" in ds.splits
+    has_val = "val" in ds.splits
+    leak_free = test & ~near_in_train & readable
+    report = {
+        "dataset": str(ds.root),
+        "classes": ds.classes,
+        "images": {split: len(v) for split, v in ds.splits.items()},
+        "unreadable": int(n - len(good)),
+        "threshold": threshold,
+        "threshold_gray": round(threshold * 255, 4),
+        "method": "near copy: mean |difference| <= threshold between 64x64 gray thumbnails (squash resize), "
+                  "all pairs, exact; groups: connected components of exact-or-near",
+        "exact_groups": len(exact_groups),
+        "exact_redundant": sum(len(m) - 1 for m in exact_groups),
+        "exact_groups_by_split": scopes(exact_groups),
+        "near_groups": len(near_groups),
+        "near_redundant": sum(len(m) - 1 for m in near_groups),
+        "near_groups_by_split": scopes(near_groups),
+        "largest_group": max((len(m) for m in near_groups), default=0),
+        "cross_label_groups": len(cross),
+        "cross_label_exact_groups": len(cross_exact),
+        "test_exact_in_train": int(exact_in_train[test].sum()) if has_test else None,
+        "test_near_in_train": int(near_in_train[test].sum()) if has_test else None,
+        "test_leak_free": int(leak_free.sum()) if has_test else None,
+        "val_exact_in_train": int(val_exact.sum()) if has_val else None,
+        "val_near_in_train": int(val_near.sum()) if has_val else None,
+        "distance_histogram": {
+            "what": "gray levels (0-255) from each image to its nearest train-side image other than itself",
+            "edges": edges_gray.tolist(),
+            "train": hist(split_of == "train"),
+            **({"test": hist(test)} if has_test else {}),
+        },
+    }
+    report["groups"] = [
+        {"id": gid, "size": len(m), "exact": len({hashes[i] for i in m}) == 1,
+         "classes": sorted({ds.classes[label_of[i]] for i in m}),
+         "members": [{"path": rel[i], "split": str(split_of[i]), "class": ds.classes[label_of[i]]}
+                     for i in m]}
+        for gid, m in enumerate(near_groups)]
+    if out_dir:
+        files = _write_outputs(report, ds, samples, rel, leak_free, group_id, out_dir)
+        report["written"] = files
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    if out_dir:
+        (out_dir / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _r(values: np.ndarray, pick) -> float | None:
+    return round(float(pick(values)), 3) if len(values) else None
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def write_leak_free(path: Path, ds: data_mod.Dataset, samples, rel, keep: np.ndarray, group_id) -> int:
+    """Test images without a copy in train, in the manifest format (path,class,split,group)."""
+    rows = [(rel[i], ds.classes[samples[i].label], "test", int(group_id[i])) for i in np.flatnonzero(keep)]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(data_mod.MANIFEST_FIELDS)
+        w.writerows(rows)
+    tmp.replace(path)
+    return len(rows)
+
+
+def _write_outputs(report, ds, samples, rel, leak_free, group_id, out_dir: Path) -> list[str]:
+    files = []
+    if "test" in ds.splits:
+        write_leak_free(out_dir / "leak_free_test.csv", ds, samples, rel, leak_free, group_id)
+        files.append("leak_free_test.csv")
+    distance_plot(report, out_dir / "distance_hist.png")
+    files.append("distance_hist.png")
+    groups = report["groups"]
+    if groups:
+        gallery(ds.root, groups[:GALLERY_LARGEST], out_dir / "gallery_largest.png",
+                f"largest duplicate groups ({min(len(groups), GALLERY_LARGEST)} of {len(groups)})")
+        files.append("gallery_largest.png")
+    cross = [g for g in groups if len(g["classes"]) > 1]
+    for page in range(0, len(cross), GALLERY_ROWS_PER_PAGE):
+        number = page // GALLERY_ROWS_PER_PAGE + 1
+        name = "gallery_cross_label.png" if number == 1 else f"gallery_cross_label_{number}.png"
+        gallery(ds.root, cross[page:page + GALLERY_ROWS_PER_PAGE], out_dir / name,
+                f"groups whose copies carry different labels ({len(cross)})")
+        files.append(name)
+    return files + ["audit.json"]
+
+
+def distance_plot(report: dict, path: Path) -> None:
+    """Histogram of nearest-train distances, per split, with the threshold: the gap should be visible."""
+    from cnnlab.plots import _save, plt
+
+    h = report["distance_histogram"]
+    edges = np.array(h["edges"])
+    parts = [k for k in ("test", "train") if k in h]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.0), squeeze=False)
+    width = edges[1] - edges[0]
+    for ax, split in zip(axes[0], parts, strict=True):
+        counts = h[split]["counts"] + [h[split]["above_cap"]]
+        x = np.append(edges[:-1], edges[-1] + width / 2)
+        ax.bar(x, counts, width=width * 0.9, align="edge", color=["C0"] * (len(counts) - 1) + ["0.6"])
+        ax.axvline(report["threshold_gray"], color="C3", ls="--", lw=1.2,
+                   label=f"threshold {report['threshold_gray']:g}")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_xlabel("distance to nearest train image (gray levels, 64 px)")
+        ax.set_ylabel("images")
+        ax.set_title(f"{split} images (grey bar: > {edges[-1]:g})", fontsize=9)
+        ax.legend(fontsize=8)
+    _save(fig, path, dpi=80)
+
+
+def gallery(root: Path, groups: list[dict], path: Path, title: str) -> None:
+    """One row per group: its members side by side, each captioned split/class/file name."""
+    from cnnlab.images import BadImage, decode
+    from cnnlab.plots import _save, plt
+
+    prep = Prep(96, "pad", 1)
+    cols = min(GALLERY_COLUMNS, max(len(g["members"]) for g in groups))
+    fig, axes = plt.subplots(len(groups), cols, figsize=(cols * 1.5, len(groups) * 1.75 + 0.4), squeeze=False)
+    for r, g in enumerate(groups):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(g["members"]):
+                ax.axis("off")
+                continue
+            m = g["members"][c]
+            try:
+                im = decode(Path(root) / m["path"], prep)[0][0]
+            except BadImage:
+                im = np.zeros((96, 96), dtype=np.uint8)
+            ax.imshow(im, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{m['split']}/{m['class'][:14]}\n{Path(m['path']).name[:18]}", fontsize=6)
+            if c == 0:
+                more = f" +{len(g['members']) - cols}" if len(g["members"]) > cols else ""
+                ax.set_ylabel(f"group {g['id']}\n{g['size']} files{more}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, dpi=80)
+
+
+def format_audit(r: dict) -> str:
+    """The terminal summary."""
+    splits = list(r["images"])
+    cols = [*splits, "across"]
+    lines = [f"audit of {r['dataset']}: {sum(r['images'].values())} images ("
+             + ", ".join(f"{k} {v}" for k, v in r["images"].items()) + ")",
+             f"near copy: mean |difference| <= {r['threshold_gray']:g}/255 between 64x64 gray thumbnails",
+             "",
+             f"{'':26}{'groups':>8}{'redundant':>11}" + "".join(f"{'in ' + c if c != 'across' else c:>12}"
+                                                                  for c in cols)]
+    for name, key in (("exact (byte-identical)", "exact"), ("exact or near", "near")):
+        by = r[f"{key}_groups_by_split"]
+        lines.append(f"{name:26}{r[f'{key}_groups']:>8}{r[f'{key}_redundant']:>11}"
+                     + "".join(f"{by.get(c, 0):>12}" for c in cols))
+    lines.append(f"{'label conflicts':26}{r['cross_label_groups']:>8}  groups with copies in different "
+                 f"classes ({r['cross_label_exact_groups']} of them byte-identical)")
+    if r.get("test_near_in_train") is not None:
+        n_test = r["images"]["test"]
+        lines += ["",
+                  f"test images with a copy in train: {r['test_exact_in_train']} byte-identical, "
+                  f"{r['test_near_in_train']} exact or near, of {n_test}",
+                  f"leak-free test images: {r['test_leak_free']}"]
+        t = r["distance_histogram"]["test"]
+        above = t["smallest_above_threshold"]
+        above = above if above is not None else f"> {r['distance_histogram']['edges'][-1]:g}"
+        lines.append(f"nearest train image of each test image: copies at <= {t['largest_within_threshold']}, "
+                     f"the others at >= {above} gray levels (threshold {r['threshold_gray']:g})")
+    if r.get("val_near_in_train") is not None:
+        lines.append(f"validation images with a copy in train: {r['val_exact_in_train']} byte-identical, "
+                     f"{r['val_near_in_train']} exact or near, of {r['images']['val']}")
+    if r["unreadable"]:
+        lines.append(f"unreadable images (exact comparison only): {r['unreadable']}")
+    if r.get("written"):
+        lines.append("wrote " + ", ".join(r["written"]))
+    lines.append(f"{r['seconds']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""The audit: exact and near copies within and across splits, label conflicts, leak-free test, dedupe."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_shapes, one_line_error, run_cli, tree_hash
+from PIL import Image
+
+from cnnlab import data as data_mod
+from cnnlab.audit import audit, close_pairs, duplicate_groups, format_audit
+
+
+@pytest.fixture
+def dupes(tmp_path):
+    """make_shapes plus planted copies (names say what they are):
+
+    exact, across splits : train/circle/img 000.png = train/circle/a dup.png = test/circle/a copy.png
+    exact, cross-label   : train/circle/img 003.png = train/square/b conflict.png
+    near, across splits  : train/square/img 001.png ~ test/square/c jpeg.jpg (JPEG q90)
+                           train/triangle/img 002.png ~ test/triangle/d resized.png (2x, bilinear)
+    near, within test    : test/circle/img 001.png ~ test/circle/e jpeg.jpg
+    same class, 4 copies : train/triangle/img 004.png = f1..f3 (JPEG, resized, exact)
+    """
+    root = make_shapes(tmp_path / "ds", splits=(("train", 14), ("test", 4)), size=(48, 40))
+    tr, te = root / "train", root / "test"
+    shutil.copy(tr / "circle/img 000.png", tr / "circle/a dup.png")
+    shutil.copy(tr / "circle/img 000.png", te / "circle/a copy.png")
+    shutil.copy(tr / "circle/img 003.png", tr / "square/b conflict.png")
+    Image.open(tr / "square/img 001.png").save(te / "square/c jpeg.jpg", quality=90)
+    im = Image.open(tr / "triangle/img 002.png")
+    im.resize((im.width * 2, im.height * 2), Image.Resampling.BILINEAR).save(te / "triangle/d resized.png")
+    Image.open(te / "circle/img 001.png").save(te / "circle/e jpeg.jpg", quality=90)
+    src = tr / "triangle/img 004.png"
+    Image.open(src).save(tr / "triangle/f1.jpg", quality=92)
+    im = Image.open(src)
+    im.resize((im.width * 3 // 2, im.height * 3 // 2), Image.Resampling.BILINEAR).save(tr / "triangle/f2.png")
+    shutil.copy(src, tr / "triangle/f3.png")
+    return root
+
+
+def test_close_pairs_is_exact_all_pairs():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 256, (30, 1, 64, 64), generator=g, dtype=torch.uint8)
+    noise = torch.randint(-6, 7, (30, 1, 64, 64), generator=g)
+    near = (base.int() + noise).clamp(0, 255).to(torch.uint8)
+    x = torch.cat([base, near, base[:3]])
+    full = torch.cdist(x.flatten(1).double(), x.flatten(1).double(), p=1) / (64 * 64 * 255)
+    for cap in (0.0, 3 / 255, 4 / 255, 0.4):
+        pairs, dist = close_pairs(x, cap)
+        want = {(i, j) for i in range(len(x)) for j in range(i + 1, len(x)) if full[i, j] <= cap + 1e-12}
+        assert {tuple(p) for p in pairs.tolist()} == want
+        assert np.allclose(dist.numpy(), [full[i, j].item() for i, j in pairs.tolist()])
+
+
+def test_audit_counts_and_outputs(dupes, tmp_path):
+    before = tree_hash(dupes)
+    r = audit(dupes, out=tmp_path / "out")
+    assert tree_hash(dupes) == before  # nothing written into the dataset
+    assert r["images"] == {"train": 3 * 14 + 5, "test": 3 * 4 + 4}
+    assert r["exact_groups"] == 3 and r["exact_redundant"] == 4  # a (3 files), b (2), f3 with img 004 (2)
+    assert r["exact_groups_by_split"] == {"train": 2, "test": 0, "across": 1}
+    assert r["test_exact_in_train"] == 1
+    assert r["test_near_in_train"] == 3  # a copy, c jpeg, d resized
+    assert r["test_leak_free"] == 16 - 3
+    assert r["near_groups"] == 6 and r["near_groups_by_split"] == {"train": 2, "test": 1, "across": 3}
+    assert r["largest_group"] == 4 and r["near_redundant"] == 2 + 1 + 1 + 1 + 1 + 3
+    assert r["cross_label_groups"] == 1 and r["cross_label_exact_groups"] == 1
+    conflict = [g for g in r["groups"] if len(g["classes"]) > 1]
+    assert {m["path"] for m in conflict[0]["members"]} == {"train/circle/img 003.png",
+                                                           "train/square/b conflict.png"}
+    hist = r["distance_histogram"]["test"]
+    assert sum(hist["counts"]) + hist["above_cap"] == 16 and hist["largest_within_threshold"] <= 4
+
+    out = tmp_path / "out"
+    assert {"audit.json", "leak_free_test.csv", "distance_hist.png", "gallery_largest.png",
+            "gallery_cross_label.png"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "audit.json").read_text())["exact_groups"] == 3
+    with open(out / "leak_free_test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == data_mod.MANIFEST_FIELDS and len(rows) == 13
+    paths = {row["path"]: row for row in rows}
+    leaked = {"test/circle/a copy.png", "test/square/c jpeg.jpg", "test/triangle/d resized.png"}
+    assert not leaked & set(paths)
+    assert paths["test/circle/e jpeg.jpg"]["group"] == paths["test/circle/img 001.png"]["group"] != "-1"
+    assert {row["split"] for row in rows} == {"test"}
+    # The manifest reader of `cnnlab test --manifest` accepts it.
+    ds = data_mod.scan(dupes)
+    samples = data_mod.read_manifest(out / "leak_free_test.csv", ds.root, ds.classes, split="test")
+    assert len(samples) == 13
+    assert "exact (byte-identical)" in format_audit(r)
+
+
+def test_threshold_changes_near_not_exact(dupes):
+    r = audit(dupes, threshold=0.0)
+    assert r["exact_groups"] == 3 and r["test_exact_in_train"] == 1
+    assert r["test_near_in_train"] == 1  # only the byte-identical copy survives a zero threshold
+
+
+def test_duplicate_groups_stay_whole_through_the_split(dupes):
+    ds = data_mod.scan(dupes)
+    groups = duplicate_groups(ds, split="train")
+    rel = lambda name: f"train/{name}"  # noqa: E731
+    assert groups[rel("circle/img 000.png")] == groups[rel("circle/a dup.png")]
+    f = {groups[rel(f"triangle/{n}")] for n in ("img 004.png", "f1.jpg", "f2.png", "f3.png")}
+    assert len(f) == 1 and len(groups) == 2 + 2 + 4
+    assert not any(k.startswith("test/") for k in groups)
+    for seed in range(6):
+        ds = data_mod.scan(dupes)
+        data_mod.split_train_val(ds, 0.3, seed, groups)
+        side = {ds.rel(s.path): split for split in ("train", "val") for s in ds.splits[split]}
+        by_group: dict[int, set[str]] = {}
+        labels = {ds.rel(s.path): s.label for split in ("train", "val") for s in ds.splits[split]}
+        for path, gid in groups.items():
+            by_group.setdefault(gid, set()).add((side[path], labels[path]))
+        for members in by_group.values():
+            if len({label for _, label in members}) == 1:  # a same-class group: one side only
+                assert len({s for s, _ in members}) == 1
+        recorded = {ds.rel(s.path): s.group for s in ds.splits["train"] + ds.splits["val"]}
+        assert all(recorded[p] == g for p, g in groups.items())  # the manifest's group column
+
+
+def test_cli_json_and_errors(dupes, tmp_path):
+    result = run_cli("data", "audit", dupes, "--json", "--out", tmp_path / "a")
+    r = json.loads(result.output)
+    for key in ("exact_groups", "exact_redundant", "test_exact_in_train", "test_near_in_train", "near_groups",
+                "cross_label_groups"):
+        assert key in r
+    assert "groups" not in r and (tmp_path / "a" / "leak_free_test.csv").is_file()
+    assert "test images with a copy in train: 1 byte-identical, 3 exact or near" in run_cli(
+        "data", "audit", dupes).output
+    assert "inside the dataset" in one_line_error("data", "audit", dupes, "--out", dupes / "audit")
+    assert "--threshold" in one_line_error("data", "audit", dupes, "--threshold", "300")
+    assert "does not exist" in one_line_error("data", "audit", tmp_path / "missing")
+    assert "Example" in run_cli("data", "audit", "--help").output
+
+
+def test_train_only_dataset(tmp_path):
+    root = make_shapes(tmp_path / "plain", splits=(("", 5),))
+    r = audit(root, out=tmp_path / "o")
+    assert r["test_near_in_train"] is None and not (tmp_path / "o" / "leak_free_test.csv").exists()
+
+
+def test_cross_label_group_stays_whole(dupes):
+    ds = data_mod.scan(dupes)
+    groups = duplicate_groups(ds, split="train")
+    sides = []
+    for seed in (14, 15, 26):  # seeds that split it with the current per-class placement
+        ds = data_mod.scan(dupes)
+        data_mod.split_train_val(ds, 0.3, seed, groups)
+        side = {ds.rel(s.path): split for split in ("train", "val") for s in ds.splits[split]}
+        sides.append({side["train/circle/img 003.png"], side["train/square/b conflict.png"]})
+    assert all(len(s) == 1 for s in sides)
+
+
+def test_val_folder_counts_as_train_side(tmp_path):
+    root = make_shapes(tmp_path / "v", splits=(("train", 6), ("val", 3), ("test", 3)))
+    shutil.copy(root / "train/circle/img 000.png", root / "val/circle/copy.png")
+    Image.open(root / "val/square/img 000.png").save(root / "test/square/from val.jpg", quality=90)
+    r = audit(root)
+    assert r["val_exact_in_train"] == 1 and r["val_near_in_train"] == 1
+    assert r["test_exact_in_train"] == 0 and r["test_near_in_train"] == 1  # a copy of a val image leaks too
+    assert "validation images with a copy in train: 1" in format_audit(r)
+
+
+def test_unreadable_files_compared_by_bytes_only(shapes, tmp_path):
+    (shapes / "train/circle/broken.png").write_bytes(b"not an image at all")
+    (shapes / "test/circle/broken copy.png").write_bytes(b"not an image at all")
+    r = audit(shapes, out=tmp_path / "o")
+    assert r["unreadable"] == 2 and r["exact_groups"] == 1 and r["test_exact_in_train"] == 1
+    with open(tmp_path / "o" / "leak_free_test.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 12  # the 12 readable originals
+    assert (tmp_path / "o" / "gallery_largest.png").is_file()
