@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cnnlab.audit import audit
-from cnnlab.config import Config
+from cnnlab.config import Config, parse_sets
 from cnnlab.evaluate import test_run
 from cnnlab.report import machine
 from cnnlab.train import fit
@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "mri.toml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--result", default=str(ROOT / "docs" / "results" / "quality.json"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every seed, e.g. threads=1 while sharing the machine")
     args = ap.parse_args(argv)
     out = Path(args.out)
     leak_dir = out / "audit"
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     seeds = []
     for seed in args.seeds:
         run = out / f"seed{seed}"
-        cfg = Config.load(args.recipe).update({"path": args.data, "seed": seed})
+        cfg = Config.load(args.recipe).update({"path": args.data, "seed": seed, **parse_sets(args.sets)})
         t0 = time.process_time()
         summary = fit(None, run, resume=True) if (run / "config.toml").is_file() else fit(cfg, run)
         cpu_min = (time.process_time() - t0) / 60
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     result = {
         "recipe": str(Path(args.recipe).relative_to(ROOT)) if Path(args.recipe).is_relative_to(ROOT) else args.recipe,
         "command": "python benchmarks/quality.py --data " + args.data + " --out " + args.out
-                   + " --seeds " + " ".join(map(str, args.seeds)),
+                   + " --seeds " + " ".join(map(str, args.seeds)) + "".join(f" --set {s}" for s in args.sets),
         "machine": machine(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
         "seeds": seeds,
         "summary": {k: mean_std(k) for k in ("val_macro_f1", "test_macro_f1", "test_accuracy",
