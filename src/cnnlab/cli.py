@@ -55,7 +55,14 @@ def main():
 
 @main.group(cls=_Group)
 def data():
-    """Look at, generate and audit datasets (read-only for the data itself)."""
+    """Look at, generate and audit datasets (cnnlab never writes into a dataset folder).
+
+    \b
+    Examples:
+      cnnlab data inspect ../shared/datasets/brain-tumor-mri --out look/
+      cnnlab data audit ../shared/datasets/brain-tumor-mri --out audit/
+      cnnlab data synth-eclipse /tmp/ecl --train-per-class 200
+    """
 
 
 # ------------------------------------------------------------------------------------------ data
