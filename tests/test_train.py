@@ -140,7 +140,8 @@ def test_run_folder_explains_itself(eclipse, tmp_path):
     {"imbalance": "undersample", "optimizer": "rmsprop", "scheduler": "cosine", "warmup_epochs": 1},
     {"optimizer": "adagrad", "scheduler": "step", "step_size": 1, "hflip": True, "rotate": 10, "contrast": 0.2,
      "gamma": 0.2, "blur": 0.5, "noise": 0.1, "scale_min": 0.8, "ema": 0.9, "tta": True},
-    {"optimizer": "adamw", "model": "adaptive", "resize": "keep", "image_size": 48, "width": 8, "channels": 1},
+    {"optimizer": "adamw", "model": "adaptive", "resize": "keep", "image_size": 48, "width": 8, "channels": 1,
+     "normalize": "image"},
     {"model": "resnet", "width": 8, "depth": 1, "resize": "pad", "crop": "foreground"},
     {"model": "mlp", "hidden": 32, "precision": "bf16"},
 ])

@@ -34,6 +34,7 @@ class DataConfig:
     class_map: str = ""  # test_name=train_name,...
     cache_dir: str = ""
     imbalance: str = "none"  # none | weights | oversample | undersample
+    normalize: str = "dataset"  # dataset (training mean/std per channel) | image (each image to mean 0, std 1)
 
 
 @dataclass
@@ -190,6 +191,8 @@ class Config:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.loss.label_smoothing}")
         if self.train.monitor not in ("val_f1", "val_loss", "val_acc"):
             raise UserError(f"monitor must be val_f1, val_loss or val_acc, got '{self.train.monitor}'")
+        if self.data.normalize not in ("dataset", "image"):
+            raise UserError(f"normalize must be dataset or image, got '{self.data.normalize}'")
         if self.data.imbalance not in ("none", "weights", "oversample", "undersample"):
             raise UserError(f"unknown imbalance '{self.data.imbalance}' "
                             "(choose from: none, weights, oversample, undersample)")

@@ -8,6 +8,7 @@ resumed from any epoch boundary continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -171,6 +172,7 @@ class Engine:
     autocast_dtype: torch.dtype | None
     channels_last: bool
     tta: bool = False
+    per_image: bool = False  # standardise each image on its own (robust to scanners' brightness and contrast)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -195,6 +197,9 @@ class Engine:
             x = torch.addcmul(self.shift, x, self.scale * 255)
         else:
             x = torch.addcmul(self.shift, x, self.scale)
+        if self.per_image:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) / x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
         if g is not None:
             x = self.augment.noise(x, g)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -248,7 +253,7 @@ def make_engine(cfg: Config, model: nn.Module, mean, std) -> Engine:
     model.to(device)
     return Engine(model, device, mean.to(device), std.to(device), Augmenter(cfg.augment),
                   Augmenter(COPY_AUGMENT), pick_precision(cfg.train.precision, device), cfg.train.channels_last,
-                  cfg.train.tta)
+                  cfg.train.tta, cfg.data.normalize == "image")
 
 
 def train_one_epoch(eng: Engine, images: ImageSet, opt, criterion, cfg: Config, g: torch.Generator,
@@ -497,8 +502,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
     meta = {"classes": p.dataset.classes, "prep": asdict(p.prep), "mean": p.mean, "std": p.std,
             "config": cfg.to_dict(), "model_name": cfg.model.model}
     eval_model = ema.module if ema is not None else eng.model
-    eval_eng = Engine(eval_model, eng.device, eng.mean, eng.std, eng.augment, eng.copy_augment,
-                      eng.autocast_dtype, eng.channels_last, cfg.train.tta)
+    eval_eng = dataclasses.replace(eng, model=eval_model)
     finished, epoch, diverged = start > cfg.train.epochs, start - 1, False
     from tqdm import tqdm
 
