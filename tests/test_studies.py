@@ -90,7 +90,10 @@ def test_assignment_chains_winners_and_tests_once(eclipse, tmp_path):
     assert "Final choice, scored once on the test split" in md and "test macro-F1" in md
     tested = list(out.rglob("evaluations.json"))
     assert len(tested) == 1 and len(json.loads(tested[0].read_text())) == 1
-    # The optimizers stage ran on the regularization winner.
+    # The optimizers stage ran on the regularization winner...
     reg = {r["run"]: float(r["best_val_f1"]) for r in _rows(out / "regularization" / "summary.csv")}
     winner = max(reg, key=reg.get)
-    assert f'model = "{winner}"' in (out / "optimizers" / "runs" / "adam" / "config.toml").read_text()
+    assert f'model = "{winner}"' in (out / "optimizers" / "runs" / "sgd" / "config.toml").read_text()
+    # ...and its adam run, the same config as that winner, was not trained twice.
+    adam = next(r for r in _rows(out / "optimizers" / "summary.csv") if r["run"] == "adam")
+    assert adam["out"].endswith(f"regularization/runs/{winner}") and not (out / "optimizers" / "runs" / "adam").exists()

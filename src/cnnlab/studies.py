@@ -197,15 +197,33 @@ def _slug(name: str) -> str:
 
 
 def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: Executor | None = None,
-              jobs: int = 1, log=print) -> list[dict]:
-    """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html."""
+              jobs: int = 1, log=print, known: dict[str, dict] | None = None) -> list[dict]:
+    """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html.
+
+    `known` maps a config (as JSON) to the result of a run already trained with it: such a run is not trained
+    again (in the assignment, a stage's baseline is often the previous stage's winner).
+    """
+    import json
+
     from cnnlab.report import study_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (base.train.threads or os.cpu_count() or 1) // max(1, jobs))
     executor = executor or LocalExecutor(jobs, log=log)
-    results = executor.map(make_jobs(study, base, out, seeds, threads))
+    known = {} if known is None else known
+    all_jobs = make_jobs(study, base, out, seeds, threads)
+    keys = [json.dumps(j.config, sort_keys=True) for j in all_jobs]
+    todo = [j for j, k in zip(all_jobs, keys, strict=True) if k not in known]
+    for j, k in zip(all_jobs, keys, strict=True):
+        if k in known:
+            log(f"  {j.run} seed {j.seed}: same config as {known[k]['out']}, reusing its result")
+    trained = iter(executor.map(todo))
+    results = []
+    for j, k in zip(all_jobs, keys, strict=True):
+        r = {**known[k], "run": j.run} if k in known else next(trained)
+        known.setdefault(k, r)
+        results.append(r)
     write_summary(results, out / "summary.csv")
     study_report(study, results, out)
     return results
@@ -236,10 +254,11 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
     out = Path(out)
     stages = []
     current = base.copy()
+    known: dict[str, dict] = {}
     for name in ASSIGNMENT_STAGES:
         study = STUDIES[name]
         log(f"== stage {name}: {study.question}")
-        results = run_study(study, current, out / name, seeds, executor, jobs, log)
+        results = run_study(study, current, out / name, seeds, executor, jobs, log, known)
         means = mean_by_run(results)
         winner = max(means, key=means.get)
         for k, v in study.runs[winner].items():
