@@ -268,7 +268,7 @@ class ImageCache:
         with ThreadPoolExecutor(self.workers) as pool:
             results = pool.map(work, paths)
             for k, r in tqdm(zip(keys, results, strict=True), total=len(keys), desc="decoding",
-                             disable=not progress, leave=False, unit="img"):
+                             disable=None if progress else True, leave=False, unit="img"):
                 if isinstance(r, str):
                     store["bad"][k] = r
                 else:

@@ -512,7 +512,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
             torch.manual_seed(epoch_seed(cfg.train.seed, epoch))  # dropout
             g = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch) + 1)  # order, augmentation
             t0 = time.perf_counter()
-            bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress,
+            bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=None if progress else True,
                        leave=False, unit="step")
             tr = train_one_epoch(eng, p.train, opt, criterion, cfg, g, scaler,
                                  sched if when == "step" else None, bar)
