@@ -201,3 +201,12 @@ def test_test_once_then_predict(eclipse, tmp_path):
     csv_out = run_cli("predict", out, eclipse / "test", "--csv").output.splitlines()
     assert len(csv_out) == 13 and csv_out[0].startswith("path,label,")
     assert "no such image" in one_line_error("predict", out, tmp_path / "nothing.png")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_path_with_amp_and_channels_last(eclipse, tmp_path):
+    summary = fit(_cfg(eclipse, device="cuda", epochs=2, hflip=True, rotate=5), tmp_path / "r", progress=False)
+    assert summary["epochs"] == 2
+    res = run_cli("test", tmp_path / "r", "--data", eclipse, "--json").output
+    assert 0 <= json.loads(res)["macro_f1"] <= 1
