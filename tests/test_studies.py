@@ -90,6 +90,10 @@ def test_assignment_chains_winners_and_tests_once(eclipse, tmp_path):
     assert "Final choice, scored once on the test split" in md and "test macro-F1" in md
     tested = list(out.rglob("evaluations.json"))
     assert len(tested) == 1 and len(json.loads(tested[0].read_text())) == 1
+    # Rerunning the finished assignment redraws the report but does not score the test split again.
+    run_cli("study", "assignment", "--data", eclipse, "--out", out, "--epochs", 1, "--set", "image_size=32",
+            "--set", "batch_size=16")
+    assert len(json.loads(tested[0].read_text())) == 1
     # The optimizers stage ran on the regularization winner...
     reg = {r["run"]: float(r["best_val_f1"]) for r in _rows(out / "regularization" / "summary.csv")}
     winner = max(reg, key=reg.get)

@@ -162,6 +162,13 @@ def conclusions(rows: list[dict]) -> list[str]:
             out.append(f"Its margin over {second['run']} is {margin:.4f}, {verdict} ({noise:.4f}).")
         worst = rows[-1]
         out.append(f"Worst: {worst['run']} at {worst['f1']:.4f}, {best['f1'] - worst['f1']:.4f} below the best.")
+    # Runs that learned next to nothing (a collapsed run predicts one class) are "stable" and "not overfitting"
+    # in a useless way: the remaining comparisons leave them out, and say so.
+    learned = [r for r in rows if r["f1"] >= 0.5 * best["f1"]]
+    failed = [r["run"] for r in rows if r not in learned]
+    if failed:
+        out.append(f"Left out of the comparisons below, at less than half the best score: {', '.join(failed)}.")
+    rows = learned
     by_gap = sorted(rows, key=lambda r: r["final_gap"])
     out.append(f"Overfitting (train minus validation macro-F1 at the last epoch): smallest for "
                f"{by_gap[0]['run']} ({by_gap[0]['final_gap']:+.3f}), largest for {by_gap[-1]['run']} "
