@@ -506,7 +506,6 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
     finished, epoch, diverged = start > cfg.train.epochs, start - 1, False
     from tqdm import tqdm
 
-    t_run = time.perf_counter()
     with _Sigterm():
         for epoch in range(start, cfg.train.epochs + 1):
             torch.manual_seed(epoch_seed(cfg.train.seed, epoch))  # dropout
@@ -560,8 +559,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
                 log(f"training diverged at epoch {epoch} (loss {tr['train_loss']}); stopping")
             if finished:
                 break
-    summary = summarize(history, best_epoch, cfg)
-    summary["wall_s"] = time.perf_counter() - t_run
+    summary = summarize(history, best_epoch, cfg)  # wall_s: the epochs' own times, the same after a resume
     if finished and epoch < cfg.train.epochs and not diverged:
         log(f"early stop at epoch {epoch}: no {cfg.train.monitor} improvement for {cfg.train.patience} epochs")
     return summary
