@@ -259,7 +259,7 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
       cnnlab study assignment --data ../shared/datasets/brain-tumor-mri --out runs/assignment --jobs 2
       cnnlab study my_study.toml --data D --out S --seeds 3
     """
-    from cnnlab.config import Config
+    from cnnlab.config import Config, parse_sets
     from cnnlab.studies import ASSIGNMENT_BASE, load_study, run_assignment, run_study, sweep
 
     if jobs < 1 or seeds < 1:
@@ -267,7 +267,7 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
     base = Config.load(config_file) if config_file else Config().update(ASSIGNMENT_BASE)
     flags = {"data.path": data, "train.epochs": epochs}
     base.update({k: v for k, v in flags.items() if v is not None})
-    base.update(parse_sets_cli(sets)).validate()
+    base.update(parse_sets(sets)).validate()
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
     out = Path(out)
@@ -281,12 +281,6 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
             spec = sweep(spec, param)
         run_study(spec, base, out, seeds, jobs=jobs, log=click.echo)
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
-
-
-def parse_sets_cli(sets):
-    from cnnlab.config import parse_sets
-
-    return parse_sets(sets)
 
 
 def _register():

@@ -136,8 +136,8 @@ def predict(run: Path, paths, batch_size: int = 256) -> list[dict]:
     if not files:
         raise UserError("none of the given images could be read")
     images = ImageSet(images=torch.stack(arrays) if prep.resize != "keep" else arrays,
-                      labels=torch.zeros(len(files), dtype=torch.long), samples=[], sizes=[], modes=[])
-    images.samples = files  # only len() is used
+                      labels=torch.zeros(len(files), dtype=torch.long),
+                      samples=[data_mod.Sample(f, -1, "predict") for f in files], sizes=[], modes=[])
     probs = predict_logits(eng, images, batch_size).softmax(1)
     return [{"path": str(f), "label": classes[int(pr.argmax())],
              "probs": {c: float(pr[i]) for i, c in enumerate(classes)}} for f, pr in zip(files, probs, strict=True)]
