@@ -544,7 +544,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
                      "epoch": epoch, "history": history, "best_value": best_value, "best_epoch": best_epoch,
                      "bad_epochs": bad_epochs, "rng_cpu": torch.get_rng_state(), "finished": finished, **meta}
             if finished:
-                state["summary"] = summarize(history, best_epoch, cfg)
+                state["summary"] = summarize(history, best_epoch)
             if improved:
                 atomic_save({**meta, "model": eval_model.state_dict(), "epoch": epoch, "best_value": best_value},
                             out / "best.pt")
@@ -559,7 +559,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
                 log(f"training diverged at epoch {epoch} (loss {tr['train_loss']}); stopping")
             if finished:
                 break
-    summary = summarize(history, best_epoch, cfg)  # wall_s: the epochs' own times, the same after a resume
+    summary = summarize(history, best_epoch)  # wall_s: the epochs' own times, the same after a resume
     if finished and epoch < cfg.train.epochs and not diverged:
         log(f"early stop at epoch {epoch}: no {cfg.train.monitor} improvement for {cfg.train.patience} epochs")
     return summary
@@ -571,7 +571,7 @@ def _ema_bn(ema, model: nn.Module) -> None:
         b_ema.copy_(b)
 
 
-def summarize(history: list[dict], best_epoch: int, cfg: Config) -> dict:
+def summarize(history: list[dict], best_epoch: int) -> dict:
     if not history:
         return {}
     best = next(r for r in history if r["epoch"] == best_epoch) if best_epoch else history[-1]
