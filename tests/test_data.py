@@ -198,6 +198,55 @@ def test_group_aware_split_keeps_groups_whole(tmp_path):
     assert 4 <= len(ds.splits["val"]) / 3 <= 8
 
 
+def test_natural_order_blocks_and_merged_groups(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(1, 13):
+            Image.new("L", (8, 8), i * 9).save(tmp_path / "train" / cls / f"img ({i}).png")
+    ds = data_mod.scan(tmp_path)
+    blocks = data_mod.block_groups(ds, 5)
+    # name order is numeric: img (1)..img (5) form the first block, not img (1), img (10), img (11), ...
+    first = sorted(r for r, g in blocks.items() if g == 0)
+    assert first == sorted(os.path.join("train", "a", f"img ({i}).png") for i in range(1, 6))
+    assert len(set(blocks.values())) == 6  # 5 + 5 + 2 per class
+    a1, a12 = (os.path.join("train", "a", f"img ({i}).png") for i in (1, 12))
+    merged = data_mod.merge_groups({a1: 0, a12: 0}, blocks)
+    assert merged[a1] == merged[a12]  # a copy joins the first and the last block of class a
+    assert merged[os.path.join("train", "a", "img (11).png")] == merged[a1]
+    assert merged[os.path.join("train", "a", "img (6).png")] != merged[a1]
+    assert merged[os.path.join("train", "b", "img (1).png")] != merged[a1]
+
+
+def test_blocked_split_keeps_runs_whole_and_copies_together(tmp_path):
+    make_shapes(tmp_path, splits=(("train", 40),))
+    ds = data_mod.scan(tmp_path)
+    rels = sorted(ds.rel(s.path) for s in ds.splits["train"])
+    copies = {rels[0]: 0, rels[-1]: 0}  # a cross-class near copy
+    groups = data_mod.block_split_groups(ds, 4, copies)
+    data_mod.split_train_val(ds, 0.3, 42, groups)
+    side = {ds.rel(s.path): s.split for split in ("train", "val") for s in ds.splits[split]}
+    assert side[rels[0]] == side[rels[-1]]
+    for g in set(groups.values()):
+        assert len({side[r] for r, k in groups.items() if k == g}) == 1
+    # a chain of copies through more than 4 runs falls back to the copies alone
+    blocks = data_mod.block_groups(ds, 4)
+    members = {g: sorted(r for r, k in blocks.items() if k == g) for g in range(5)}
+    chain = {m[0]: 0 for m in members.values()}
+    loose = data_mod.block_split_groups(ds, 4, chain)
+    assert len({loose[r] for r in chain}) == 1
+    assert all(r not in loose for m in members.values() for r in m[1:])
+    assert loose[sorted(r for r, k in blocks.items() if k == 6)[0]] != loose[next(iter(chain))]
+
+
+def test_block_split_from_the_config(shapes, tmp_path):
+    out = tmp_path / "run"
+    run_cli("train", "--data", str(shapes), "--model", "mlp", "--epochs", "1", "--set", "split=blocks",
+            "--set", "block_size=3", "--out", str(out))
+    assert (out / "split.csv").exists()
+    assert "split must be random or blocks" in one_line_error("train", "--data", str(shapes), "--set",
+                                                              "split=patients", "--out", str(tmp_path / "x"))
+
+
 def test_manifest_round_trip(tmp_path):
     make_shapes(tmp_path / "d", splits=(("train", 10), ("test", 2)))
     ds = data_mod.scan(tmp_path / "d")

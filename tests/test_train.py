@@ -110,12 +110,12 @@ def _cfg(data: Path, **over) -> Config:
 
 
 def test_same_config_and_seed_give_the_same_history(eclipse, tmp_path):
-    a = fit(_cfg(eclipse), tmp_path / "a", progress=False)
-    b = fit(_cfg(eclipse), tmp_path / "b", progress=False)
+    a = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3), tmp_path / "a", progress=False)
+    b = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3), tmp_path / "b", progress=False)
     assert a["best_val_f1"] == b["best_val_f1"]
     ha, hb = read_history(tmp_path / "a" / "history.csv"), read_history(tmp_path / "b" / "history.csv")
     assert _strip_timing(ha) == _strip_timing(hb)
-    fit(_cfg(eclipse, seed=4), tmp_path / "c", progress=False)
+    fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, seed=4), tmp_path / "c", progress=False)
     assert _strip_timing(read_history(tmp_path / "c" / "history.csv")) != _strip_timing(ha)
 
 
@@ -210,3 +210,27 @@ def test_cuda_path_with_amp_and_channels_last(eclipse, tmp_path):
     assert summary["epochs"] == 2
     res = run_cli("test", tmp_path / "r", "--data", eclipse, "--json").output
     assert 0 <= json.loads(res)["macro_f1"] <= 1
+
+
+# -------------------------------------------------------------------------------------------- augment
+
+
+def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
+    import torch
+
+    from cnnlab.augment import Augmenter
+    from cnnlab.config import AugmentConfig
+
+    x = torch.rand(16, 1, 32, 32)
+    full = Augmenter(AugmentConfig(hflip=True, rotate=20, translate=0.1, scale_min=0.8, scale_max=1.2,
+                                   brightness=0.2, contrast=0.3, gamma=0.3, blur=0.5, jpeg=0.5))
+    a = full.pixels(x, torch.Generator().manual_seed(3))
+    b = full.pixels(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert a.min() >= 0 and a.max() <= 1
+    jpeg = Augmenter(AugmentConfig(jpeg=0.5))
+    assert jpeg.active and not Augmenter(AugmentConfig()).active
+    y = jpeg.pixels(x, torch.Generator().manual_seed(0))
+    changed = (y - x).flatten(1).abs().amax(1) > 0
+    assert 0 < int(changed.sum()) < 16  # some re-encoded, the rest untouched
+    assert (y[changed] - x[changed]).abs().mean() < 0.2  # re-encoded, not replaced

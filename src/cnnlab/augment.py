@@ -6,12 +6,18 @@ Geometric transforms (flips, rotation, shift, zoom) are folded into one affine w
 
 from __future__ import annotations
 
+import io
 import math
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from cnnlab.config import AugmentConfig
+
+JPEG_QUALITY = (30, 95)  # re-encoding quality range, inclusive
 
 # Copies made by random oversampling get at least this, so that they are not identical repeats.
 COPY_AUGMENT = AugmentConfig(hflip=True, rotate=10.0, translate=0.05, scale_min=0.9, brightness=0.1)
@@ -34,7 +40,7 @@ class Augmenter:
     def active(self) -> bool:
         c = self.cfg
         return bool(self.geometric or c.hflip or c.vflip or c.brightness or c.contrast or c.gamma or c.blur
-                    or c.noise)
+                    or c.noise or c.jpeg)
 
     def pixels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: float B x C x H x W in [0, 1]. Returns the augmented batch, still in [0, 1]."""
@@ -62,7 +68,27 @@ class Augmenter:
             k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
             blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
             x = torch.where(pick, blurred, x)
+        if c.jpeg:
+            x = self._jpeg(x, g)
         return x
+
+    def _jpeg(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Re-encode a random subset as JPEG (blocking, ringing, lost detail: what re-saved scans look like)."""
+        n = x.shape[0]
+        pick = torch.rand(n, generator=g) < self.cfg.jpeg
+        quality = torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (n,), generator=g)
+        idx = pick.nonzero().flatten().tolist()
+        if not idx:
+            return x
+        u8 = (x[idx].detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        out = x.clone()
+        for k, i in enumerate(idx):
+            buf = io.BytesIO()
+            Image.fromarray(u8[k].squeeze(-1).numpy() if u8.shape[-1] == 1 else u8[k].numpy()).save(
+                buf, "JPEG", quality=int(quality[i]))
+            back = np.asarray(Image.open(buf)).reshape(u8.shape[1:])
+            out[i] = (torch.from_numpy(back.copy()).permute(2, 0, 1).float() / 255).to(x)
+        return out
 
     def noise(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Gaussian noise, added after normalisation so its scale is independent of the data."""

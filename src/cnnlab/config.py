@@ -30,6 +30,8 @@ class DataConfig:
     val_fraction: float = 0.3
     split_seed: int = 42
     dedupe: bool = False  # keep duplicate groups whole on one side of the train/val split
+    split: str = "random"  # random | blocks (runs of block_size files in name order stay together)
+    block_size: int = 20
     strict: bool = False  # unusable files are an error instead of a warning
     class_map: str = ""  # test_name=train_name,...
     cache_dir: str = ""
@@ -50,6 +52,8 @@ class AugmentConfig:
     gamma: float = 0.0  # log-uniform in [1/(1+g), 1+g]
     blur: float = 0.0  # probability of a 3x3 blur
     noise: float = 0.0  # std of gaussian noise, in units of the normalised input
+    mixup: float = 0.0  # alpha of the Beta(alpha, alpha) mixing weight; 0 = off
+    jpeg: float = 0.0  # probability of re-encoding as JPEG at a random quality 30-95
 
 
 @dataclass
@@ -191,6 +195,12 @@ class Config:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.loss.label_smoothing}")
         if self.train.monitor not in ("val_f1", "val_loss", "val_acc"):
             raise UserError(f"monitor must be val_f1, val_loss or val_acc, got '{self.train.monitor}'")
+        if self.augment.mixup < 0 or not 0 <= self.augment.jpeg <= 1:
+            raise UserError("mixup must be >= 0 and jpeg a probability in [0, 1]")
+        if self.data.split not in ("random", "blocks"):
+            raise UserError(f"split must be random or blocks, got '{self.data.split}'")
+        if self.data.block_size < 1:
+            raise UserError(f"block_size must be at least 1, got {self.data.block_size}")
         if self.data.normalize not in ("dataset", "image"):
             raise UserError(f"normalize must be dataset or image, got '{self.data.normalize}'")
         if self.data.imbalance not in ("none", "weights", "oversample", "undersample"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -185,6 +186,72 @@ def report_skipped(skipped: list[tuple[str, str]], strict: bool, warn: bool = Tr
 def _stable_rank(rel_path: str, seed: int) -> str:
     # A hash of the path and seed orders files the same way on every machine and Python version.
     return hashlib.sha1(f"{seed}:{rel_path}".encode()).hexdigest()
+
+
+def natural_key(name: str) -> list:
+    """'img (10).jpg' after 'img (9).jpg': digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def block_groups(ds: Dataset, size: int, split: str = "train") -> dict[str, int]:
+    """Relative path -> block id: each class folder's files in natural name order, cut into runs of `size`.
+
+    Scans are often exported in sequence (one patient's slices after another), so neighbouring files are
+    near-identical slices of one subject. Keeping each run on one side of the train/validation split makes
+    validation measure unseen subjects rather than unseen slices of seen ones.
+    """
+    if size < 1:
+        raise UserError(f"block_size must be at least 1, got {size}")
+    by_class: dict[int, list[str]] = {}
+    for s in ds.splits.get(split, []):
+        by_class.setdefault(s.label, []).append(ds.rel(s.path))
+    out, gid = {}, 0
+    for label in sorted(by_class):
+        rels = sorted(by_class[label], key=lambda r: natural_key(os.path.basename(r)))
+        for start in range(0, len(rels), size):
+            out.update((r, gid) for r in rels[start:start + size])
+            gid += 1
+    return out
+
+
+def merge_groups(*groupings: dict[str, int] | None) -> dict[str, int]:
+    """One grouping whose groups are the connected unions of the given ones (path -> new id 0, 1, ...)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = x = parent[parent[x]]
+        return x
+
+    for grouping in groupings:
+        first: dict[int, str] = {}
+        for rel, g in (grouping or {}).items():
+            root = find(rel)
+            if g in first:
+                parent[root] = find(first[g])
+            else:
+                first[g] = rel
+    ids: dict[str, int] = {}
+    return {rel: ids.setdefault(find(rel), len(ids)) for rel in sorted(parent)}
+
+
+def block_split_groups(ds: Dataset, size: int, duplicates: dict[str, int] | None = None) -> dict[str, int]:
+    """Groups for a blocked split: runs of `size` files in name order, joined with the duplicate groups.
+
+    Copies never straddle the split. Where copies chain many runs into one group (a folder numbered in no
+    meaningful order, e.g. merged from several sources), a group above 4 runs would swallow a class's whole
+    validation quota: it falls back to its duplicate groups alone.
+    """
+    duplicates = duplicates or {}
+    merged = merge_groups(duplicates, block_groups(ds, size))
+    sizes = Counter(merged.values())
+    out, offset = {}, max(merged.values(), default=-1) + 1
+    for rel, g in merged.items():
+        if sizes[g] <= 4 * size:
+            out[rel] = g
+        elif rel in duplicates:
+            out[rel] = offset + duplicates[rel]
+    return out
 
 
 def split_train_val(ds: Dataset, fraction: float, seed: int, groups: dict[str, int] | None = None) -> None:

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,6 +67,8 @@ def prepare(cfg: Config, progress: bool = False) -> Prepared:
         from cnnlab.audit import duplicate_groups
 
         groups = duplicate_groups(ds, split="train", cache_dir=d.cache_dir or None)
+    if d.split == "blocks":
+        groups = data_mod.block_split_groups(ds, d.block_size, groups)
     data_mod.split_train_val(ds, d.val_fraction, d.split_seed, groups)
     if "val" not in ds.splits:
         raise UserError("no validation data: set val_fraction > 0 or provide a val/ folder")
@@ -256,6 +259,14 @@ def make_engine(cfg: Config, model: nn.Module, mean, std) -> Engine:
                   cfg.train.tta, cfg.data.normalize == "image")
 
 
+def mixup_draw(alpha: float, n: int, g: torch.Generator) -> tuple[float, torch.Tensor | None]:
+    """Mixup's weight (from Beta(alpha, alpha), drawn through the epoch's generator) and partner indices."""
+    if alpha <= 0 or n < 2:
+        return 1.0, None
+    seed = int(torch.randint(2**31 - 1, (1,), generator=g))
+    return float(np.random.default_rng(seed).beta(alpha, alpha)), torch.randperm(n, generator=g)
+
+
 def train_one_epoch(eng: Engine, images: ImageSet, opt, criterion, cfg: Config, g: torch.Generator,
                     scaler=None, step_scheduler=None, progress=None) -> dict:
     eng.model.train()
@@ -270,9 +281,14 @@ def train_one_epoch(eng: Engine, images: ImageSet, opt, criterion, cfg: Config, 
         x = eng.to_input(gather(images, idx), g, copies[pos])
         y = images.labels.index_select(0, idx).to(eng.device, non_blocking=True)
         wait += time.perf_counter() - t0
+        lam, partner = mixup_draw(cfg.augment.mixup, len(idx), g)
+        if partner is not None:
+            x = lam * x + (1 - lam) * x.index_select(0, partner.to(x.device))
         with eng.autocast():
             out = eng.model(x)
             loss = criterion(out.float(), y)
+            if partner is not None:
+                loss = lam * loss + (1 - lam) * criterion(out.float(), y.index_select(0, partner.to(y.device)))
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
