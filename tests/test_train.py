@@ -119,6 +119,14 @@ def test_same_config_and_seed_give_the_same_history(eclipse, tmp_path):
     assert _strip_timing(read_history(tmp_path / "c" / "history.csv")) != _strip_timing(ha)
 
 
+def test_weight_ema_follows_every_step(eclipse, tmp_path):
+    fit(_cfg(eclipse, epochs=2, ema=0.9), tmp_path / "r", progress=False)
+    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    n_train = sum(1 for line in (tmp_path / "r" / "split.csv").read_text().splitlines() if ",train," in line)
+    steps = n_train // 8 + (n_train % 8 > 1)  # a last batch of one joins the one before it
+    assert int(ckpt["ema"]["n_averaged"]) == 2 * steps
+
+
 def test_run_folder_explains_itself(eclipse, tmp_path):
     out = tmp_path / "r"
     run_cli("train", "--data", eclipse, "--model", "simple-bn-dropout", "--epochs", 2, "--set", "seed=3",

@@ -268,7 +268,7 @@ def mixup_draw(alpha: float, n: int, g: torch.Generator) -> tuple[float, torch.T
 
 
 def train_one_epoch(eng: Engine, images: ImageSet, opt, criterion, cfg: Config, g: torch.Generator,
-                    scaler=None, step_scheduler=None, progress=None) -> dict:
+                    scaler=None, step_scheduler=None, progress=None, ema=None) -> dict:
     eng.model.train()
     n_classes = int(criterion.n_classes)
     order, copies = epoch_indices(images.labels, n_classes, cfg.data.imbalance, g)
@@ -299,6 +299,8 @@ def train_one_epoch(eng: Engine, images: ImageSet, opt, criterion, cfg: Config, 
             opt.step()
         if step_scheduler is not None:
             step_scheduler.step()
+        if ema is not None:  # the average follows every optimizer step, so a decay like 0.999 means ~1000 steps
+            ema.update_parameters(eng.model)
         loss_sum += loss.detach().to(torch.float64) * len(idx)
         cm += confusion(y, out.detach().argmax(1), n_classes)
         seen += len(idx)
@@ -530,10 +532,9 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
             bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=None if progress else True,
                        leave=False, unit="step")
             tr = train_one_epoch(eng, p.train, opt, criterion, cfg, g, scaler,
-                                 sched if when == "step" else None, bar)
+                                 sched if when == "step" else None, bar, ema)
             bar.close()
             if ema is not None:
-                ema.update_parameters(eng.model)
                 _ema_bn(ema, eng.model)
             ev = evaluate(eval_eng, p.val, criterion, cfg.train.eval_batch_size)
             lr = opt.param_groups[0]["lr"]
