@@ -19,7 +19,7 @@ from cnnlab.config import Config, parse_sets
 from cnnlab.errors import UserError
 from cnnlab.metrics import confusion, scores
 from cnnlab.models import MODELS, build
-from cnnlab.train import TIMING_COLUMNS, fit, read_history
+from cnnlab.train import TIMING_COLUMNS, ema_decay, fit, read_history
 
 FAST = ["--image-size", 32, "--batch-size", 8, "-q"]
 
@@ -125,6 +125,7 @@ def test_weight_ema_follows_every_step(eclipse, tmp_path):
     n_train = sum(1 for line in (tmp_path / "r" / "split.csv").read_text().splitlines() if ",train," in line)
     steps = n_train // 8 + (n_train % 8 > 1)  # a last batch of one joins the one before it
     assert int(ckpt["ema"]["n_averaged"]) == 2 * steps
+    assert ema_decay(0.999, 0) == 0.1 and ema_decay(0.999, 10**6) == 0.999  # warm-up, then the set decay
 
 
 def test_run_folder_explains_itself(eclipse, tmp_path):

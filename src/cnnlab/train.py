@@ -492,8 +492,8 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
                                                torch.Generator().manual_seed(0))[0], cfg.train.batch_size))
     sched, when = make_scheduler(opt, cfg, steps)
     scaler = torch.amp.GradScaler("cuda") if eng.autocast_dtype == torch.float16 else None
-    ema = torch.optim.swa_utils.AveragedModel(
-        eng.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema)) if cfg.train.ema else None
+    ema = torch.optim.swa_utils.AveragedModel(eng.model, multi_avg_fn=ema_avg_fn(cfg.train.ema)) \
+        if cfg.train.ema else None
 
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.toml")
@@ -580,6 +580,20 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
     if finished and epoch < cfg.train.epochs and not diverged:
         log(f"early stop at epoch {epoch}: no {cfg.train.monitor} improvement for {cfg.train.patience} epochs")
     return summary
+
+
+def ema_decay(decay: float, n_averaged: int) -> float:
+    """The decay after `n_averaged` updates, warmed up as (1 + n) / (10 + n): without it a decay of 0.999 keeps
+    e^-1 of the random initial weights after 1000 steps, more than a short run takes."""
+    return min(decay, (1 + n_averaged) / (10 + n_averaged))
+
+
+def ema_avg_fn(decay: float):
+    def update(averaged: list, current: list, n_averaged) -> None:
+        d = ema_decay(decay, int(n_averaged))
+        torch._foreach_lerp_(averaged, current, 1 - d)
+
+    return update
 
 
 def _ema_bn(ema, model: nn.Module) -> None:
