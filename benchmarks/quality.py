@@ -35,9 +35,37 @@ def _test_once(run: Path, data: str, manifest: Path | None) -> dict:
     return test_run(run, data, str(manifest) if manifest else None, log=lambda *a: None)
 
 
+def table(result: dict) -> str:
+    """The per-seed markdown table of a quality.json, with the mean and std row."""
+    seeds = result["seeds"]
+    classes = list(seeds[0]["per_class_recall"])
+    leak_classes = list(seeds[0]["leak_free_per_class_recall"])
+    short = lambda names: " / ".join("no tumour" if c == "no_tumor" else c.removesuffix("_tumor") for c in names)  # noqa: E731
+    lines = [f"| seed | val macro-F1 | test macro-F1 | test accuracy | leak-free accuracy | test recall {short(classes)} "
+             f"| leak-free recall {short(leak_classes)} | minutes | test evaluations |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name, get, fmt):
+        recall = " / ".join(fmt(get(lambda s, c=c: s["per_class_recall"][c])) for c in classes)
+        leak = " / ".join(fmt(get(lambda s, c=c: s["leak_free_per_class_recall"][c])) for c in leak_classes)
+        return (f"| {name} | {fmt(get(lambda s: s['val_macro_f1']), 3)} | {fmt(get(lambda s: s['test_macro_f1']), 3)} "
+                f"| {fmt(get(lambda s: s['test_accuracy']), 3)} | {fmt(get(lambda s: s['leak_free_accuracy']), 3)} "
+                f"| {recall} | {leak} | {fmt(get(lambda s: s['train_minutes']), 1)} |")
+
+    for s in seeds:
+        evaluations = "1 + 1 leak-free" if s["test_evaluations"] == 1 else str(s["test_evaluations"])
+        lines.append(row(s["seed"], lambda f, s=s: [f(s)], lambda v, d=2: f"{v[0]:.{d}f}") + f" {evaluations} |")
+    if len(seeds) > 1:
+        def mean_std(v, d=2):  # the headline figures (3 decimals) with their std, the rest as means
+            return f"{statistics.fmean(v):.{d}f}" + (f" ± {statistics.stdev(v):.{d}f}" if d == 3 else "")
+        lines.append(row("mean ± std", lambda f: [f(s) for s in seeds], mean_std) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--table", metavar="QUALITY_JSON", help="only print the per-seed markdown table of a result")
+    ap.add_argument("--data")
     ap.add_argument("--out", default="runs/quality")
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "mri.toml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -45,6 +73,11 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every seed, e.g. threads=1 while sharing the machine")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
+    if not args.data:
+        ap.error("--data is required")
     out = Path(args.out)
     leak_dir = out / "audit"
     if not (leak_dir / "leak_free_test.csv").is_file():
