@@ -1,4 +1,4 @@
-"""Per-sample augmentation on batched tensors (no per-image PIL work, no decoding).
+"""Per-sample augmentation on batched tensors (no decoding; only JPEG re-encoding goes through Pillow, per image).
 
 Every random draw comes from the epoch's `torch.Generator`, so a run is reproducible and resumable.
 Geometric transforms (flips, rotation, shift, zoom) are folded into one affine warp per sample.
@@ -10,7 +10,6 @@ import io
 import math
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -80,14 +79,13 @@ class Augmenter:
         idx = pick.nonzero().flatten().tolist()
         if not idx:
             return x
-        u8 = (x[idx].detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        hwc = (x[idx].detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         out = x.clone()
-        for k, i in enumerate(idx):
+        for arr, i in zip(hwc, idx, strict=True):
             buf = io.BytesIO()
-            Image.fromarray(u8[k].squeeze(-1).numpy() if u8.shape[-1] == 1 else u8[k].numpy()).save(
-                buf, "JPEG", quality=int(quality[i]))
-            back = np.asarray(Image.open(buf)).reshape(u8.shape[1:])
-            out[i] = (torch.from_numpy(back.copy()).permute(2, 0, 1).float() / 255).to(x)
+            Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, "JPEG", quality=int(quality[i]))
+            back = np.array(Image.open(buf)).reshape(arr.shape)
+            out[i] = (torch.from_numpy(back).permute(2, 0, 1).float() / 255).to(x)
         return out
 
     def noise(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

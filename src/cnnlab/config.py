@@ -195,8 +195,10 @@ class Config:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.loss.label_smoothing}")
         if self.train.monitor not in ("val_f1", "val_loss", "val_acc"):
             raise UserError(f"monitor must be val_f1, val_loss or val_acc, got '{self.train.monitor}'")
-        if self.augment.mixup < 0 or not 0 <= self.augment.jpeg <= 1:
-            raise UserError("mixup must be >= 0 and jpeg a probability in [0, 1]")
+        if self.augment.mixup < 0:
+            raise UserError(f"mixup must be >= 0, got {self.augment.mixup}")
+        if not 0 <= self.augment.jpeg <= 1:
+            raise UserError(f"jpeg must be a probability in [0, 1], got {self.augment.jpeg}")
         if self.data.split not in ("random", "blocks"):
             raise UserError(f"split must be random or blocks, got '{self.data.split}'")
         if self.data.block_size < 1:

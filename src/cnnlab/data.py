@@ -200,8 +200,6 @@ def block_groups(ds: Dataset, size: int, split: str = "train") -> dict[str, int]
     near-identical slices of one subject. Keeping each run on one side of the train/validation split makes
     validation measure unseen subjects rather than unseen slices of seen ones.
     """
-    if size < 1:
-        raise UserError(f"block_size must be at least 1, got {size}")
     by_class: dict[int, list[str]] = {}
     for s in ds.splits.get(split, []):
         by_class.setdefault(s.label, []).append(ds.rel(s.path))
@@ -235,11 +233,14 @@ def merge_groups(*groupings: dict[str, int] | None) -> dict[str, int]:
     return {rel: ids.setdefault(find(rel), len(ids)) for rel in sorted(parent)}
 
 
+MAX_RUNS_PER_GROUP = 4  # a blocked-split group larger than this many runs falls back to its copy groups
+
+
 def block_split_groups(ds: Dataset, size: int, duplicates: dict[str, int] | None = None) -> dict[str, int]:
     """Groups for a blocked split: runs of `size` files in name order, joined with the duplicate groups.
 
     Copies never straddle the split. Where copies chain many runs into one group (a folder numbered in no
-    meaningful order, e.g. merged from several sources), a group above 4 runs would swallow a class's whole
+    meaningful order, e.g. merged from several sources), a group above MAX_RUNS_PER_GROUP runs would swallow a class's whole
     validation quota: it falls back to its duplicate groups alone.
     """
     duplicates = duplicates or {}
@@ -247,7 +248,7 @@ def block_split_groups(ds: Dataset, size: int, duplicates: dict[str, int] | None
     sizes = Counter(merged.values())
     out, offset = {}, max(merged.values(), default=-1) + 1
     for rel, g in merged.items():
-        if sizes[g] <= 4 * size:
+        if sizes[g] <= MAX_RUNS_PER_GROUP * size:
             out[rel] = g
         elif rel in duplicates:
             out[rel] = offset + duplicates[rel]

@@ -286,9 +286,10 @@ def train_one_epoch(eng: Engine, images: ImageSet, opt, criterion, cfg: Config, 
             x = lam * x + (1 - lam) * x.index_select(0, partner.to(x.device))
         with eng.autocast():
             out = eng.model(x)
-            loss = criterion(out.float(), y)
+            logits = out.float()
+            loss = criterion(logits, y)
             if partner is not None:
-                loss = lam * loss + (1 - lam) * criterion(out.float(), y.index_select(0, partner.to(y.device)))
+                loss = lam * loss + (1 - lam) * criterion(logits, y.index_select(0, partner.to(y.device)))
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
