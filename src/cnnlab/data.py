@@ -240,8 +240,8 @@ def block_split_groups(ds: Dataset, size: int, duplicates: dict[str, int] | None
     """Groups for a blocked split: runs of `size` files in name order, joined with the duplicate groups.
 
     Copies never straddle the split. Where copies chain many runs into one group (a folder numbered in no
-    meaningful order, e.g. merged from several sources), a group above MAX_RUNS_PER_GROUP runs would swallow a class's whole
-    validation quota: it falls back to its duplicate groups alone.
+    meaningful order, e.g. merged from several sources), a group above MAX_RUNS_PER_GROUP runs would swallow a
+    class's whole validation quota: it falls back to its duplicate groups alone.
     """
     duplicates = duplicates or {}
     merged = merge_groups(duplicates, block_groups(ds, size))
