@@ -247,6 +247,37 @@ def test_block_split_from_the_config(shapes, tmp_path):
                                                               "split=patients", "--out", str(tmp_path / "x"))
 
 
+def test_validation_from_a_manifest(tmp_path):
+    make_shapes(tmp_path / "d", splits=(("train", 10),))
+    ds = data_mod.scan(tmp_path / "d")
+    rels = [ds.rel(s.path) for s in ds.splits["train"]]
+    listed = [r for r in rels if r.endswith(("001.png", "002.png"))]
+    (tmp_path / "v.csv").write_text("path,class\n" + "".join(f"{r},{r.split(os.sep)[1]}\n" for r in listed))
+    groups = {rels[0]: 0, rels[1]: 0, listed[0]: 1, rels[-1]: 1}  # a copy group reaching into another class
+    data_mod.split_by_manifest(ds, tmp_path / "v.csv", groups)
+    val = {ds.rel(s.path) for s in ds.splits["val"]}
+    assert val == set(listed) | {rels[-1]}
+    assert not val & {ds.rel(s.path) for s in ds.splits["train"]}
+    assert len(ds.splits["train"]) + len(val) == len(rels)
+    # a run's own split.csv is a valid manifest: its val rows are taken
+    data_mod.write_manifest(ds, tmp_path / "split.csv", splits=("train", "val"))
+    again = data_mod.scan(tmp_path / "d")
+    data_mod.split_by_manifest(again, tmp_path / "split.csv")
+    assert {again.rel(s.path) for s in again.splits["val"]} == val
+
+
+@pytest.mark.parametrize("row, message", [
+    ("train/circle/img 001.png,square", "is listed as 'square' but lies in the 'circle' folder"),
+    ("train/circle/nope.png,circle", "image not found"),
+    ("".join(f"train/circle/img {i:03d}.png,circle\n" for i in range(4)), "takes every training image"),
+])
+def test_validation_manifest_errors(tmp_path, row, message):
+    make_shapes(tmp_path / "d", splits=(("train", 4),))
+    (tmp_path / "v.csv").write_text("path,class\n" + row + "\n")
+    assert message in one_line_error("train", "--data", tmp_path / "d", "--model", "mlp", "--epochs", "1",
+                                     "--set", f"val_manifest={tmp_path / 'v.csv'}", "--out", tmp_path / "r")
+
+
 def test_manifest_round_trip(tmp_path):
     make_shapes(tmp_path / "d", splits=(("train", 10), ("test", 2)))
     ds = data_mod.scan(tmp_path / "d")

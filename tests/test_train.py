@@ -110,12 +110,12 @@ def _cfg(data: Path, **over) -> Config:
 
 
 def test_same_config_and_seed_give_the_same_history(eclipse, tmp_path):
-    a = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3), tmp_path / "a", progress=False)
-    b = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3), tmp_path / "b", progress=False)
+    a = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3), tmp_path / "a", progress=False)
+    b = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3), tmp_path / "b", progress=False)
     assert a["best_val_f1"] == b["best_val_f1"]
     ha, hb = read_history(tmp_path / "a" / "history.csv"), read_history(tmp_path / "b" / "history.csv")
     assert _strip_timing(ha) == _strip_timing(hb)
-    fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, seed=4), tmp_path / "c", progress=False)
+    fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3, seed=4), tmp_path / "c", progress=False)
     assert _strip_timing(read_history(tmp_path / "c" / "history.csv")) != _strip_timing(ha)
 
 
@@ -151,12 +151,24 @@ def test_run_folder_explains_itself(eclipse, tmp_path):
      "gamma": 0.2, "blur": 0.5, "noise": 0.1, "scale_min": 0.8, "ema": 0.9, "tta": True},
     {"optimizer": "adamw", "model": "adaptive", "resize": "keep", "image_size": 48, "width": 8, "channels": 1,
      "normalize": "image"},
-    {"model": "resnet", "width": 8, "depth": 1, "resize": "pad", "crop": "foreground"},
+    {"model": "resnet", "width": 8, "depth": 1, "resize": "pad", "crop": "foreground", "normalize": "equalize",
+     "gamma": 0.3},
     {"model": "mlp", "hidden": 32, "precision": "bf16"},
 ])
 def test_training_options_run(eclipse, tmp_path, over):
     summary = fit(_cfg(eclipse, epochs=2, **over), tmp_path / "r", progress=False)
     assert summary["epochs"] == 2 and 0 <= summary["best_val_f1"] <= 1
+
+
+def test_save_every_keeps_loadable_epoch_checkpoints(eclipse, tmp_path):
+    from cnnlab.evaluate import load_run
+
+    fit(_cfg(eclipse, epochs=4, save_every=2, ema=0.9), tmp_path / "r", progress=False)
+    assert sorted(p.name for p in (tmp_path / "r").glob("epoch-*.pt")) == ["epoch-002.pt", "epoch-004.pt"]
+    _, ckpt, _ = load_run(tmp_path / "r", "epoch-004")
+    assert ckpt["epoch"] == 4
+    assert "save_every must be >= 0" in one_line_error("train", "--data", eclipse, "--set", "save_every=-1",
+                                                       "--out", tmp_path / "x")
 
 
 def test_early_stopping_keeps_the_best_epoch(eclipse, tmp_path):
@@ -224,6 +236,20 @@ def test_cuda_path_with_amp_and_channels_last(eclipse, tmp_path):
 # -------------------------------------------------------------------------------------------- augment
 
 
+def test_equalize_ignores_monotone_intensity_changes_and_keeps_zeros():
+    from cnnlab.train import equalize
+
+    levels = torch.tensor([0, 10, 50, 200]) / 255
+    other = torch.tensor([0, 90, 91, 255]) / 255  # brighter, other contrast, same order
+    idx = torch.randint(0, 4, (3, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    a, b = equalize(levels[idx]), equalize(other[idx])
+    assert torch.equal(a, b)
+    assert torch.equal(a == 0, idx == 0)  # zeros (padding) stay zero
+    assert torch.allclose(a.flatten(1).amax(1), torch.ones(3))  # the brightest level maps to 1
+    assert "normalize must be one of dataset, image, equalize" in one_line_error(
+        "train", "--data", "x", "--set", "normalize=rank", "--out", "y")
+
+
 def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
     import torch
 
@@ -232,7 +258,8 @@ def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
 
     x = torch.rand(16, 1, 32, 32)
     full = Augmenter(AugmentConfig(hflip=True, rotate=20, translate=0.1, scale_min=0.8, scale_max=1.2,
-                                   brightness=0.2, contrast=0.3, gamma=0.3, blur=0.5, jpeg=0.5))
+                                   brightness=0.2, contrast=0.3, gamma=0.3, blur=0.5, sharpness=1.0, jpeg=0.5,
+                                   erase=0.5))
     a = full.pixels(x, torch.Generator().manual_seed(3))
     b = full.pixels(x, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, x)
@@ -243,3 +270,10 @@ def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
     changed = (y - x).flatten(1).abs().amax(1) > 0
     assert 0 < int(changed.sum()) < 16  # some re-encoded, the rest untouched
     assert (y[changed] - x[changed]).abs().mean() < 0.2  # re-encoded, not replaced
+    erase = Augmenter(AugmentConfig(erase=0.5))
+    z = erase.pixels(x + 0.01, torch.Generator().manual_seed(0))
+    zeros = (z == 0).flatten(1).float().mean(1)
+    assert 0 < int((zeros > 0).sum()) < 16 and zeros.max() <= 0.21  # some erased, by at most 20% of the area
+    sharp = Augmenter(AugmentConfig(sharpness=1.0)).pixels(x, torch.Generator().manual_seed(0))
+    assert sharp.min() >= 0 and sharp.max() <= 1 and not torch.equal(sharp, x)
+    assert "erase must be a probability" in one_line_error("train", "--data", "x", "--set", "erase=2", "--out", "y")

@@ -17,9 +17,17 @@ from PIL import Image
 from cnnlab.config import AugmentConfig
 
 JPEG_QUALITY = (30, 95)  # re-encoding quality range, inclusive
+ERASE_AREA = (0.02, 0.2)  # random erasing: fraction of the image blacked out
 
 # Copies made by random oversampling get at least this, so that they are not identical repeats.
 COPY_AUGMENT = AugmentConfig(hflip=True, rotate=10.0, translate=0.05, scale_min=0.9, brightness=0.1)
+
+
+def _smooth(x: torch.Tensor) -> torch.Tensor:
+    """3x3 binomial blur of each channel, edges replicated."""
+    k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype)
+    k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -39,7 +47,7 @@ class Augmenter:
     def active(self) -> bool:
         c = self.cfg
         return bool(self.geometric or c.hflip or c.vflip or c.brightness or c.contrast or c.gamma or c.blur
-                    or c.noise or c.jpeg)
+                    or c.sharpness or c.noise or c.jpeg or c.erase)
 
     def pixels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: float B x C x H x W in [0, 1]. Returns the augmented batch, still in [0, 1]."""
@@ -63,13 +71,33 @@ class Augmenter:
             x = x.clamp_min(1e-6) ** torch.exp(_uniform(n, -log_g, log_g, g)).view(-1, 1, 1, 1).to(x)
         if c.blur:
             pick = (torch.rand(n, generator=g) < c.blur).view(-1, 1, 1, 1).to(x.device)
-            k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype)
-            k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
-            blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
-            x = torch.where(pick, blurred, x)
+            x = torch.where(pick, _smooth(x), x)
+        if c.sharpness:
+            # factor 0 = smoothed, 1 = unchanged, 2 = sharpened: sources differ in sharpness and noise, and
+            # a model should not read the class from how crisp a scan is
+            smooth = _smooth(x)
+            factor = _uniform(n, 1 - c.sharpness, 1 + c.sharpness, g).view(-1, 1, 1, 1).to(x)
+            x = (smooth + factor * (x - smooth)).clamp(0, 1)
         if c.jpeg:
             x = self._jpeg(x, g)
+        if c.erase:
+            x = self._erase(x, g)
         return x
+
+    def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Random erasing: black out one rectangle (2-20% of the area, aspect 1:3 to 3:1) in a random subset,
+        so that no single region of the image can carry the decision alone."""
+        n, (h, w) = x.shape[0], x.shape[-2:]
+        pick = torch.rand(n, generator=g) < self.cfg.erase
+        area = _uniform(n, *ERASE_AREA, g)
+        aspect = torch.exp(_uniform(n, -math.log(3), math.log(3), g))
+        eh, ew = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+        top, left = torch.rand(n, generator=g) * (1 - eh), torch.rand(n, generator=g) * (1 - ew)
+        ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+        rows = (ys >= top[:, None]) & (ys < (top + eh)[:, None])
+        cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])
+        mask = (rows[:, :, None] & cols[:, None, :] & pick[:, None, None]).unsqueeze(1).to(x.device)
+        return x.masked_fill(mask, 0.0)
 
     def _jpeg(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Re-encode a random subset as JPEG (blocking, ringing, lost detail: what re-saved scans look like)."""

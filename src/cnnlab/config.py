@@ -19,6 +19,8 @@ import tomli_w
 
 from cnnlab.errors import UserError
 
+NORMALIZE_POLICIES = ("dataset", "image", "equalize")
+
 
 @dataclass
 class DataConfig:
@@ -32,11 +34,15 @@ class DataConfig:
     dedupe: bool = False  # keep duplicate groups whole on one side of the train/val split
     split: str = "random"  # random | blocks (runs of block_size files in name order stay together)
     block_size: int = 20
+    val_manifest: str = ""  # CSV (path,class[,split]) of the training images to validate on, instead of a split
     strict: bool = False  # unusable files are an error instead of a warning
     class_map: str = ""  # test_name=train_name,...
     cache_dir: str = ""
     imbalance: str = "none"  # none | weights | oversample | undersample
-    normalize: str = "dataset"  # dataset (training mean/std per channel) | image (each image to mean 0, std 1)
+    # dataset (training mean/std per channel) | image (each image to mean 0, std 1) | equalize (each image's
+    # nonzero pixels to their rank in its own histogram, then to mean 0, std 1: blind to any monotone
+    # change of brightness, contrast or gamma, i.e. to how a scanner or an export window mapped intensities)
+    normalize: str = "dataset"
 
 
 @dataclass
@@ -51,9 +57,11 @@ class AugmentConfig:
     contrast: float = 0.0  # +- fraction
     gamma: float = 0.0  # log-uniform in [1/(1+g), 1+g]
     blur: float = 0.0  # probability of a 3x3 blur
+    sharpness: float = 0.0  # sharpness factor uniform in [1 - s, 1 + s] (0 = blurred, 1 = unchanged, 2 = sharpened)
     noise: float = 0.0  # std of gaussian noise, in units of the normalised input
     mixup: float = 0.0  # alpha of the Beta(alpha, alpha) mixing weight; 0 = off
     jpeg: float = 0.0  # probability of re-encoding as JPEG at a random quality 30-95
+    erase: float = 0.0  # probability of blacking out one random rectangle (random erasing)
 
 
 @dataclass
@@ -114,6 +122,7 @@ class TrainConfig:
     threads: int = 0  # 0 = all cores
     ema: float = 0.0  # weight EMA decay (e.g. 0.999); 0 = off
     tta: bool = False  # average predictions over horizontal flips at evaluation
+    save_every: int = 0  # also keep the evaluated weights of every Nth epoch as epoch-NNN.pt; 0 = off
 
 
 @dataclass
@@ -197,14 +206,19 @@ class Config:
             raise UserError(f"monitor must be val_f1, val_loss or val_acc, got '{self.train.monitor}'")
         if self.augment.mixup < 0:
             raise UserError(f"mixup must be >= 0, got {self.augment.mixup}")
-        if not 0 <= self.augment.jpeg <= 1:
-            raise UserError(f"jpeg must be a probability in [0, 1], got {self.augment.jpeg}")
+        for name in ("jpeg", "erase", "blur"):
+            if not 0 <= getattr(self.augment, name) <= 1:
+                raise UserError(f"{name} must be a probability in [0, 1], got {getattr(self.augment, name)}")
         if self.data.split not in ("random", "blocks"):
             raise UserError(f"split must be random or blocks, got '{self.data.split}'")
+        if not 0 <= self.augment.sharpness <= 4:
+            raise UserError(f"sharpness must be in [0, 4], got {self.augment.sharpness}")
+        if self.train.save_every < 0:
+            raise UserError(f"save_every must be >= 0, got {self.train.save_every}")
         if self.data.block_size < 1:
             raise UserError(f"block_size must be at least 1, got {self.data.block_size}")
-        if self.data.normalize not in ("dataset", "image"):
-            raise UserError(f"normalize must be dataset or image, got '{self.data.normalize}'")
+        if self.data.normalize not in NORMALIZE_POLICIES:
+            raise UserError(f"normalize must be one of {', '.join(NORMALIZE_POLICIES)}, got '{self.data.normalize}'")
         if self.data.imbalance not in ("none", "weights", "oversample", "undersample"):
             raise UserError(f"unknown imbalance '{self.data.imbalance}' "
                             "(choose from: none, weights, oversample, undersample)")

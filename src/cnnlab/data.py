@@ -298,6 +298,36 @@ def split_train_val(ds: Dataset, fraction: float, seed: int, groups: dict[str, i
     ds.splits["val"] = sorted(val, key=key)
 
 
+def split_by_manifest(ds: Dataset, path: Path, groups: dict[str, int] | None = None) -> None:
+    """Validate on the training images a manifest lists (its 'val' rows if it has a split column, e.g. a run's
+    split.csv); train on the rest. With `groups`, a group with any listed member goes wholly to validation."""
+    if "val" in ds.splits:
+        raise UserError(f"{ds.root} has a val folder: a validation manifest would replace it; use one or the other")
+    listed = {ds.rel(s.path): s.label for s in read_manifest(path, ds.root, ds.classes, split="val")}
+    groups = groups or {}
+    in_val = {groups[r] for r in listed if r in groups}
+    train, val = [], []
+    for s in ds.splits["train"]:
+        rel = ds.rel(s.path)
+        g = groups.get(rel)
+        if g is not None:
+            s.group = g
+        if rel in listed and listed[rel] != s.label:
+            raise UserError(f"{path}: {rel} is listed as '{ds.classes[listed[rel]]}' but lies in the "
+                            f"'{ds.classes[s.label]}' folder")
+        (val if rel in listed or g in in_val else train).append(s)
+    missing = listed.keys() - {ds.rel(s.path) for s in val}
+    if missing:
+        raise UserError(f"{path}: {len(missing)} listed image(s) are not in the training folder, "
+                        f"e.g. {sorted(missing)[0]}")
+    for c, name in enumerate(ds.classes):
+        if not any(s.label == c for s in train):
+            raise UserError(f"{path}: validation takes every training image of class '{name}'")
+    for s in val:
+        s.split = "val"
+    ds.splits["train"], ds.splits["val"] = train, val
+
+
 MANIFEST_FIELDS = ["path", "class", "split", "group"]
 
 

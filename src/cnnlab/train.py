@@ -67,9 +67,12 @@ def prepare(cfg: Config, progress: bool = False) -> Prepared:
         from cnnlab.audit import duplicate_groups
 
         groups = duplicate_groups(ds, split="train", cache_dir=d.cache_dir or None)
-    if d.split == "blocks":
-        groups = data_mod.block_split_groups(ds, d.block_size, groups)
-    data_mod.split_train_val(ds, d.val_fraction, d.split_seed, groups)
+    if d.val_manifest:
+        data_mod.split_by_manifest(ds, Path(d.val_manifest), groups)
+    else:
+        if d.split == "blocks":
+            groups = data_mod.block_split_groups(ds, d.block_size, groups)
+        data_mod.split_train_val(ds, d.val_fraction, d.split_seed, groups)
     if "val" not in ds.splits:
         raise UserError("no validation data: set val_fraction > 0 or provide a val/ folder")
     prep = prep_of(cfg)
@@ -175,7 +178,7 @@ class Engine:
     autocast_dtype: torch.dtype | None
     channels_last: bool
     tta: bool = False
-    per_image: bool = False  # standardise each image on its own (robust to scanners' brightness and contrast)
+    normalize: str = "dataset"  # dataset | image | equalize (config.DataConfig.normalize)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -191,16 +194,18 @@ class Engine:
                  copies: torch.Tensor | None = None) -> torch.Tensor:
         x = x_uint8.to(self.device, non_blocking=True).float()  # keeps channels_last strides
         augment_copies = copies is not None and not self.augment.active and bool(copies.any())
-        if g is not None and (self.augment.active or augment_copies):
+        augmented = g is not None and (self.augment.active or augment_copies)
+        if augmented:
             x = x.div_(255)
             if self.augment.active:
                 x = self.augment.pixels(x, g)
             else:
                 x = torch.where(copies.view(-1, 1, 1, 1).to(x.device), self.copy_augment.pixels(x, g), x)
-            x = torch.addcmul(self.shift, x, self.scale * 255)
+        if self.normalize == "equalize":
+            x = equalize(x if augmented else x.div_(255))
         else:
-            x = torch.addcmul(self.shift, x, self.scale)
-        if self.per_image:
+            x = torch.addcmul(self.shift, x, self.scale * 255 if augmented else self.scale)
+        if self.normalize != "dataset":
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) / x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
         if g is not None:
@@ -213,6 +218,21 @@ class Engine:
             if self.tta:
                 out = (out.softmax(1) + self.model(x.flip(-1)).float().softmax(1)).div(2).log()
         return out
+
+
+def equalize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Histogram equalisation of each image of a B x C x H x W batch in [0, 1], channels together.
+
+    Each nonzero pixel becomes the fraction of the image's nonzero pixels at or below its level, so any
+    monotone intensity mapping (brightness, contrast, gamma, a scanner's window) gives the same output.
+    Zeros (padding, empty background) stay 0.
+    """
+    b = x.shape[0]
+    q = (x.reshape(b, -1).clamp(0, 1) * (levels - 1)).round().long()
+    hist = torch.zeros(b, levels, device=x.device).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float32))
+    hist[:, 0] = 0
+    cdf = hist.cumsum(1) / hist.sum(1, keepdim=True).clamp_min(1)
+    return cdf.gather(1, q).view_as(x).to(x.dtype)
 
 
 def pick_device(name: str) -> torch.device:
@@ -256,7 +276,7 @@ def make_engine(cfg: Config, model: nn.Module, mean, std) -> Engine:
     model.to(device)
     return Engine(model, device, mean.to(device), std.to(device), Augmenter(cfg.augment),
                   Augmenter(COPY_AUGMENT), pick_precision(cfg.train.precision, device), cfg.train.channels_last,
-                  cfg.train.tta, cfg.data.normalize == "image")
+                  cfg.train.tta, cfg.data.normalize)
 
 
 def mixup_draw(alpha: float, n: int, g: torch.Generator) -> tuple[float, torch.Tensor | None]:
@@ -566,6 +586,8 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True, log
             if improved:
                 atomic_save({**meta, "model": eval_model.state_dict(), "epoch": epoch, "best_value": best_value},
                             out / "best.pt")
+            if cfg.train.save_every and epoch % cfg.train.save_every == 0:
+                atomic_save({**meta, "model": eval_model.state_dict(), "epoch": epoch}, out / f"epoch-{epoch:03d}.pt")
             atomic_save(state, out / "last.pt")
             write_history(history, out / "history.csv")
             _draw(history, out)
