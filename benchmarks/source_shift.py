@@ -53,6 +53,11 @@ def off_source(ds: data_mod.Dataset) -> set[str]:
     return out
 
 
+def off_paths(manifest) -> set[str]:
+    with open(manifest, newline="") as f:
+        return {row["path"] for row in csv.DictReader(f) if row.get("source") == "off"}
+
+
 def write(args) -> int:
     ds = data_mod.scan(args.data, warn=False)
     off = off_source(ds)
@@ -80,8 +85,7 @@ def checkpoints(run: Path, args) -> list[str]:
 
 
 def score(args) -> int:
-    with open(args.manifest, newline="") as f:
-        off = {row["path"] for row in csv.DictReader(f) if row.get("source") == "off"}
+    off = off_paths(args.manifest)
     cfg, _, _ = load_run(args.runs[0])
     p = prepare(cfg)
     val, classes = p.val, p.dataset.classes
@@ -134,8 +138,7 @@ def _probes() -> dict:
 
 def probe(args) -> int:
     """Predictions on the off-source images, and on as many in-source ones, under each perturbation."""
-    with open(args.manifest, newline="") as f:
-        off = {row["path"] for row in csv.DictReader(f) if row.get("source") == "off"}
+    off = off_paths(args.manifest)
     run = Path(args.run)
     cfg, _, eng = load_run(run, args.checkpoint)
     p = prepare(cfg)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cnnlab import data as data_mod
-from cnnlab.audit import _thumbnails, duplicate_groups
+from cnnlab.audit import duplicate_groups, thumbnails
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     full = data_mod.scan(args.data, warn=False)
     samples = full.splits["train"]
-    thumbs, good = _thumbnails(samples, full.root, None)
+    thumbs, good = thumbnails(samples, full.root, None)
     row = {full.rel(samples[j].path): i for i, j in enumerate(good)}
     flat = thumbs.float().flatten(1) / 255
     dups = duplicate_groups(full, "train")

@@ -128,7 +128,7 @@ def _groups(labels: np.ndarray, keys: list[str]) -> list[list[int]]:
     return sorted(groups, key=lambda m: (-len(m), keys[m[0]]))
 
 
-def _thumbnails(samples: list[data_mod.Sample], root: Path, cache_dir) -> tuple[torch.Tensor, list[int]]:
+def thumbnails(samples: list[data_mod.Sample], root: Path, cache_dir) -> tuple[torch.Tensor, list[int]]:
     """Gray 64x64 thumbnails (through the shared decode cache) and the indices of the decodable samples."""
     images, _bad, _ = load_images(samples, root, THUMB, cache_dir)
     index = {id(s): i for i, s in enumerate(samples)}
@@ -149,7 +149,7 @@ def duplicate_groups(ds: data_mod.Dataset, split: str = "train", cache_dir=None,
         return {}
     rel = [ds.rel(s.path) for s in samples]
     hashes = file_hashes([s.path for s in samples])
-    thumbs, good = _thumbnails(samples, ds.root, cache_dir)
+    thumbs, good = thumbnails(samples, ds.root, cache_dir)
     pairs, _ = close_pairs(thumbs, threshold)
     edges = _hash_edges(hashes) + [(good[i], good[j]) for i, j in pairs.tolist()]
     groups = _groups(_components(len(samples), edges), rel)
@@ -197,7 +197,7 @@ def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, 
     split_of = np.array([s.split for s in samples])
     label_of = np.array([s.label for s in samples])
     hashes = file_hashes([s.path for s in samples])
-    thumbs, good = _thumbnails(samples, ds.root, cache_dir)
+    thumbs, good = thumbnails(samples, ds.root, cache_dir)
     good_idx = np.array(good, dtype=np.int64)
     pairs, dist = close_pairs(thumbs, HIST_FACTOR * threshold)
     pairs = torch.from_numpy(good_idx)[pairs] if len(pairs) else pairs  # back to indices into `samples`
