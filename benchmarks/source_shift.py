@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -84,22 +86,35 @@ def checkpoints(run: Path, args) -> list[str]:
     return names[-args.tail:]
 
 
+_VALIDATION: dict[str, tuple] = {}
+
+
+def validation(run: Path, off: set[str]):
+    """(validation images prepared as this run sees them, class names, off-source mask); one decode per data
+    config, so runs at other input sizes are each scored at their own."""
+    cfg = load_run(run)[0]
+    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+    if key not in _VALIDATION:
+        p = prepare(cfg)
+        is_off = np.array([p.dataset.rel(s.path) in off for s in p.val.samples])
+        _VALIDATION[key] = (p.val, p.dataset.classes, is_off)
+    return _VALIDATION[key]
+
+
 def score(args) -> int:
     off = off_paths(args.manifest)
-    cfg, _, _ = load_run(args.runs[0])
-    p = prepare(cfg)
-    val, classes = p.val, p.dataset.classes
-    is_off = np.array([p.dataset.rel(s.path) in off for s in val.samples])
-    y = val.labels.numpy()
-    present = sorted(set(y[is_off]))
     which = f"the last {args.tail} epoch checkpoints (mean +- std)" if args.tail else f"{args.checkpoint}.pt"
-    head = "| run | main macro-F1 | off-source accuracy | " + " | ".join(f"off {classes[c]}" for c in present)
     print(f"{which} of each run; off-source errors: the classes they were called\n")
-    print(head + " | off-source errors |\n|" + "---|" * (4 + len(present)))
-    for run in map(Path, args.runs):
+    for i, run in enumerate(map(Path, args.runs)):
+        val, classes, is_off = validation(run, off)
+        y = val.labels.numpy()
+        present = sorted(set(y[is_off]))
+        if i == 0:
+            head = "| run | main macro-F1 | off-source accuracy | " + " | ".join(f"off {classes[c]}" for c in present)
+            print(head + " | off-source errors |\n|" + "---|" * (4 + len(present)))
         rows, wrong = [], Counter()
         for name in checkpoints(run, args):
-            _, _, eng = load_run(run, name)
+            cfg, _, eng = load_run(run, name)
             pred = predict_logits(eng, val, cfg.train.eval_batch_size).argmax(1).numpy()
             rec = recall_score(y[is_off], pred[is_off], labels=present, average=None, zero_division=0)
             rows.append([f1_score(y[~is_off], pred[~is_off], average="macro"),
@@ -141,9 +156,8 @@ def probe(args) -> int:
     off = off_paths(args.manifest)
     run = Path(args.run)
     cfg, _, eng = load_run(run, args.checkpoint)
-    p = prepare(cfg)
-    val, classes = p.val, p.dataset.classes
-    is_off = torch.tensor([p.dataset.rel(s.path) in off for s in val.samples])
+    val, classes, is_off = validation(run, off)
+    is_off = torch.from_numpy(is_off)
     main = (~is_off).nonzero().flatten()
     main = main[torch.randperm(len(main), generator=torch.Generator().manual_seed(0))[:int(is_off.sum())]]
     print(f"{run.name} ({args.checkpoint}.pt): accuracy, and how many images each class was called "
