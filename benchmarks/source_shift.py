@@ -33,6 +33,8 @@ from PIL import Image
 from sklearn.metrics import f1_score, recall_score
 
 from cnnlab import data as data_mod
+from cnnlab.config import Config
+from cnnlab.errors import UserError
 from cnnlab.evaluate import load_run
 from cnnlab.train import equalize, predict_logits, prepare
 
@@ -62,11 +64,10 @@ def off_paths(manifest) -> set[str]:
 
 def write(args) -> int:
     ds = data_mod.scan(args.data, warn=False)
+    listed = data_mod.read_manifest(Path(args.split_from), ds.root, ds.classes, split="val")
     off = off_source(ds)
-    with open(args.split_from, newline="") as f:
-        ref = {row["path"]: row["class"] for row in csv.DictReader(f) if row.get("split") == "val"}
-    rows = {rel: ds.classes[s.label] for s in ds.splits["train"] if (rel := ds.rel(s.path)) in off}
-    rows.update(ref)
+    rows = {ds.rel(s.path): ds.classes[s.label] for s in ds.splits["train"] if ds.rel(s.path) in off}
+    rows.update((ds.rel(s.path), ds.classes[s.label]) for s in listed)
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "class", "split", "source"])
@@ -81,8 +82,8 @@ def checkpoints(run: Path, args) -> list[str]:
         return [args.checkpoint]
     names = sorted(p.stem for p in run.glob("epoch-*.pt"))
     if len(names) < args.tail:
-        sys.exit(f"error: {run} keeps {len(names)} epoch checkpoints, fewer than --tail {args.tail} "
-                 "(train with --set save_every=1)")
+        raise UserError(f"{run} keeps {len(names)} epoch checkpoints, fewer than --tail {args.tail} "
+                        "(train with --set save_every=1)")
     return names[-args.tail:]
 
 
@@ -92,7 +93,9 @@ _VALIDATION: dict[str, tuple] = {}
 def validation(run: Path, off: set[str]):
     """(validation images prepared as this run sees them, class names, off-source mask); one decode per data
     config, so runs at other input sizes are each scored at their own."""
-    cfg = load_run(run)[0]
+    if not (run / "config.toml").is_file():
+        raise UserError(f"{run} is not a cnnlab run folder (no config.toml)")
+    cfg = Config.load(run / "config.toml")
     key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
     if key not in _VALIDATION:
         p = prepare(cfg)
@@ -155,7 +158,7 @@ def probe(args) -> int:
     """Predictions on the off-source images, and on as many in-source ones, under each perturbation."""
     off = off_paths(args.manifest)
     run = Path(args.run)
-    cfg, _, eng = load_run(run, args.checkpoint)
+    _, _, eng = load_run(run, args.checkpoint)
     val, classes, is_off = validation(run, off)
     is_off = torch.from_numpy(is_off)
     main = (~is_off).nonzero().flatten()
@@ -167,9 +170,8 @@ def probe(args) -> int:
     for name, fn in _probes().items():
         cells = []
         for idx in (is_off.nonzero().flatten(), main):
-            x = fn(val.images[idx].float() / 255)
-            x = (x - x.mean((1, 2, 3), keepdim=True)) / x.std((1, 2, 3), keepdim=True).clamp_min(1e-3) \
-                if cfg.data.normalize == "image" else eng.to_input((x * 255).round().to(torch.uint8))
+            # perturbed, back to uint8 pixels, then the run's own input path (normalisation, channels_last)
+            x = eng.to_input((fn(val.images[idx].float() / 255) * 255).round().to(torch.uint8))
             with torch.no_grad():
                 pred = eng.logits(x).argmax(1)
             y = val.labels[idx]
@@ -196,7 +198,11 @@ def main(argv=None) -> int:
     pr.add_argument("--checkpoint", default="last")
     pr.add_argument("run")
     args = ap.parse_args(argv)
-    return {"manifest": write, "score": score, "probe": probe}[args.cmd](args)
+    try:
+        return {"manifest": write, "score": score, "probe": probe}[args.cmd](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":
