@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 from sklearn.metrics import f1_score
 
 from cnnlab.evaluate import load_run
-from cnnlab.train import predict_logits, prepare
+from cnnlab.loops import predict_logits
+from cnnlab.pipeline import prepare
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")
     args = ap.parse_args(argv)
-    cfg, _, _ = load_run(args.runs[0])
-    val = prepare(cfg).val
+    cfg, ckpt, _ = load_run(args.runs[0])
+    val = prepare(cfg, split_csv=Path(args.runs[0]) / "split.csv", classes=ckpt["classes"]).val
     y = val.labels.numpy()
     probs = []
     for run in args.runs:

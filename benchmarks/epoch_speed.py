@@ -29,7 +29,9 @@ from cnnlab import data as data_mod
 from cnnlab.config import Config
 from cnnlab.images import Prep, load_images
 from cnnlab.models import build
-from cnnlab.train import Criterion, channel_stats, class_weights, make_engine, make_optimizer, place, train_one_epoch
+from cnnlab.optimization import class_weights
+from cnnlab.pipeline import Prepared, channel_stats
+from cnnlab.train import Trainer
 
 SIZE, BATCH = 128, 256
 
@@ -75,7 +77,9 @@ def seed_pipeline(train_dir: Path, keep: set[str], n_classes: int, weights: torc
     return times[1:]
 
 
-def cnnlab_pipeline(cfg: Config, samples, root: Path, n_classes: int, epochs: int) -> dict:
+def cnnlab_pipeline(cfg: Config, ds: data_mod.Dataset, samples, epochs: int) -> dict:
+    """cnnlab's own pieces: the cache, then a Trainer built as `cnnlab train` builds it, timed epoch by epoch."""
+    root = ds.root
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
         images, _, stats = load_images(samples, root, Prep(SIZE, "squash", 3), cache)
@@ -84,16 +88,13 @@ def cnnlab_pipeline(cfg: Config, samples, root: Path, n_classes: int, epochs: in
         _, _, second = load_images(samples, root, Prep(SIZE, "squash", 3), cache)
         warm = time.perf_counter() - t0
     mean, std = channel_stats(images)
-    torch.manual_seed(0)
-    eng = make_engine(cfg, build(cfg.model, 3, n_classes, SIZE), mean, std)
-    place(images, eng)
-    criterion = Criterion(n_classes, class_weights(images.labels, n_classes), 0.0)
-    opt = make_optimizer(eng.model, cfg)
+    # No validation is timed: the training images stand in for it.
+    trainer = Trainer.build(cfg, Prepared(data_mod.Dataset(root, ds.classes, {"train": samples}), images, images,
+                                          [], mean, std))
     times, waits = [], []
-    for e in range(epochs + 1):
-        g = torch.Generator().manual_seed(e)
+    for e in range(1, epochs + 2):
         t0 = time.perf_counter()
-        r = train_one_epoch(eng, images, opt, criterion, cfg, g)
+        r = trainer.train_epoch(e)
         times.append(time.perf_counter() - t0)
         waits.append(r["data_wait_s"])
     return {"times": times[1:], "waits": waits[1:], "cold_decode_s": cold, "warm_load_s": warm,
@@ -150,7 +151,7 @@ def main(argv=None) -> dict:
                                                          weights, args.epochs)
     seed_rss = peak_rss_mb()
     reset_peak_rss()
-    ours = cnnlab_pipeline(cfg, samples, ds.root, n_classes, args.epochs)
+    ours = cnnlab_pipeline(cfg, ds, samples, args.epochs)
     ours_rss = peak_rss_mb()
     flop = flops_per_image(n_classes)
     s_ours = float(np.mean(ours["times"]))

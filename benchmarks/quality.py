@@ -23,7 +23,7 @@ from cnnlab.audit import audit
 from cnnlab.config import Config, parse_sets
 from cnnlab.evaluate import test_run
 from cnnlab.report import machine
-from cnnlab.train import fit
+from cnnlab.train import fit, resume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         run = out / f"seed{seed}"
         cfg = Config.load(args.recipe).update({"path": args.data, "seed": seed, **parse_sets(args.sets)})
         t0 = time.process_time()
-        summary = fit(None, run, resume=True) if (run / "config.toml").is_file() else fit(cfg, run)
+        summary = resume(run) if (run / "config.toml").is_file() else fit(cfg, run)
         official, leak_free = _test_once(run, args.data, None), _test_once(run, args.data, manifest)
         cpu_file = run / "cpu_minutes.json"  # summed over the calls that worked on this run (resumes included)
         prior = json.loads(cpu_file.read_text())["cpu_minutes"] if cpu_file.is_file() else 0.0

@@ -33,10 +33,11 @@ from PIL import Image
 from sklearn.metrics import f1_score, recall_score
 
 from cnnlab import data as data_mod
-from cnnlab.config import Config
 from cnnlab.errors import UserError
 from cnnlab.evaluate import load_run
-from cnnlab.train import equalize, predict_logits, prepare
+from cnnlab.loops import predict_logits
+from cnnlab.pipeline import equalize, prepare
+from cnnlab.runs import read_config
 
 DOMINANT = 0.8  # a class has one main source when this share of its files has one size
 
@@ -91,14 +92,13 @@ _VALIDATION: dict[str, tuple] = {}
 
 
 def validation(run: Path, off: set[str]):
-    """(validation images prepared as this run sees them, class names, off-source mask); one decode per data
-    config, so runs at other input sizes are each scored at their own."""
-    if not (run / "config.toml").is_file():
-        raise UserError(f"{run} is not a cnnlab run folder (no config.toml)")
-    cfg = Config.load(run / "config.toml")
-    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+    """(the run's own validation images, from its split.csv, prepared as this run sees them, class names,
+    off-source mask); one decode per data config and split, so runs at other input sizes are each scored at
+    their own."""
+    cfg = read_config(run)
+    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True) + (run / "split.csv").read_text()
     if key not in _VALIDATION:
-        p = prepare(cfg)
+        p = prepare(cfg, split_csv=run / "split.csv")
         is_off = np.array([p.dataset.rel(s.path) in off for s in p.val.samples])
         _VALIDATION[key] = (p.val, p.dataset.classes, is_off)
     return _VALIDATION[key]
@@ -171,7 +171,7 @@ def probe(args) -> int:
         cells = []
         for idx in (is_off.nonzero().flatten(), main):
             # perturbed, back to uint8 pixels, then the run's own input path (normalisation, channels_last)
-            x = eng.to_input((fn(val.images[idx].float() / 255) * 255).round().to(torch.uint8))
+            x = eng.eval_input((fn(val.images[idx].float() / 255) * 255).round().to(torch.uint8))
             with torch.no_grad():
                 pred = eng.logits(x).argmax(1)
             y = val.labels[idx]

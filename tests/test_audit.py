@@ -176,3 +176,16 @@ def test_unreadable_files_compared_by_bytes_only(shapes, tmp_path):
     with open(tmp_path / "o" / "leak_free_test.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12  # the 12 readable originals
     assert (tmp_path / "o" / "gallery_largest.png").is_file()
+
+
+def test_audit_figures_draw_from_plain_arrays(tmp_path):
+    from cnnlab import plots
+
+    gray = np.full((96, 96), 128, dtype=np.uint8)
+    rows = [("group 0\n3 files", [(gray, "train/a\n1.png"), (gray, "test/a\n2.png"), (gray, "train/b\n3.png")]),
+            ("group 1\n2 files", [(gray, "train/a\n4.png"), (np.zeros((96, 96), np.uint8), "test/b\nbad.png")])]
+    plots.group_gallery(rows, tmp_path / "g.png", "groups")
+    report = {"threshold_gray": 4.0,
+              "distance_histogram": {"edges": [0.0, 0.5, 1.0], "train": {"counts": [3, 1], "above_cap": 2}}}
+    plots.distance_histogram(report, tmp_path / "h.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "h.png"]  # no temporary file left behind

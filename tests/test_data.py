@@ -243,7 +243,7 @@ def test_block_split_from_the_config(shapes, tmp_path):
     run_cli("train", "--data", str(shapes), "--model", "mlp", "--epochs", "1", "--set", "split=blocks",
             "--set", "block_size=3", "--out", str(out))
     assert (out / "split.csv").exists()
-    assert "split must be random or blocks" in one_line_error("train", "--data", str(shapes), "--set",
+    assert "unknown split 'patients'" in one_line_error("train", "--data", str(shapes), "--set",
                                                               "split=patients", "--out", str(tmp_path / "x"))
 
 

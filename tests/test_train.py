@@ -19,7 +19,9 @@ from cnnlab.config import Config, parse_sets
 from cnnlab.errors import UserError
 from cnnlab.metrics import confusion, scores
 from cnnlab.models import MODELS, build
-from cnnlab.train import TIMING_COLUMNS, ema_decay, fit, read_history
+from cnnlab.optimization import ema_decay
+from cnnlab.runs import TIMING_COLUMNS, read_history
+from cnnlab.train import fit
 
 FAST = ["--image-size", 32, "--batch-size", 8, "-q"]
 
@@ -237,7 +239,7 @@ def test_cuda_path_with_amp_and_channels_last(eclipse, tmp_path):
 
 
 def test_equalize_ignores_monotone_intensity_changes_and_keeps_zeros():
-    from cnnlab.train import equalize
+    from cnnlab.pipeline import equalize
 
     levels = torch.tensor([0, 10, 50, 200]) / 255
     other = torch.tensor([0, 90, 91, 255]) / 255  # brighter, other contrast, same order
@@ -246,7 +248,7 @@ def test_equalize_ignores_monotone_intensity_changes_and_keeps_zeros():
     assert torch.equal(a, b)
     assert torch.equal(a == 0, idx == 0)  # zeros (padding) stay zero
     assert torch.allclose(a.flatten(1).amax(1), torch.ones(3))  # the brightest level maps to 1
-    assert "normalize must be one of dataset, image, equalize" in one_line_error(
+    assert "unknown normalize policy 'rank'" in one_line_error(
         "train", "--data", "x", "--set", "normalize=rank", "--out", "y")
 
 

@@ -20,6 +20,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 
 from cnnlab import data as data_mod
 from cnnlab.errors import UserError
-from cnnlab.images import Prep, load_images
+from cnnlab.images import BadImage, Prep, decode, load_images
 
 THUMB = Prep(64, "squash", 1)
 SIDE = 64
@@ -179,6 +180,143 @@ def _check_out(out: Path, root: Path) -> Path:
     return out
 
 
+@dataclass
+class _Index:
+    """Every image of every split in scan order, and the pairs within the histogram cap (indices into it)."""
+
+    samples: list[data_mod.Sample]
+    rel: list[str]
+    split_of: np.ndarray
+    label_of: np.ndarray
+    hashes: list[str]
+    readable: np.ndarray  # decoded, so compared by pixels too, not only by bytes
+    pairs: torch.Tensor  # M x 2, i < j in thumbnail order, within HIST_FACTOR * threshold
+    dist: torch.Tensor  # M, 0-1 scale
+    near_pairs: list[list[int]]  # the pairs within the threshold itself
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+
+def _index(ds: data_mod.Dataset, threshold: float, cache_dir) -> _Index:
+    samples = [s for split in ds.splits for s in ds.splits[split]]
+    hashes = file_hashes([s.path for s in samples])
+    thumbs, good = thumbnails(samples, ds.root, cache_dir)
+    good_idx = np.array(good, dtype=np.int64)
+    # Up to HIST_FACTOR * threshold, not just the threshold: the distance histogram needs the pairs above it.
+    pairs, dist = close_pairs(thumbs, HIST_FACTOR * threshold)
+    pairs = torch.from_numpy(good_idx)[pairs] if len(pairs) else pairs  # back to indices into `samples`
+    readable = np.zeros(len(samples), dtype=bool)
+    readable[good_idx] = True
+    return _Index(samples=samples, rel=[ds.rel(s.path) for s in samples],
+                  split_of=np.array([s.split for s in samples]), label_of=np.array([s.label for s in samples]),
+                  hashes=hashes, readable=readable, pairs=pairs, dist=dist,
+                  near_pairs=pairs[dist <= threshold + 1e-12].tolist())
+
+
+def _copy_groups(idx: _Index) -> tuple[list[list[int]], list[list[int]]]:
+    """Exact groups (byte-identical files) and near groups (connected components of "exact or near copy")."""
+    exact_edges = _hash_edges(idx.hashes)
+    exact = _groups(_components(idx.n, exact_edges), idx.rel)
+    near = _groups(_components(idx.n, exact_edges + [tuple(p) for p in idx.near_pairs]), idx.rel)
+    return exact, near
+
+
+def _copied_from(idx: _Index, target: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the `target` images with a byte-identical copy, and with an exact or near copy, in `reference`."""
+    ref_hashes = {h for h, r in zip(idx.hashes, reference, strict=True) if r}
+    exact = np.array([h in ref_hashes for h in idx.hashes]) & target
+    either = exact.copy()
+    for i, j in idx.near_pairs:
+        either[i] |= bool(target[i] and reference[j])
+        either[j] |= bool(target[j] and reference[i])
+    return exact, either
+
+
+def _leakage(idx: _Index, ds: data_mod.Dataset) -> tuple[dict, np.ndarray]:
+    """The report's leakage counts, and the mask of the test images with no copy on the train side."""
+    test = idx.split_of == "test"
+    exact_in_train, near_in_train = _copied_from(idx, test, np.isin(idx.split_of, TRAIN_SIDE))
+    val_exact, val_near = _copied_from(idx, idx.split_of == "val", idx.split_of == "train")
+    leak_free = test & ~near_in_train & idx.readable
+    has_test, has_val = "test" in ds.splits, "val" in ds.splits
+    counts = {
+        "test_exact_in_train": int(exact_in_train[test].sum()) if has_test else None,
+        "test_near_in_train": int(near_in_train[test].sum()) if has_test else None,
+        "test_leak_free": int(leak_free.sum()) if has_test else None,
+        "val_exact_in_train": int(val_exact.sum()) if has_val else None,
+        "val_near_in_train": int(val_near.sum()) if has_val else None,
+    }
+    return counts, leak_free
+
+
+def _nearest_train_side(idx: _Index) -> np.ndarray:
+    """Distance (0-1) from each image to its nearest train-side image other than itself; inf above the cap."""
+    train_side = np.isin(idx.split_of, TRAIN_SIDE)
+    nn = np.full(idx.n, np.inf)
+    for (i, j), d in zip(idx.pairs.tolist(), idx.dist.tolist(), strict=True):
+        if train_side[j]:
+            nn[i] = min(nn[i], d)
+        if train_side[i]:
+            nn[j] = min(nn[j], d)
+    return nn
+
+
+def _distance_histogram(idx: _Index, threshold: float, has_test: bool) -> dict:
+    """Nearest train-side distances in gray levels, binned up to the cap; exact below it, "above_cap" past it."""
+    nn = _nearest_train_side(idx)
+    edges = np.round(np.linspace(0, HIST_FACTOR * threshold * 255, 4 * HIST_FACTOR * 2 + 1), 3)
+
+    def hist(mask: np.ndarray) -> dict:
+        d = nn[mask & idx.readable] * 255
+        return {"counts": np.histogram(d[np.isfinite(d)], bins=edges)[0].tolist(),
+                "above_cap": int((~np.isfinite(d)).sum()),
+                "largest_within_threshold": _r(d[d <= threshold * 255 + 1e-9], max),
+                "smallest_above_threshold": _r(d[np.isfinite(d) & (d > threshold * 255 + 1e-9)], min)}
+
+    return {
+        "what": "gray levels (0-255) from each image to its nearest train-side image other than itself",
+        "edges": edges.tolist(),
+        "train": hist(idx.split_of == "train"),
+        **({"test": hist(idx.split_of == "test")} if has_test else {}),
+    }
+
+
+def _r(values: np.ndarray, pick) -> float | None:
+    return round(float(pick(values)), 3) if len(values) else None
+
+
+def _group_counts(idx: _Index, ds: data_mod.Dataset, exact_groups, near_groups) -> dict:
+    def scopes(groups):
+        c = Counter(_scope(idx.split_of[m].tolist()) for m in groups)
+        return {k: c.get(k, 0) for k in [*ds.splits, "across"]}
+
+    def cross_label(groups):
+        return [m for m in groups if len(set(idx.label_of[m].tolist())) > 1]
+
+    return {
+        "exact_groups": len(exact_groups),
+        "exact_redundant": sum(len(m) - 1 for m in exact_groups),
+        "exact_groups_by_split": scopes(exact_groups),
+        "near_groups": len(near_groups),
+        "near_redundant": sum(len(m) - 1 for m in near_groups),
+        "near_groups_by_split": scopes(near_groups),
+        "largest_group": max((len(m) for m in near_groups), default=0),
+        "cross_label_groups": len(cross_label(near_groups)),
+        "cross_label_exact_groups": len(cross_label(exact_groups)),
+    }
+
+
+def _group_listing(idx: _Index, ds: data_mod.Dataset, near_groups) -> list[dict]:
+    return [
+        {"id": gid, "size": len(m), "exact": len({idx.hashes[i] for i in m}) == 1,
+         "classes": sorted({ds.classes[idx.label_of[i]] for i in m}),
+         "members": [{"path": idx.rel[i], "split": str(idx.split_of[i]), "class": ds.classes[idx.label_of[i]]}
+                     for i in m]}
+        for gid, m in enumerate(near_groups)]
+
+
 def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, class_map=None) -> dict:
     """Exact and near duplicates within and across splits, label conflicts, and test leakage.
 
@@ -190,120 +328,33 @@ def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, 
     if not 0 <= threshold < 1:
         raise UserError(f"threshold must be between 0 and 255 gray levels, got {threshold * 255:g}")
     ds = data_mod.scan(root, class_map=class_map)
-    out_dir = _check_out(out, ds.root) if out else None
-    samples = [s for split in ds.splits for s in ds.splits[split]]
-    n = len(samples)
-    rel = [ds.rel(s.path) for s in samples]
-    split_of = np.array([s.split for s in samples])
-    label_of = np.array([s.label for s in samples])
-    hashes = file_hashes([s.path for s in samples])
-    thumbs, good = thumbnails(samples, ds.root, cache_dir)
-    good_idx = np.array(good, dtype=np.int64)
-    pairs, dist = close_pairs(thumbs, HIST_FACTOR * threshold)
-    pairs = torch.from_numpy(good_idx)[pairs] if len(pairs) else pairs  # back to indices into `samples`
-    near = dist <= threshold + 1e-12
-    near_pairs = pairs[near].tolist()
-
-    # Exact groups: byte-identical files.
-    exact_edges = _hash_edges(hashes)
-    exact_groups = _groups(_components(n, exact_edges), rel)
-    # Near groups: connected components of "exact or near copy".
-    comp = _components(n, exact_edges + [tuple(p) for p in near_pairs])
-    near_groups = _groups(comp, rel)
-    group_id = np.full(n, -1)
-    for gid, members in enumerate(near_groups):
-        group_id[members] = gid
-
-    # Leakage: images of one split with an exact or near copy in other splits.
-    def copied_from(target: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ref_hashes = {h for h, r in zip(hashes, reference, strict=True) if r}
-        exact = np.array([h in ref_hashes for h in hashes]) & target
-        either = exact.copy()
-        for i, j in near_pairs:
-            either[i] |= bool(target[i] and reference[j])
-            either[j] |= bool(target[j] and reference[i])
-        return exact, either
-
-    train_side = np.isin(split_of, TRAIN_SIDE)
-    test = split_of == "test"
-    exact_in_train, near_in_train = copied_from(test, train_side)
-    val_exact, val_near = copied_from(split_of == "val", split_of == "train")
-
-    # Nearest train-side neighbour of every image (exact up to the histogram cap, else "above").
-    cap = HIST_FACTOR * threshold
-    nn = np.full(n, np.inf)
-    for (i, j), d in zip(pairs.tolist(), dist.tolist(), strict=True):
-        if train_side[j]:
-            nn[i] = min(nn[i], d)
-        if train_side[i]:
-            nn[j] = min(nn[j], d)
-    readable = np.zeros(n, dtype=bool)
-    readable[good_idx] = True
-    edges_gray = np.round(np.linspace(0, cap * 255, 4 * HIST_FACTOR * 2 + 1), 3)
-
-    def hist(mask):
-        d = nn[mask & readable] * 255
-        return {"counts": np.histogram(d[np.isfinite(d)], bins=edges_gray)[0].tolist(),
-                "above_cap": int((~np.isfinite(d)).sum()),
-                "largest_within_threshold": _r(d[d <= threshold * 255 + 1e-9], max),
-                "smallest_above_threshold": _r(d[np.isfinite(d) & (d > threshold * 255 + 1e-9)], min)}
-
-    def scopes(groups):
-        c = Counter(_scope(split_of[m].tolist()) for m in groups)
-        return {k: c.get(k, 0) for k in [*ds.splits, "across"]}
-
-    cross = [m for m in near_groups if len(set(label_of[m].tolist())) > 1]
-    cross_exact = [m for m in exact_groups if len(set(label_of[m].tolist())) > 1]
-    has_test = "test" in ds.splits
-    has_val = "val" in ds.splits
-    leak_free = test & ~near_in_train & readable
+    out_dir = _check_out(out, ds.root) if out else None  # before the slow part: a bad --out fails at once
+    idx = _index(ds, threshold, cache_dir)
+    exact_groups, near_groups = _copy_groups(idx)
+    leakage, leak_free = _leakage(idx, ds)
     report = {
         "dataset": str(ds.root),
         "classes": ds.classes,
         "images": {split: len(v) for split, v in ds.splits.items()},
-        "unreadable": int(n - len(good)),
+        "unreadable": int((~idx.readable).sum()),
         "threshold": threshold,
         "threshold_gray": round(threshold * 255, 4),
         "method": "near copy: mean |difference| <= threshold between 64x64 gray thumbnails (squash resize), "
                   "all pairs, exact; groups: connected components of exact-or-near",
-        "exact_groups": len(exact_groups),
-        "exact_redundant": sum(len(m) - 1 for m in exact_groups),
-        "exact_groups_by_split": scopes(exact_groups),
-        "near_groups": len(near_groups),
-        "near_redundant": sum(len(m) - 1 for m in near_groups),
-        "near_groups_by_split": scopes(near_groups),
-        "largest_group": max((len(m) for m in near_groups), default=0),
-        "cross_label_groups": len(cross),
-        "cross_label_exact_groups": len(cross_exact),
-        "test_exact_in_train": int(exact_in_train[test].sum()) if has_test else None,
-        "test_near_in_train": int(near_in_train[test].sum()) if has_test else None,
-        "test_leak_free": int(leak_free.sum()) if has_test else None,
-        "val_exact_in_train": int(val_exact.sum()) if has_val else None,
-        "val_near_in_train": int(val_near.sum()) if has_val else None,
-        "distance_histogram": {
-            "what": "gray levels (0-255) from each image to its nearest train-side image other than itself",
-            "edges": edges_gray.tolist(),
-            "train": hist(split_of == "train"),
-            **({"test": hist(test)} if has_test else {}),
-        },
+        **_group_counts(idx, ds, exact_groups, near_groups),
+        **leakage,
+        "distance_histogram": _distance_histogram(idx, threshold, has_test="test" in ds.splits),
+        "groups": _group_listing(idx, ds, near_groups),
     }
-    report["groups"] = [
-        {"id": gid, "size": len(m), "exact": len({hashes[i] for i in m}) == 1,
-         "classes": sorted({ds.classes[label_of[i]] for i in m}),
-         "members": [{"path": rel[i], "split": str(split_of[i]), "class": ds.classes[label_of[i]]}
-                     for i in m]}
-        for gid, m in enumerate(near_groups)]
     if out_dir:
-        files = _write_outputs(report, ds, samples, rel, leak_free, group_id, out_dir)
-        report["written"] = files
+        group_id = np.full(idx.n, -1)
+        for gid, members in enumerate(near_groups):
+            group_id[members] = gid
+        report["written"] = _write_outputs(report, ds, idx, leak_free, group_id, out_dir)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir:
         (out_dir / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _r(values: np.ndarray, pick) -> float | None:
-    return round(float(pick(values)), 3) if len(values) else None
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -321,79 +372,47 @@ def write_leak_free(path: Path, ds: data_mod.Dataset, samples, rel, keep: np.nda
     return len(rows)
 
 
-def _write_outputs(report, ds, samples, rel, leak_free, group_id, out_dir: Path) -> list[str]:
+def _write_outputs(report, ds, idx: _Index, leak_free, group_id, out_dir: Path) -> list[str]:
+    from cnnlab import plots  # matplotlib only when figures are asked for
+
     files = []
     if "test" in ds.splits:
-        write_leak_free(out_dir / "leak_free_test.csv", ds, samples, rel, leak_free, group_id)
+        write_leak_free(out_dir / "leak_free_test.csv", ds, idx.samples, idx.rel, leak_free, group_id)
         files.append("leak_free_test.csv")
-    distance_plot(report, out_dir / "distance_hist.png")
+    plots.distance_histogram(report, out_dir / "distance_hist.png")
     files.append("distance_hist.png")
     groups = report["groups"]
     if groups:
-        gallery(ds.root, groups[:GALLERY_LARGEST], out_dir / "gallery_largest.png",
-                f"largest duplicate groups ({min(len(groups), GALLERY_LARGEST)} of {len(groups)})")
+        plots.group_gallery(_gallery_rows(ds.root, groups[:GALLERY_LARGEST]), out_dir / "gallery_largest.png",
+                            f"largest duplicate groups ({min(len(groups), GALLERY_LARGEST)} of {len(groups)})")
         files.append("gallery_largest.png")
     cross = [g for g in groups if len(g["classes"]) > 1]
     for page in range(0, len(cross), GALLERY_ROWS_PER_PAGE):
         number = page // GALLERY_ROWS_PER_PAGE + 1
         name = "gallery_cross_label.png" if number == 1 else f"gallery_cross_label_{number}.png"
-        gallery(ds.root, cross[page:page + GALLERY_ROWS_PER_PAGE], out_dir / name,
-                f"groups whose copies carry different labels ({len(cross)})")
+        plots.group_gallery(_gallery_rows(ds.root, cross[page:page + GALLERY_ROWS_PER_PAGE]), out_dir / name,
+                            f"groups whose copies carry different labels ({len(cross)})")
         files.append(name)
     return files + ["audit.json"]
 
 
-def distance_plot(report: dict, path: Path) -> None:
-    """Histogram of nearest-train distances, per split, with the threshold: the gap should be visible."""
-    from cnnlab.plots import _save, plt
-
-    h = report["distance_histogram"]
-    edges = np.array(h["edges"])
-    parts = [k for k in ("test", "train") if k in h]
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.0), squeeze=False)
-    width = edges[1] - edges[0]
-    for ax, split in zip(axes[0], parts, strict=True):
-        counts = h[split]["counts"] + [h[split]["above_cap"]]
-        x = np.append(edges[:-1], edges[-1] + width / 2)
-        ax.bar(x, counts, width=width * 0.9, align="edge", color=["C0"] * (len(counts) - 1) + ["0.6"])
-        ax.axvline(report["threshold_gray"], color="C3", ls="--", lw=1.2,
-                   label=f"threshold {report['threshold_gray']:g}")
-        ax.set_yscale("symlog", linthresh=1)
-        ax.set_xlabel("distance to nearest train image (gray levels, 64 px)")
-        ax.set_ylabel("images")
-        ax.set_title(f"{split} images (grey bar: > {edges[-1]:g})", fontsize=9)
-        ax.legend(fontsize=8)
-    _save(fig, path, dpi=80)
-
-
-def gallery(root: Path, groups: list[dict], path: Path, title: str) -> None:
-    """One row per group: its members side by side, each captioned split/class/file name."""
-    from cnnlab.images import BadImage, decode
-    from cnnlab.plots import _save, plt
-
+def _gallery_rows(root: Path, groups: list[dict]) -> list[tuple[str, list[tuple[np.ndarray, str]]]]:
+    """`plots.group_gallery` rows: each group's first members, decoded, captioned split/class/file name."""
     prep = Prep(96, "pad", 1)
+    # One column count for the whole page, so the "+N" of a longer group counts what is left off.
     cols = min(GALLERY_COLUMNS, max(len(g["members"]) for g in groups))
-    fig, axes = plt.subplots(len(groups), cols, figsize=(cols * 1.5, len(groups) * 1.75 + 0.4), squeeze=False)
-    for r, g in enumerate(groups):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(g["members"]):
-                ax.axis("off")
-                continue
-            m = g["members"][c]
+    rows = []
+    for g in groups:
+        cells = []
+        for m in g["members"][:cols]:
             try:
                 im = decode(Path(root) / m["path"], prep)[0][0]
             except BadImage:
-                im = np.zeros((96, 96), dtype=np.uint8)
-            ax.imshow(im, cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{m['split']}/{m['class'][:14]}\n{Path(m['path']).name[:18]}", fontsize=6)
-            if c == 0:
-                more = f" +{len(g['members']) - cols}" if len(g["members"]) > cols else ""
-                ax.set_ylabel(f"group {g['id']}\n{g['size']} files{more}", fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path, dpi=80)
+                im = np.zeros((96, 96), dtype=np.uint8)  # unreadable: a black tile, still captioned
+            cells.append((im, f"{m['split']}/{m['class'][:14]}\n{Path(m['path']).name[:18]}"))
+        more = f" +{len(g['members']) - cols}" if len(g["members"]) > cols else ""
+        rows.append((f"group {g['id']}\n{g['size']} files{more}", cells))
+    return rows
 
 
 def format_audit(r: dict) -> str:

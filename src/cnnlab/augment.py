@@ -1,4 +1,5 @@
-"""Per-sample augmentation on batched tensors (no decoding; only JPEG re-encoding goes through Pillow, per image).
+"""Per-sample augmentation on batched tensors (no decoding; only JPEG re-encoding goes through Pillow, per image),
+and mixup's draws.
 
 Every random draw comes from the epoch's `torch.Generator`, so a run is reproducible and resumable.
 Geometric transforms (flips, rotation, shift, zoom) are folded into one affine warp per sample.
@@ -135,3 +136,11 @@ class Augmenter:
                              torch.stack([sin * fx, cos * fy, ty], 1)], 1).to(x)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def mixup_draw(alpha: float, n: int, g: torch.Generator) -> tuple[float, torch.Tensor | None]:
+    """Mixup's weight (from Beta(alpha, alpha), drawn through the epoch's generator) and partner indices."""
+    if alpha <= 0 or n < 2:
+        return 1.0, None
+    seed = int(torch.randint(2**31 - 1, (1,), generator=g))
+    return float(np.random.default_rng(seed).beta(alpha, alpha)), torch.randperm(n, generator=g)

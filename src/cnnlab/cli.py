@@ -110,17 +110,22 @@ def data_synth(out, train_per_class, test_per_class, size, seed):
 # ------------------------------------------------------------------------------------- training
 
 
-def build_config(config_file, flags: dict, sets) -> Config:  # noqa: F821
-    from cnnlab.config import Config, parse_sets
+def build_config(config_file, flags: dict, sets, default=None):
+    """The config of a command: the file or recipe (else `default`, else cnnlab's defaults), then the flags, then
+    --set; every value checked before the command does anything."""
+    from cnnlab.checks import validate
+    from cnnlab.config import Config, load_recipe, parse_sets
 
-    cfg = Config.load(config_file) if config_file else Config()
+    name = config_file or default
+    cfg = load_recipe(name) if name else Config()
     cfg.update({k: v for k, v in flags.items() if v is not None})
     cfg.update(parse_sets(sets))
-    return cfg.validate()
+    return validate(cfg)
 
 
 @main.command()
-@click.option("--config", "config_file", type=click.Path(), help="TOML config; flags and --set override it.")
+@click.option("--config", "config_file", type=click.Path(),
+              help="TOML config, or a shipped recipe by name (assignment, mri); flags and --set override it.")
 @click.option("--data", help="Dataset root (train/test or Training/Testing split folders, or a class tree).")
 @click.option("--model", help="simple, simple-bn, simple-dropout, simple-bn-dropout, mlp, adaptive, resnet.")
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
@@ -150,9 +155,10 @@ def train(config_file, data, model, epochs, image_size, batch_size, optimizer, l
     import time
 
     from cnnlab.train import fit
+    from cnnlab.train import resume as resume_run
 
     if resume:
-        summary = fit(None, Path(resume), resume=True, progress=not quiet, log=click.echo)
+        summary = resume_run(Path(resume), progress=not quiet, log=click.echo)
         click.echo(f"run {resume}: best val macro-F1 {summary.get('best_val_f1', float('nan')):.4f} "
                    f"at epoch {summary.get('best_epoch')}")
         return
@@ -243,14 +249,17 @@ def predict(run, paths, as_json, as_csv):
 @click.option("--param", help="Sweep any field: NAME=v1,v2,... (replaces the lr values of the lr study).")
 @click.option("--jobs", default=1, show_default=True, help="Runs in parallel processes; cores are divided.")
 @click.option("--seeds", default=1, show_default=True, help="Repeat each run with K seeds (mean ± std).")
-@click.option("--config", "config_file", type=click.Path(), help="Base TOML config for every run.")
+@click.option("--config", "config_file", type=click.Path(),
+              help="Base config for every run: a TOML file or a recipe name (default: assignment).")
 def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
     """Run a comparison study (or resume one): summary.csv, overlay plot, report.md and report.html.
 
     NAME is one of regularization, optimizers, lr, overfitting, imbalance, architecture, activations,
     assignment (all of the assignment's stages in order, each winner chosen on validation, then one test),
     or a study TOML file with a [base] table and one [runs.NAME] table per run.
-    The base is the assignment's setting: simple-bn-dropout, 128 px, batch 256, Adam 1e-3, class weights.
+    The base is the assignment's recipe (recipes/assignment.toml: simple-bn-dropout, 128 px, batch 256,
+    Adam 1e-3, class weights, 50 epochs, patience 10) unless --config names another.
+    Every run's config is checked before the first run trains.
 
     \b
     Examples:
@@ -259,15 +268,11 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
       cnnlab study assignment --data ../shared/datasets/brain-tumor-mri --out runs/assignment --jobs 2
       cnnlab study my_study.toml --data D --out S --seeds 3
     """
-    from cnnlab.config import Config, parse_sets
-    from cnnlab.studies import ASSIGNMENT_BASE, load_study, run_assignment, run_study, sweep
+    from cnnlab.studies import load_study, run_assignment, run_study, sweep
 
     if jobs < 1 or seeds < 1:
         raise UserError("--jobs and --seeds must be at least 1")
-    base = Config.load(config_file) if config_file else Config().update(ASSIGNMENT_BASE)
-    flags = {"data.path": data, "train.epochs": epochs}
-    base.update({k: v for k, v in flags.items() if v is not None})
-    base.update(parse_sets(sets)).validate()
+    base = build_config(config_file, {"data.path": data, "train.epochs": epochs}, sets, default="assignment")
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
     out = Path(out)

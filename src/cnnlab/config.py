@@ -1,7 +1,10 @@
 """One typed config describes a run: loadable from TOML, overridable by `--set key=value`, saved with the run.
 
 Field names are unique across sections, so a key may be written bare (`seed=3`, `image_size=64`) or
-qualified (`train.seed=3`, `data.dedupe=true`). TOML files use the sections.
+qualified (`train.seed=3`, `data.dedupe=true`). TOML files use the sections. The defaults below are
+`cnnlab train`'s; a recipe (`recipes/*.toml`, e.g. `assignment`, the base of `cnnlab study`) is a TOML file of
+overrides. Types are checked here, as values are set; every check on the values themselves is in
+`cnnlab.checks.validate`, which runs before any work.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from pathlib import Path
 
 import tomli_w
 
-from cnnlab.errors import UserError
+from cnnlab.errors import UserError, nearest
 
-NORMALIZE_POLICIES = ("dataset", "image", "equalize")
+RECIPES = Path(__file__).parent / "recipes"
 
 
 @dataclass
@@ -192,37 +195,16 @@ class Config:
     def save(self, path) -> None:
         Path(path).write_text(tomli_w.dumps(self.to_dict()))
 
-    def validate(self) -> Config:
-        """Checks that need several fields or registries; names are checked where they are looked up."""
-        if self.train.epochs < 1:
-            raise UserError(f"epochs must be at least 1, got {self.train.epochs}")
-        if self.train.batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {self.train.batch_size}")
-        if self.optim.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.optim.lr}")
-        if not 0 <= self.loss.label_smoothing < 1:
-            raise UserError(f"label_smoothing must be in [0, 1), got {self.loss.label_smoothing}")
-        if self.train.monitor not in ("val_f1", "val_loss", "val_acc"):
-            raise UserError(f"monitor must be val_f1, val_loss or val_acc, got '{self.train.monitor}'")
-        if self.augment.mixup < 0:
-            raise UserError(f"mixup must be >= 0, got {self.augment.mixup}")
-        for name in ("jpeg", "erase", "blur"):
-            if not 0 <= getattr(self.augment, name) <= 1:
-                raise UserError(f"{name} must be a probability in [0, 1], got {getattr(self.augment, name)}")
-        if self.data.split not in ("random", "blocks"):
-            raise UserError(f"split must be random or blocks, got '{self.data.split}'")
-        if not 0 <= self.augment.sharpness <= 4:
-            raise UserError(f"sharpness must be in [0, 4], got {self.augment.sharpness}")
-        if self.train.save_every < 0:
-            raise UserError(f"save_every must be >= 0, got {self.train.save_every}")
-        if self.data.block_size < 1:
-            raise UserError(f"block_size must be at least 1, got {self.data.block_size}")
-        if self.data.normalize not in NORMALIZE_POLICIES:
-            raise UserError(f"normalize must be one of {', '.join(NORMALIZE_POLICIES)}, got '{self.data.normalize}'")
-        if self.data.imbalance not in ("none", "weights", "oversample", "undersample"):
-            raise UserError(f"unknown imbalance '{self.data.imbalance}' "
-                            "(choose from: none, weights, oversample, undersample)")
-        return self
+
+def load_recipe(name_or_path) -> Config:
+    """A config file by path, or a recipe shipped with cnnlab by name (`assignment`, `mri`)."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and not path.exists():
+        shipped = {p.stem: p for p in RECIPES.glob("*.toml")}
+        if str(name_or_path) not in shipped:
+            raise nearest(str(name_or_path), shipped, "recipe (or a .toml file)")
+        path = shipped[str(name_or_path)]
+    return Config.load(path)
 
 
 def read_toml(path, what: str) -> dict:
@@ -230,7 +212,9 @@ def read_toml(path, what: str) -> dict:
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from e
 

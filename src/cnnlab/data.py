@@ -24,6 +24,7 @@ from cnnlab.errors import UserError
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 IGNORED_DIRS = {"__pycache__", "__MACOSX"}
+SPLIT_POLICIES = ("random", "blocks")  # how validation is drawn from train: files, or runs of files in name order
 
 
 def image_extensions() -> set[str]:
@@ -71,7 +72,7 @@ def _subdirs(path: Path, skipped: list | None = None) -> list[Path]:
     return [p for p in dirs if not _is_hidden(p.name)]
 
 
-def _check_root(root: Path) -> Path:
+def check_root(root: Path) -> Path:
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(f"dataset path does not exist: {root}")
@@ -131,7 +132,7 @@ def parse_class_map(spec: str | dict | None) -> dict[str, str]:
 
 def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Dataset:
     """Scan a dataset root; raise UserError for anything that makes it unusable."""
-    root = _check_root(Path(root))
+    root = check_root(Path(root))
     exts = image_extensions()
     mapping = parse_class_map(class_map)
     split_dirs = find_splits(root)
@@ -265,8 +266,6 @@ def split_train_val(ds: Dataset, fraction: float, seed: int, groups: dict[str, i
     """
     if "val" in ds.splits or fraction <= 0:
         return
-    if not 0 < fraction < 1:
-        raise UserError(f"val_fraction must be between 0 and 1, got {fraction}")
     units: dict[str, list[Sample]] = {}
     for s in ds.splits["train"]:
         rel = ds.rel(s.path)
@@ -338,6 +337,12 @@ def write_manifest(ds: Dataset, path: Path, splits=("train", "val", "test")) -> 
         for split in splits:
             for s in ds.splits.get(split, []):
                 w.writerow([ds.rel(s.path), ds.classes[s.label], split, s.group])
+
+
+def manifest_classes(path: Path) -> list[str]:
+    """The class names a manifest lists, sorted as a scan sorts class folders."""
+    with open(path, newline="") as f:
+        return sorted({row["class"] for row in csv.DictReader(f)})
 
 
 def read_manifest(path: Path, root: Path, classes: list[str], split: str | None = None) -> list[Sample]:

@@ -19,9 +19,9 @@ from cnnlab.errors import UserError
 @click.option("--epochs", default=15, show_default=True, help="Maximum epochs per run.")
 def main(out, per_class, epochs):
     """Synthetic eclipses -> inspect -> regularization study -> report."""
-    from cnnlab.config import Config
+    from cnnlab.config import load_recipe
     from cnnlab.inspection import format_report, inspect
-    from cnnlab.studies import ASSIGNMENT_BASE, STUDIES, run_study
+    from cnnlab.studies import STUDIES, run_study
     from cnnlab.synth import synth_eclipse
 
     out = Path(out)
@@ -29,7 +29,7 @@ def main(out, per_class, epochs):
     try:
         synth_eclipse(data, train_per_class=per_class, test_per_class=per_class // 3, size=96, seed=0)
         click.echo(format_report(inspect(data, out=out / "inspect")))
-        base = Config().update(ASSIGNMENT_BASE).update(
+        base = load_recipe("assignment").update(
             {"path": str(data), "image_size": 64, "batch_size": 32, "epochs": epochs, "patience": 5})
         click.echo("\nregularization study: the assignment's CNN plain, +BatchNorm, +Dropout, +both")
         run_study(STUDIES["regularization"], base, out / "study", log=click.echo)

@@ -15,22 +15,27 @@ from pathlib import Path
 import torch
 
 from cnnlab import data as data_mod
+from cnnlab import runs
 from cnnlab.config import Config
+from cnnlab.engine import Engine, make_engine
 from cnnlab.errors import UserError
 from cnnlab.images import BadImage, ImageSet, Prep, decode, load_images
+from cnnlab.loops import predict_logits
 from cnnlab.models import build
-from cnnlab.train import make_engine, predict_logits
 
 
-def load_run(run: Path, which: str = "best") -> tuple[Config, dict, object]:
-    """-> (config, checkpoint meta, engine with the checkpoint's weights, in eval mode)."""
+def load_run(run: Path, which: str = "best") -> tuple[Config, dict, Engine]:
+    """-> (the checkpoint's config, the checkpoint, an engine with its weights in eval mode).
+
+    `which`: best (default), last, or epoch-NNN. The checkpoint decides everything: its config builds the model
+    and decodes images, its classes name the outputs, its statistics normalise."""
     run = Path(run)
-    if not (run / "config.toml").is_file():
-        raise UserError(f"{run} is not a cnnlab run folder (no config.toml)")
+    runs.read_config(run)  # a clear error for a folder that is not a run
     path = run / f"{which}.pt"
-    if not path.is_file():
-        raise UserError(f"{path} not found: the run has not finished an epoch yet")
-    ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    if which == "best" and not path.is_file() and (run / runs.LAST).is_file():
+        raise UserError(f"{path} is missing although {run / runs.LAST} exists: the run has finished epochs, "
+                        "but its best checkpoint was deleted or moved")
+    ckpt = runs.load_checkpoint(path, hint="" if path.is_file() else ": the run has not finished an epoch yet")
     cfg = Config.from_dict(ckpt["config"])
     cfg.train.device = "cpu" if not torch.cuda.is_available() else cfg.train.device
     model = build(cfg.model, cfg.data.channels, len(ckpt["classes"]), cfg.data.image_size)
@@ -69,7 +74,7 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
             raise UserError(f"no test split in {ds.root}: expected a test/ or testing/ folder")
         samples = ds.splits["test"]
         name = "test"
-    images, bad, _ = load_images(samples, ds.root, Prep(**ckpt["prep"]), cfg.data.cache_dir or None)
+    images, bad, _ = load_images(samples, ds.root, Prep.of(cfg.data), cfg.data.cache_dir or None)
     if bad:
         data_mod.report_skipped(bad, strict=cfg.data.strict)
 
@@ -123,7 +128,7 @@ def expand_paths(paths) -> list[Path]:
 
 def predict(run: Path, paths, batch_size: int = 256) -> list[dict]:
     cfg, ckpt, eng = load_run(run)
-    prep, classes = Prep(**ckpt["prep"]), list(ckpt["classes"])
+    prep, classes = Prep.of(cfg.data), list(ckpt["classes"])
     files, arrays = [], []
     for f in expand_paths(paths):
         try:

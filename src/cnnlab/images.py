@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from cnnlab.config import DataConfig
 from cnnlab.data import Sample
 from cnnlab.errors import UserError
 
@@ -30,22 +31,17 @@ CACHE_VERSION = 1
 
 @dataclass(frozen=True)
 class Prep:
-    """How a file becomes a tensor. Part of the cache key."""
+    """How a file becomes a tensor: part of the cache key. A run's comes from its config (`Prep.of`); its values
+    are checked with the rest of the config (cnnlab.checks), before anything is decoded."""
 
     image_size: int = 128
     resize: str = "squash"  # squash to a square | pad (keep aspect, pad) | keep (variable size, bucketed)
     channels: int = 3  # 3 = RGB, 1 = gray
     crop: str = "none"  # none | foreground (bounding box of the largest bright component)
 
-    def __post_init__(self):
-        if self.resize not in RESIZE_POLICIES:
-            raise UserError(f"unknown resize policy '{self.resize}' (choose from: {', '.join(RESIZE_POLICIES)})")
-        if self.crop not in CROP_POLICIES:
-            raise UserError(f"unknown crop policy '{self.crop}' (choose from: {', '.join(CROP_POLICIES)})")
-        if self.channels not in (1, 3):
-            raise UserError(f"channels must be 1 (gray) or 3 (RGB), got {self.channels}")
-        if not 8 <= self.image_size <= 4096:
-            raise UserError(f"image_size must be between 8 and 4096, got {self.image_size}")
+    @classmethod
+    def of(cls, d: DataConfig) -> Prep:
+        return cls(d.image_size, d.resize, d.channels, d.crop)
 
     def key(self) -> str:
         return f"v{CACHE_VERSION}-{self.image_size}-{self.resize}-c{self.channels}-{self.crop}"

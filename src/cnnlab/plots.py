@@ -1,4 +1,5 @@
-"""Figures: learning curves, study overlays, confusion matrices, contact sheets. Always the Agg backend."""
+"""Figures: learning curves, study overlays, confusion matrices, contact sheets, the audit's distance histogram
+and duplicate galleries. Always the Agg backend; nothing here reads images or imports the rest of cnnlab."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path, dpi: int = 100) -> None:
+def save(fig, path: Path, dpi: int = 100) -> None:
+    """Write `fig` to `path` and close it."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
@@ -42,7 +44,7 @@ def overlay(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
     axes[1].legend(fontsize=7, ncol=2 if len(runs) > 3 else 1, loc="lower right")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> None:
@@ -61,7 +63,7 @@ def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> Non
                     color="white" if cm[i, j] > hi / 2 else "black", fontsize=9)
     if title:
         ax.set_title(title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, title: str = "", thumb: int = 96) -> None:
@@ -84,4 +86,46 @@ def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, title: str = ""
                 ax.set_ylabel(name[:22], rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save(fig, path)
+
+
+def distance_histogram(report: dict, path: Path) -> None:
+    """The audit's nearest-train distances, per split, with the threshold: the gap should be visible."""
+    h = report["distance_histogram"]
+    edges = np.array(h["edges"])
+    parts = [k for k in ("test", "train") if k in h]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.0), squeeze=False)
+    width = edges[1] - edges[0]
+    for ax, split in zip(axes[0], parts, strict=True):
+        counts = h[split]["counts"] + [h[split]["above_cap"]]
+        x = np.append(edges[:-1], edges[-1] + width / 2)
+        ax.bar(x, counts, width=width * 0.9, align="edge", color=["C0"] * (len(counts) - 1) + ["0.6"])
+        ax.axvline(report["threshold_gray"], color="C3", ls="--", lw=1.2,
+                   label=f"threshold {report['threshold_gray']:g}")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_xlabel("distance to nearest train image (gray levels, 64 px)")
+        ax.set_ylabel("images")
+        ax.set_title(f"{split} images (grey bar: > {edges[-1]:g})", fontsize=9)
+        ax.legend(fontsize=8)
+    save(fig, path, dpi=80)
+
+
+def group_gallery(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: Path, title: str) -> None:
+    """One row per group: (row label, [(gray uint8 image, caption), ...]), the images side by side."""
+    cols = max(len(cells) for _, cells in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.5, len(rows) * 1.75 + 0.4), squeeze=False)
+    for r, (label, cells) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(cells):
+                ax.axis("off")
+                continue
+            im, caption = cells[c]
+            ax.imshow(im, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(caption, fontsize=6)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    save(fig, path, dpi=80)

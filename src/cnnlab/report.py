@@ -11,7 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
-from cnnlab.train import read_history
+from cnnlab.runs import read_config, read_history
 
 
 class Doc:
@@ -219,18 +219,10 @@ def add_study(doc: Doc, study, results: list[dict], folder: Path, level: int = 2
 
 
 def _header(doc: Doc, results: list[dict]) -> None:
-    from cnnlab.config import Config
-
-    cfg = Config.from_dict(_config_of(results[0]))
+    cfg = read_config(Path(results[0]["out"]))
     doc.p(f"Data `{cfg.data.path}`; {time.strftime('%Y-%m-%d')}; machine: {machine()}. Validation is a "
           f"{cfg.data.val_fraction:.0%} stratified split of the training folder (seed {cfg.data.split_seed}); "
           "every choice below uses validation macro-F1 only.")
-
-
-def _config_of(result: dict) -> dict:
-    import tomllib
-
-    return tomllib.loads((Path(result["out"]) / "config.toml").read_text())
 
 
 def study_report(study, results: list[dict], folder: Path) -> tuple[Path, Path]:
@@ -241,14 +233,13 @@ def study_report(study, results: list[dict], folder: Path) -> tuple[Path, Path]:
     return doc.write(folder)
 
 
-def assignment_report(summary: dict, folder: Path) -> tuple[Path, Path]:
-    from cnnlab.studies import STUDIES
-
+def assignment_report(summary: dict, folder: Path, studies: dict) -> tuple[Path, Path]:
+    """`studies`: the Study of each stage, by name."""
     doc = Doc("The assignment, end to end")
     _header(doc, summary["stages"][0]["results"])
     for i, stage in enumerate(summary["stages"], 1):
         doc.h(f"{i}. {stage['study']}")
-        add_study(doc, STUDIES[stage["study"]], stage["results"], folder / stage["study"], level=2)
+        add_study(doc, studies[stage["study"]], stage["results"], folder / stage["study"], level=2)
         doc.p(f"Carried forward: **{stage['winner']}** (validation macro-F1 {stage['mean_val_f1']:.4f}).")
     doc.h("Final choice, scored once on the test split")
     if summary["tests"]:

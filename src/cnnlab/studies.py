@@ -11,6 +11,8 @@ A study is data, not code: the built-ins below are dicts, and a TOML file in the
     optimizer = "sgd"
     momentum = 0.9
 
+The base of every run is the assignment's recipe (`recipes/assignment.toml`) unless another config is given.
+Every run's config (every --param value, every stage of the assignment) is checked before anything trains.
 Runs go through an Executor (one small interface: `map(jobs) -> summaries`), so a study can later be
 spread over a cluster without touching the rest.
 """
@@ -26,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cnnlab import runs
+from cnnlab.checks import validate
 from cnnlab.config import Config, parse_sets, read_toml
+from cnnlab.data import find_splits
 from cnnlab.errors import UserError, nearest
-
-# The assignment's settings (SPEC.md): 128 px, batch 256, Adam 1e-3, class-weighted loss, up to 50 epochs.
-ASSIGNMENT_BASE = {"model": "simple-bn-dropout", "image_size": 128, "batch_size": 256, "optimizer": "adam",
-                   "lr": 1e-3, "imbalance": "weights", "epochs": 50, "patience": 10}
+from cnnlab.evaluate import test_run
+from cnnlab.report import assignment_report, study_report
+from cnnlab.train import fit, resume
 
 
 @dataclass
@@ -117,7 +121,7 @@ def sweep(study: Study, param: str) -> Study:
 class Job:
     run: str
     seed: int
-    config: dict  # Config.to_dict()
+    config: Config  # validated
     out: str
 
 
@@ -127,19 +131,16 @@ class Executor(Protocol):
 
 def run_job(job: Job, progress: bool = False) -> dict:
     """Train one run, or resume it, or read its result if it has finished. Safe to call again."""
-    from cnnlab.train import fit
-
-    out = Path(job.out)
-    cfg = Config.from_dict(job.config)
-    if (out / "config.toml").is_file():
-        saved = Config.load(out / "config.toml")
-        if saved.to_dict() != cfg.to_dict():
+    out, cfg, quiet = Path(job.out), job.config, lambda *a: None
+    if runs.is_run(out):
+        saved = runs.read_config(out)
+        if saved != cfg:
             changed = sorted(k for k in Config.keys() if saved.get(k) != cfg.get(k))
             raise UserError(f"{out} holds a run with another config ({', '.join(changed)} differ): "
                             "use another --out, or delete that folder")
-        summary = fit(None, out, resume=True, progress=progress, log=lambda *a: None)
+        summary = resume(out, progress=progress, log=quiet)
     else:
-        summary = fit(cfg, out, progress=progress, log=lambda *a: None)
+        summary = fit(cfg, out, progress=progress, log=quiet)
     return {"run": job.run, "seed": job.seed, "out": str(out), **summary}
 
 
@@ -176,12 +177,11 @@ class LocalExecutor:
 # ------------------------------------------------------------------------------------------ running
 
 
-SUMMARY_COLUMNS = ["run", "seed", "best_val_f1", "best_val_acc", "best_epoch", "best_train_f1", "final_train_loss",
-                   "final_val_loss", "final_train_f1", "final_val_f1", "val_f1_tail_std", "epochs", "wall_s",
-                   "images_per_s", "out"]
+SUMMARY_COLUMNS = ["run", "seed", *runs.SUMMARY_KEYS, "out"]
 
 
 def make_jobs(study: Study, base: Config, out: Path, seeds: int, threads: int) -> list[Job]:
+    """One job per run and seed, each config checked (cnnlab.checks) before any job starts."""
     jobs = []
     for run, overrides in study.runs.items():
         for k in range(seeds):
@@ -189,8 +189,16 @@ def make_jobs(study: Study, base: Config, out: Path, seeds: int, threads: int) -
             cfg.train.seed = base.train.seed + k
             cfg.train.threads = threads
             folder = out / "runs" / (_slug(run) + (f"-seed{cfg.train.seed}" if seeds > 1 else ""))
-            jobs.append(Job(run, cfg.train.seed, cfg.validate().to_dict(), str(folder)))
+            try:
+                jobs.append(Job(run, cfg.train.seed, validate(cfg), str(folder)))
+            except UserError as e:
+                raise UserError(f"study {study.name}, run {run}: {e}") from None
     return jobs
+
+
+def study_threads(base: Config, jobs: int) -> int:
+    """Threads per run: the cores (or the configured threads) shared among the parallel jobs."""
+    return max(1, (base.train.threads or os.cpu_count() or 1) // max(1, jobs))
 
 
 def _slug(name: str) -> str:
@@ -204,15 +212,12 @@ def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: E
     `known` maps a config (as JSON) to the result of a run already trained with it: such a run is not trained
     again (in the assignment, a stage's baseline is often the previous stage's winner).
     """
-    from cnnlab.report import study_report
-
     out = Path(out)
+    all_jobs = make_jobs(study, base, out, seeds, study_threads(base, jobs))
     out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (base.train.threads or os.cpu_count() or 1) // max(1, jobs))
     executor = executor or LocalExecutor(jobs, log=log)
     known = {} if known is None else known
-    all_jobs = make_jobs(study, base, out, seeds, threads)
-    keys = [json.dumps(j.config, sort_keys=True) for j in all_jobs]
+    keys = [json.dumps(j.config.to_dict(), sort_keys=True) for j in all_jobs]
     todo = [j for j, k in zip(all_jobs, keys, strict=True) if k not in known]
     for j, k in zip(all_jobs, keys, strict=True):
         if k in known:
@@ -247,10 +252,9 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
                    log=print) -> dict:
     """The whole assignment: each stage's winner (by validation macro-F1 only) becomes the next stage's base;
     the final choice is scored once on the test split."""
-    from cnnlab.evaluate import test_run
-    from cnnlab.report import assignment_report
-
     out = Path(out)
+    for name in ASSIGNMENT_STAGES:  # every stage's runs are checked before the first one trains
+        make_jobs(STUDIES[name], base, out / name, seeds, study_threads(base, jobs))
     stages = []
     current = base.copy()
     known: dict[str, dict] = {}
@@ -278,11 +282,9 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
                           "accuracy": res["accuracy"], "per_class": res["per_class"],
                           "evaluation_number": res["evaluation_number"]})
     summary = {"stages": stages, "final_config": current.to_dict(), "tests": tests}
-    assignment_report(summary, out)
+    assignment_report(summary, out, STUDIES)
     return summary
 
 
 def _has_test(cfg: Config) -> bool:
-    from cnnlab.data import find_splits
-
     return "test" in find_splits(Path(cfg.data.path))
