@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 from conftest import one_line_error, run_cli
@@ -51,7 +52,8 @@ def test_toml_study_with_seeds_and_parallel_jobs(eclipse, tmp_path):
     assert sorted((r["run"], r["seed"]) for r in rows) == [("relu", "0"), ("relu", "1"), ("tanh", "0"), ("tanh", "1")]
     assert "±" in (out / "report.md").read_text()
     cfg = (out / "runs" / "tanh-seed1" / "config.toml").read_text()
-    assert 'model = "simple-bn"' in cfg and "threads = 1" in cfg and "seed = 1" in cfg
+    threads = max(1, (os.cpu_count() or 1) // 2)  # the cores shared between the two jobs
+    assert 'model = "simple-bn"' in cfg and f"threads = {threads}\n" in cfg and "seed = 1" in cfg
 
 
 def test_param_sweep_and_errors(eclipse, tmp_path):
@@ -66,6 +68,15 @@ def test_param_sweep_and_errors(eclipse, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[runs.a]\nlearning_rate = 3\n")
     assert "unknown config key 'learning_rate'" in one_line_error("study", bad, "--data", eclipse, "--out", out)
+
+
+def test_every_run_of_a_study_is_checked_before_any_trains(eclipse, tmp_path):
+    out = tmp_path / "S"
+    line = one_line_error("study", "lr", "--data", eclipse, "--out", out, "--param", "scheduler=plateau,cosin")
+    assert "cosin" in line and "did you mean 'cosine'" in line and not out.exists()
+    # The assignment's last stage adds a plateau scheduler, which refuses warm-up: found before stage one trains.
+    line = one_line_error("study", "assignment", "--data", eclipse, "--out", out, "--set", "warmup_epochs=1")
+    assert "overfitting" in line and "plateau" in line and not out.exists()
 
 
 def test_conclusions_say_when_a_difference_is_noise():

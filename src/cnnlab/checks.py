@@ -110,9 +110,10 @@ def _model(cfg: Config) -> None:
     try:
         with torch.device("meta"):  # shapes only: no weights are allocated
             build(m, d.channels, 2, d.image_size)
-    except RuntimeError as e:
-        raise UserError(f"image_size {d.image_size} is too small for model {m.model} with these kernel, stride "
-                        f"and pooling settings ({str(e).splitlines()[0][:100]})") from None
+    except RuntimeError:
+        raise UserError(f"image_size {d.image_size} is too small for model {m.model}: its convolutions and pooling "
+                        f"(kernel_size {m.kernel_size}, stride {m.stride}, padding {m.padding}) shrink it to "
+                        "nothing") from None
 
 
 def _optimization(cfg: Config) -> None:
