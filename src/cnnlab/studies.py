@@ -13,20 +13,17 @@ A study is data, not code: the built-ins below are dicts, and a TOML file in the
 
 The base of every run is the assignment's recipe (`recipes/assignment.toml`) unless another config is given.
 Every run's config (every --param value, every stage of the assignment) is checked before anything trains.
-Runs go through an Executor (one small interface: `map(jobs) -> summaries`), so a study can later be
-spread over a cluster without touching the rest.
+Runs go through an executor (cnnlab.executors: one small interface, `map(jobs) -> summaries`), so a study
+can be spread over more processes or machines without touching the rest.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from cnnlab import runs
 from cnnlab.checks import validate
@@ -34,8 +31,8 @@ from cnnlab.config import Config, parse_sets, read_toml
 from cnnlab.data import find_splits
 from cnnlab.errors import UserError, nearest
 from cnnlab.evaluate import test_run
+from cnnlab.executors import Executor, Job, LocalExecutor
 from cnnlab.report import assignment_report, study_report
-from cnnlab.train import fit, resume
 
 
 @dataclass
@@ -112,66 +109,6 @@ def sweep(study: Study, param: str) -> Study:
     key = key.strip()
     return Study(f"{key}-sweep", {f"{key}={v}": {key: v} for v in values}, study.base,
                  f"Which value of {key} works best?", carries=(key,))
-
-
-# --------------------------------------------------------------------------------------- executors
-
-
-@dataclass
-class Job:
-    run: str
-    seed: int
-    config: Config  # validated
-    out: str
-
-
-class Executor(Protocol):
-    def map(self, jobs: list[Job]) -> list[dict]: ...
-
-
-def run_job(job: Job, progress: bool = False) -> dict:
-    """Train one run, or resume it, or read its result if it has finished. Safe to call again."""
-    out, cfg, quiet = Path(job.out), job.config, lambda *a: None
-    if runs.is_run(out):
-        saved = runs.read_config(out)
-        if saved != cfg:
-            changed = sorted(k for k in Config.keys() if saved.get(k) != cfg.get(k))
-            raise UserError(f"{out} holds a run with another config ({', '.join(changed)} differ): "
-                            "use another --out, or delete that folder")
-        summary = resume(out, progress=progress, log=quiet)
-    else:
-        summary = fit(cfg, out, progress=progress, log=quiet)
-    return {"run": job.run, "seed": job.seed, "out": str(out), **summary}
-
-
-class LocalExecutor:
-    """Runs jobs here: in this process with jobs=1, else in `jobs` processes sharing the cores."""
-
-    def __init__(self, jobs: int = 1, log=print):
-        self.jobs = max(1, jobs)
-        self.log = log
-
-    def map(self, jobs: list[Job]) -> list[dict]:
-        if self.jobs == 1:
-            results = []
-            for i, job in enumerate(jobs, 1):
-                self.log(f"[{i}/{len(jobs)}] {job.run} (seed {job.seed})")
-                results.append(run_job(job, progress=True))
-                self._done(results[-1])
-            return results
-        # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(run_job, job) for job in jobs]
-            results = []
-            for f in futures:
-                results.append(f.result())
-                self._done(results[-1])
-            return results
-
-    def _done(self, r: dict) -> None:
-        self.log(f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
-                 f"at epoch {r.get('best_epoch')} of {r.get('epochs')}")
 
 
 # ------------------------------------------------------------------------------------------ running
