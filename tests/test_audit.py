@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnnlab import data as data_mod
 from cnnlab.audit import audit, close_pairs, duplicate_groups, format_audit
+from cnnlab.crossaudit import audit_against
 
 
 @pytest.fixture
@@ -189,3 +190,128 @@ def test_audit_figures_draw_from_plain_arrays(tmp_path):
               "distance_histogram": {"edges": [0.0, 0.5, 1.0], "train": {"counts": [3, 1], "above_cap": 2}}}
     plots.distance_histogram(report, tmp_path / "h.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "h.png"]  # no temporary file left behind
+
+
+# ------------------------------------------------------------------------------------- across data sets
+
+
+@pytest.fixture
+def two_sets(tmp_path):
+    """DIR (train/test, circle/square/triangle) and OTHER (figshare's layout: `images/<class>`, classes circ, sq,
+    tri and blob, which has no counterpart in DIR), with planted cross copies (OTHER file <- DIR file):
+
+    exact         : circ/e1.png  <- train/circle/img 000.png
+    near (JPEG)   : sq/n1.jpg    <- test/square/img 001.png
+    near (resized): tri/n2.png   <- train/triangle/img 002.png
+    conflict      : circ/c1.jpg  <- train/square/img 003.png (JPEG: a near copy filed as circ = circle)
+    unmapped      : blob/u1.png  <- train/circle/img 004.png (exact; blob maps to no DIR class)
+    """
+    dir_root = make_shapes(tmp_path / "dir", splits=(("train", 8), ("test", 3)), size=(48, 40))
+    other = tmp_path / "other"
+    make_shapes(other / "images", splits=(("", 4),), classes=("circ", "sq", "tri", "blob"), size=(48, 40), seed=1)
+    (other / "folds.csv").write_text("path,class,fold\n")
+    o = other / "images"
+    shutil.copy(dir_root / "train/circle/img 000.png", o / "circ/e1.png")
+    Image.open(dir_root / "test/square/img 001.png").save(o / "sq/n1.jpg", quality=90)
+    im = Image.open(dir_root / "train/triangle/img 002.png")
+    im.resize((im.width * 2, im.height * 2), Image.Resampling.BILINEAR).save(o / "tri/n2.png")
+    Image.open(dir_root / "train/square/img 003.png").save(o / "circ/c1.jpg", quality=90)
+    shutil.copy(dir_root / "train/circle/img 004.png", o / "blob/u1.png")
+    return dir_root, other
+
+
+CLASS_MAP = "circ=circle,sq=square,tri=triangle"
+
+
+def test_close_pairs_across_two_sets_is_exact():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 256, (20, 1, 64, 64), generator=g, dtype=torch.uint8)
+    b = torch.cat([(a[:8].int() + torch.randint(-5, 6, (8, 1, 64, 64), generator=g)).clamp(0, 255).to(torch.uint8),
+                   torch.randint(0, 256, (9, 1, 64, 64), generator=g, dtype=torch.uint8), a[:2]])
+    full = torch.cdist(a.flatten(1).double(), b.flatten(1).double(), p=1) / (64 * 64 * 255)
+    for cap in (0.0, 3 / 255, 0.4):
+        pairs, dist = close_pairs(a, cap, chunk=7, other=b)
+        want = {(i, j) for i in range(len(a)) for j in range(len(b)) if full[i, j] <= cap + 1e-12}
+        assert {tuple(p) for p in pairs.tolist()} == want
+        assert np.allclose(dist.numpy(), [full[i, j].item() for i, j in pairs.tolist()])
+
+
+def test_audit_against_counts_csv_and_gallery(two_sets, tmp_path):
+    dir_root, other = two_sets
+    before = tree_hash(dir_root), tree_hash(other)
+    r = audit_against(dir_root, other, class_map=CLASS_MAP, out=tmp_path / "out")
+    assert (tree_hash(dir_root), tree_hash(other)) == before  # neither data set is written into
+    assert r["against_images"] == {"train": 4 * 4 + 5}
+    assert r["against_classes"] == {"blob": None, "circ": "circle", "sq": "square", "tri": "triangle"}
+    assert r["against_copies"] == 5 and r["against_exact_copies"] == 2
+    assert r["against_label_conflicts"] == 1 and r["against_unmapped_copies"] == 1
+    assert r["against_by_folder"]["train"]["square"] == {"images": 8, "copies": 1, "conflicts": 1}
+    assert r["against_by_folder"]["test"]["square"] == {"images": 3, "copies": 1, "conflicts": 0}
+    assert r["against_by_folder"]["train"]["circle"]["copies"] == 2
+    assert r["exact_groups"] == 0 and r["test_near_in_train"] == 0  # the plain audit of DIR is still there
+    out = tmp_path / "out"
+    with open(out / "against_copies.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "class", "split", "other_path", "other_class", "other_as", "kind",
+                             "distance_gray", "conflict"]
+    got = {(row["path"], row["other_path"], row["kind"], row["conflict"]) for row in rows}
+    assert got == {("train/circle/img 000.png", "images/circ/e1.png", "exact", "0"),
+                   ("test/square/img 001.png", "images/sq/n1.jpg", "near", "0"),
+                   ("train/triangle/img 002.png", "images/tri/n2.png", "near", "0"),
+                   ("train/square/img 003.png", "images/circ/c1.jpg", "near", "1"),
+                   ("train/circle/img 004.png", "images/blob/u1.png", "exact", "0")}
+    blob = next(row for row in rows if row["other_class"] == "blob")
+    assert blob["other_as"] == "" and float(blob["distance_gray"]) == 0
+    assert all(float(row["distance_gray"]) <= 4 for row in rows)
+    assert (out / "gallery_against_conflicts.png").is_file()
+    written = json.loads((out / "audit.json").read_text())
+    assert written["against_label_conflicts"] == 1
+    assert written["written"][-3:] == ["against_copies.csv", "gallery_against_conflicts.png", "audit.json"]
+    # Without the map, every OTHER class but none of DIR's is unmapped: copies stay copies, nothing conflicts.
+    bare = audit_against(dir_root, other)
+    assert bare["against_copies"] == 5 and bare["against_label_conflicts"] == 0
+    assert bare["against_unmapped_copies"] == 5
+
+
+def test_cli_against(two_sets, tmp_path):
+    dir_root, other = two_sets
+    result = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP, "--json",
+                     "--out", tmp_path / "o")
+    r = json.loads(result.output)
+    assert r["against_copies"] == 5 and r["against_label_conflicts"] == 1
+    text = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP).output
+    assert "images here with a copy there: 5 (2 byte-identical) of 33; label conflicts: 1" in text
+    assert "classes there with no counterpart here (never a conflict): blob" in text
+    plain = json.loads(run_cli("data", "audit", dir_root, "--json").output)
+    assert not any(k.startswith("against") for k in plain)
+    assert "--against" in one_line_error("data", "audit", dir_root, "--against", tmp_path / "missing")
+    assert "itself" in one_line_error("data", "audit", dir_root, "--against", dir_root)
+    assert "did you mean 'circle'" in one_line_error("data", "audit", dir_root, "--against", other,
+                                                     "--class-map", "circ=circel")
+    assert "inside the dataset" in one_line_error("data", "audit", dir_root, "--against", other,
+                                                  "--out", other / "audit")
+    assert not (other / "audit").exists()
+
+
+def test_unreadable_files_do_not_stop_the_audit(two_sets, tmp_path):
+    """Garbage bytes and a truncated JPEG, in both sets: reported as unreadable, compared by bytes only."""
+    dir_root, other = two_sets
+    garbage = b"this is not a JPEG at all" * 4
+    (dir_root / "train/circle/x.jpg").write_bytes(garbage)
+    (other / "images/sq/x copy.jpg").write_bytes(garbage)
+    Image.open(dir_root / "train/square/img 005.png").save(tmp_path / "full.jpg", quality=90)
+    whole = (tmp_path / "full.jpg").read_bytes()
+    (dir_root / "test/triangle/truncated.jpg").write_bytes(whole[:len(whole) // 2])
+    (other / "images/tri/truncated.jpg").write_bytes(whole[:300])
+    result = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP, "--out", tmp_path / "o")
+    assert "unreadable images (exact comparison only): 2" in result.output
+    assert "2 unreadable" in result.output and "Traceback" not in result.output
+    r = json.loads((tmp_path / "o" / "audit.json").read_text())
+    assert r["unreadable"] == 2 and r["against_unreadable"] == 2
+    assert r["against_copies"] == 6 and r["against_label_conflicts"] == 2  # x.jpg: circle here, sq = square there
+    with open(tmp_path / "o" / "against_copies.csv", newline="") as f:
+        row = next(row for row in csv.DictReader(f) if row["path"] == "train/circle/x.jpg")
+    assert row["kind"] == "exact" and row["distance_gray"] == "" and row["conflict"] == "1"
+    assert (tmp_path / "o" / "gallery_against_conflicts.png").is_file()  # an unreadable file is a black tile
+    plain = run_cli("data", "audit", dir_root, "--out", tmp_path / "p")
+    assert "unreadable images (exact comparison only): 2" in plain.output

@@ -68,18 +68,18 @@ def test_resume_reads_the_run_split_and_never_splits_again(shapes, tmp_path, mon
                            "epochs": 3, "seed": 2, "precision": "fp32", "threads": 1})
     fit(cfg.copy(), tmp_path / "whole", progress=False)
 
-    real_draw, calls = runs.draw_curves, []
+    real_write = runs.write_history
 
-    def interrupt_after_two(history, run):  # as Ctrl-C would, once epoch 2 is on disk
-        real_draw(history, run)
-        calls.append(1)
-        if len(calls) == 2:
+    def interrupt_after_two(history, path):  # as Ctrl-C would, once epoch 2 is on disk
+        real_write(history, path)
+        if len(history) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "draw_curves", interrupt_after_two)
+    monkeypatch.setattr(runs, "write_history", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg.copy(), tmp_path / "cut", progress=False)
-    monkeypatch.setattr(runs, "draw_curves", real_draw)
+    monkeypatch.setattr(runs, "write_history", real_write)
+    assert len(runs.read_history(tmp_path / "cut" / "history.csv")) == 2
     split = (tmp_path / "cut" / "split.csv").read_text()
     # New files arrive in the dataset: a fresh split would differ, the run's own split does not.
     for d in (shapes / "train").iterdir():

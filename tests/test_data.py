@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from PIL import Image
 
 from cnnlab import data as data_mod
 from cnnlab.errors import UserError
-from cnnlab.images import ImageCache, Prep, decode, load_images
+from cnnlab.images import BadImage, ImageCache, Prep, decode, load_images
 
 # ------------------------------------------------------------------------------------------ layouts
 
@@ -34,6 +37,21 @@ def test_plain_class_tree_is_train_only(tmp_path):
     make_shapes(tmp_path, splits=(("", 4),))
     ds = data_mod.scan(tmp_path)
     assert list(ds.splits) == ["train"] and len(ds.splits["train"]) == 12
+
+
+def test_class_tree_one_folder_down_is_train(tmp_path):
+    """figshare's layout: `images/<class>/...` with index files beside `images`, no split folder."""
+    make_shapes(tmp_path / "images", splits=(("", 3),))
+    (tmp_path / "folds.csv").write_text("path,class,fold\n")
+    (tmp_path / ".git").mkdir()  # hidden folders do not count
+    ds = data_mod.scan(tmp_path)
+    assert ds.root == tmp_path.resolve() and list(ds.splits) == ["train"]
+    assert ds.classes == ["circle", "square", "triangle"] and len(ds.splits["train"]) == 9
+    assert ds.rel(ds.splits["train"][0].path) == "images/circle/img 000.png"
+    # An image file right in `images` makes it a class folder (of a one-class tree), as before.
+    shutil.copy(tmp_path / "images/circle/img 000.png", tmp_path / "images/loose.png")
+    with pytest.raises(UserError, match="only one class"):
+        data_mod.scan(tmp_path)
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".JPG", ".jpeg", ".png", ".bmp", ".tif", ".webp"])
@@ -110,19 +128,43 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     assert "classes of test differ" in one_line_error("data", "inspect", tmp_path / "mismatch")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
-def test_unreadable_folder(tmp_path):
+def test_unreadable_folder(tmp_path, monkeypatch):
     make_shapes(tmp_path / "locked", splits=(("train", 2),))
-    os.chmod(tmp_path / "locked", 0)
-    try:
-        assert "permission denied" in one_line_error("data", "inspect", tmp_path / "locked")
-    finally:
-        os.chmod(tmp_path / "locked", 0o755)
+    real_access = os.access  # root reads everything, so permission is denied the way os.access reports it
+    monkeypatch.setattr(data_mod.os, "access", lambda p, mode: "locked" not in str(p) and real_access(p, mode))
+    assert "permission denied" in one_line_error("data", "inspect", tmp_path / "locked")
 
 
-def test_decompression_bomb_is_a_user_error(shapes, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x36 images are 14x over the limit
-    assert "decompression-bomb limit" in one_line_error("data", "inspect", shapes)
+def test_an_output_folder_without_write_permission_is_one_line(shapes, tmp_path, monkeypatch):
+    from cnnlab import files
+
+    real_access = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode: "readonly" not in str(p) and real_access(p, mode))
+    line = one_line_error("train", "--data", shapes, "--model", "mlp", "--out", tmp_path / "readonly")
+    assert "cannot write into run folder" in line and "permission denied" in line
+
+
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width x height pixels (and holds none): what a 30000 x 30000 scan looks like to
+    Pillow before it decodes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_oversized_image_is_skipped_and_recorded(shapes, tmp_path):
+    bomb = write_png_header(shapes / "train" / "circle" / "huge.png", 30000, 30000)
+    out = tmp_path / "r"
+    result = run_cli("train", "--data", shapes, "--model", "mlp", "--image-size", 16, "--epochs", 1, "-q",
+                     "--out", out)
+    assert "decompression-bomb limit" in result.output
+    skipped = (out / "skipped.csv").read_text()
+    assert "huge.png" in skipped and "decompression-bomb limit" in skipped
+    assert "decompression-bomb limit" in run_cli("predict", out, shapes / "train" / "circle").output
+    assert "cannot read image" in one_line_error("predict", out, bomb)
 
 
 # ------------------------------------------------------------------------------------------- modes
@@ -345,3 +387,14 @@ def test_a_full_command_leaves_the_dataset_unchanged(shapes, tmp_path):
     run_cli("test", run, "--data", shapes)
     run_cli("predict", run, shapes / "test")
     assert tree_hash(shapes) == before
+
+
+def test_any_pillow_failure_is_a_bad_image_not_a_crash(shapes, monkeypatch):
+    from PIL import ImageOps
+
+    def broken_exif(im):  # what a JPEG with a corrupt EXIF block does inside Pillow
+        raise TypeError("bad operand type for abs(): 'str'")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken_exif)
+    with pytest.raises(BadImage, match="TypeError"):
+        decode(next((shapes / "train" / "circle").iterdir()), Prep(32))

@@ -66,31 +66,42 @@ def _block_sums(x: torch.Tensor, grid: int) -> torch.Tensor:
     return x.view(n, grid, k, grid, k).sum((2, 4), dtype=torch.int32).flatten(1)
 
 
-def close_pairs(thumbs: torch.Tensor, cap: float, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def _level(x: torch.Tensor, grid: int) -> torch.Tensor:
+    return (_block_sums(x, grid) if grid < SIDE else x.flatten(1)).to(torch.int16)  # sums < 2^15 here
+
+
+def close_pairs(thumbs: torch.Tensor, cap: float, chunk: int = 1024,
+                other: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs (i < j) whose mean absolute difference is at most `cap` (0-1 scale), with that distance.
 
     `thumbs`: N x 1 x 64 x 64 uint8. Exact (integer arithmetic, no candidate is ever missed): an all-pairs
     pass on 8x8 block sums, then the survivors on 16x16, 32x32 and the full 64x64 pixels. Returns
-    (pairs: M x 2 long, dist: M float, 0-1 scale).
+    (pairs: M x 2 long, dist: M float, 0-1 scale). With `other` (K x 1 x 64 x 64), the pairs (i, j) of an
+    image i of `thumbs` and an image j of `other` instead: only the cross pairs are compared.
     """
-    n = thumbs.shape[0]
-    if n < 2:
+    cross = other is not None
+    n, m = thumbs.shape[0], (other.shape[0] if cross else thumbs.shape[0])
+    if n < (1 if cross else 2) or m < 1:
         return torch.zeros(0, 2, dtype=torch.long), torch.zeros(0)
     x = thumbs.reshape(n, SIDE, SIDE).to(torch.int32)
+    y = other.reshape(m, SIDE, SIDE).to(torch.int32) if cross else x
     cap_l1 = int(np.floor(cap * 255 * SIDE * SIDE + 1e-6))  # total L1 over 4096 pixels, in gray levels
     coarse = _block_sums(x, 8).to(torch.float32)  # integers below 2^24: float32 sums of them are exact
+    coarse_y = _block_sums(y, 8).to(torch.float32) if cross else coarse
     found = []
     for a in range(0, n, chunk):
-        d = torch.cdist(coarse[a:a + chunk], coarse[a:], p=1)
+        start = 0 if cross else a  # within one set, only the pairs i < j
+        d = torch.cdist(coarse[a:a + chunk], coarse_y[start:], p=1)
         ii, jj = (d <= cap_l1 + 0.5).nonzero(as_tuple=True)
-        keep = jj > ii
-        found.append(torch.stack([ii[keep] + a, jj[keep] + a], 1))
+        keep = torch.ones_like(ii, dtype=torch.bool) if cross else jj > ii
+        found.append(torch.stack([ii[keep] + a, jj[keep] + start], 1))
     pairs = torch.cat(found)
     dist = torch.zeros(len(pairs), dtype=torch.int32)
     for grid in (16, 32, SIDE):
-        level = (_block_sums(x, grid) if grid < SIDE else x.flatten(1)).to(torch.int16)  # sums < 2^15 here
+        level = _level(x, grid)
+        level_y = _level(y, grid) if cross else level
         step = max(1, (1 << 22) // level.shape[1])  # about 8 MB of int16 per gathered block
-        dist = torch.cat([(level[pairs[c:c + step, 0]] - level[pairs[c:c + step, 1]])
+        dist = torch.cat([(level[pairs[c:c + step, 0]] - level_y[pairs[c:c + step, 1]])
                           .abs().sum(1, dtype=torch.int32) for c in range(0, len(pairs), step)]
                          or [torch.zeros(0, dtype=torch.int32)])
         keep = dist <= cap_l1
@@ -165,14 +176,18 @@ def _scope(splits: list[str]) -> str:
     return next(iter(kinds)) if len(kinds) == 1 else "across"
 
 
+def refuse_inside(out: Path, root: Path) -> None:
+    """UserError when `out` lies inside the dataset `root` (cnnlab never writes into a dataset)."""
+    try:
+        Path(out).expanduser().resolve().relative_to(root)
+    except ValueError:
+        return
+    raise UserError(f"output folder {out} is inside the dataset {root}: cnnlab never writes there")
+
+
 def _check_out(out: Path, root: Path) -> Path:
     out = Path(out).expanduser()
-    try:
-        out.resolve().relative_to(root)
-    except ValueError:
-        pass
-    else:
-        raise UserError(f"output folder {out} is inside the dataset {root}: cnnlab never writes there")
+    refuse_inside(out, root)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -266,21 +281,28 @@ def _nearest_train_side(idx: _Index) -> np.ndarray:
 def _distance_histogram(idx: _Index, threshold: float, has_test: bool) -> dict:
     """Nearest train-side distances in gray levels, binned up to the cap; exact below it, "above_cap" past it."""
     nn = _nearest_train_side(idx)
-    edges = np.round(np.linspace(0, HIST_FACTOR * threshold * 255, 4 * HIST_FACTOR * 2 + 1), 3)
-
-    def hist(mask: np.ndarray) -> dict:
-        d = nn[mask & idx.readable] * 255
-        return {"counts": np.histogram(d[np.isfinite(d)], bins=edges)[0].tolist(),
-                "above_cap": int((~np.isfinite(d)).sum()),
-                "largest_within_threshold": _r(d[d <= threshold * 255 + 1e-9], max),
-                "smallest_above_threshold": _r(d[np.isfinite(d) & (d > threshold * 255 + 1e-9)], min)}
-
+    edges = hist_edges(threshold)
     return {
         "what": "gray levels (0-255) from each image to its nearest train-side image other than itself",
         "edges": edges.tolist(),
-        "train": hist(idx.split_of == "train"),
-        **({"test": hist(idx.split_of == "test")} if has_test else {}),
+        "train": nearest_hist(nn[(idx.split_of == "train") & idx.readable], edges, threshold),
+        **({"test": nearest_hist(nn[(idx.split_of == "test") & idx.readable], edges, threshold)}
+           if has_test else {}),
     }
+
+
+def hist_edges(threshold: float) -> np.ndarray:
+    """Bin edges in gray levels, from 0 to the cap (HIST_FACTOR * threshold), 8 bins per threshold."""
+    return np.round(np.linspace(0, HIST_FACTOR * threshold * 255, 4 * HIST_FACTOR * 2 + 1), 3)
+
+
+def nearest_hist(nn: np.ndarray, edges: np.ndarray, threshold: float) -> dict:
+    """Nearest distances (0-1, inf above the cap) binned in gray levels, and the two sides of the threshold."""
+    d = nn * 255
+    return {"counts": np.histogram(d[np.isfinite(d)], bins=edges)[0].tolist(),
+            "above_cap": int((~np.isfinite(d)).sum()),
+            "largest_within_threshold": _r(d[d <= threshold * 255 + 1e-9], max),
+            "smallest_above_threshold": _r(d[np.isfinite(d) & (d > threshold * 255 + 1e-9)], min)}
 
 
 def _r(values: np.ndarray, pick) -> float | None:
@@ -317,12 +339,14 @@ def _group_listing(idx: _Index, ds: data_mod.Dataset, near_groups) -> list[dict]
         for gid, m in enumerate(near_groups)]
 
 
-def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, class_map=None) -> dict:
+def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, class_map=None,
+          extend=None) -> dict:
     """Exact and near duplicates within and across splits, label conflicts, and test leakage.
 
     `threshold`: near-copy distance, mean absolute difference on the 0-1 scale. With `out`, writes
     audit.json, leak_free_test.csv (test images without an exact or near copy in train/val, manifest
-    format), distance_hist.png and the galleries.
+    format), distance_hist.png and the galleries. `extend(ds, idx, out_dir) -> (keys, files written)` adds
+    to the report before audit.json is written (`cnnlab.crossaudit` uses it for `--against`).
     """
     t0 = time.perf_counter()
     if not 0 <= threshold < 1:
@@ -346,11 +370,16 @@ def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, 
         "distance_histogram": _distance_histogram(idx, threshold, has_test="test" in ds.splits),
         "groups": _group_listing(idx, ds, near_groups),
     }
+    more_files = []
+    if extend:
+        more, more_files = extend(ds, idx, out_dir)
+        report.update(more)
     if out_dir:
         group_id = np.full(idx.n, -1)
         for gid, members in enumerate(near_groups):
             group_id[members] = gid
-        report["written"] = _write_outputs(report, ds, idx, leak_free, group_id, out_dir)
+        written = _write_outputs(report, ds, idx, leak_free, group_id, out_dir)
+        report["written"] = written[:-1] + more_files + written[-1:]  # audit.json last, as it is written last
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir:
         (out_dir / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -383,21 +412,23 @@ def _write_outputs(report, ds, idx: _Index, leak_free, group_id, out_dir: Path) 
     files.append("distance_hist.png")
     groups = report["groups"]
     if groups:
-        plots.group_gallery(_gallery_rows(ds.root, groups[:GALLERY_LARGEST]), out_dir / "gallery_largest.png",
+        plots.group_gallery(gallery_rows(ds.root, groups[:GALLERY_LARGEST]), out_dir / "gallery_largest.png",
                             f"largest duplicate groups ({min(len(groups), GALLERY_LARGEST)} of {len(groups)})")
         files.append("gallery_largest.png")
     cross = [g for g in groups if len(g["classes"]) > 1]
     for page in range(0, len(cross), GALLERY_ROWS_PER_PAGE):
         number = page // GALLERY_ROWS_PER_PAGE + 1
         name = "gallery_cross_label.png" if number == 1 else f"gallery_cross_label_{number}.png"
-        plots.group_gallery(_gallery_rows(ds.root, cross[page:page + GALLERY_ROWS_PER_PAGE]), out_dir / name,
+        plots.group_gallery(gallery_rows(ds.root, cross[page:page + GALLERY_ROWS_PER_PAGE]), out_dir / name,
                             f"groups whose copies carry different labels ({len(cross)})")
         files.append(name)
     return files + ["audit.json"]
 
 
-def _gallery_rows(root: Path, groups: list[dict]) -> list[tuple[str, list[tuple[np.ndarray, str]]]]:
-    """`plots.group_gallery` rows: each group's first members, decoded, captioned split/class/file name."""
+def gallery_rows(root: Path, groups: list[dict], what: str = "group") -> list[tuple[str, list]]:
+    """`plots.group_gallery` rows: each group's first members, decoded, captioned split/class/file name.
+
+    A member's path is relative to `root`, or absolute (a member of another data set)."""
     prep = Prep(96, "pad", 1)
     # One column count for the whole page, so the "+N" of a longer group counts what is left off.
     cols = min(GALLERY_COLUMNS, max(len(g["members"]) for g in groups))
@@ -411,12 +442,12 @@ def _gallery_rows(root: Path, groups: list[dict]) -> list[tuple[str, list[tuple[
                 im = np.zeros((96, 96), dtype=np.uint8)  # unreadable: a black tile, still captioned
             cells.append((im, f"{m['split']}/{m['class'][:14]}\n{Path(m['path']).name[:18]}"))
         more = f" +{len(g['members']) - cols}" if len(g["members"]) > cols else ""
-        rows.append((f"group {g['id']}\n{g['size']} files{more}", cells))
+        rows.append((f"{what} {g['id']}\n{g['size']} files{more}", cells))
     return rows
 
 
-def format_audit(r: dict) -> str:
-    """The terminal summary."""
+def format_audit(r: dict, extra: list[str] | tuple[str, ...] = ()) -> str:
+    """The terminal summary; `extra` lines go before the list of files written."""
     splits = list(r["images"])
     cols = [*splits, "across"]
     lines = [f"audit of {r['dataset']}: {sum(r['images'].values())} images ("
@@ -447,6 +478,7 @@ def format_audit(r: dict) -> str:
                      f"{r['val_near_in_train']} exact or near, of {r['images']['val']}")
     if r["unreadable"]:
         lines.append(f"unreadable images (exact comparison only): {r['unreadable']}")
+    lines += extra
     if r.get("written"):
         lines.append("wrote " + ", ".join(r["written"]))
     lines.append(f"{r['seconds']:.1f} s")

@@ -2,17 +2,19 @@
 mistyped name or an impossible value costs the user nothing but one line.
 
 Types were already checked when the values were set (cnnlab.config); names are checked against the registries
-that use them, with a "did you mean" suggestion; the model is built once on the meta device (no memory, no
-time), so an input too small for its layers is reported here too.
+that use them, with a "did you mean" suggestion; the model is built once on the CPU (milliseconds), so an
+input too small for its layers is reported here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import torch
 
-from cnnlab.config import Config
+from cnnlab.config import Config, ModelConfig
 from cnnlab.data import SPLIT_POLICIES
 from cnnlab.engine import PRECISIONS
 from cnnlab.errors import UserError, nearest
@@ -22,6 +24,7 @@ from cnnlab.optimization import MONITORS, NO_WARMUP, OPTIMIZERS, SCHEDULERS
 from cnnlab.pipeline import IMBALANCE_MODES, NORMALIZE_POLICIES
 
 IMAGE_SIZES = (8, 4096)
+MAX_MLP_WEIGHTS = 1 << 30
 
 
 def validate(cfg: Config) -> Config:
@@ -107,11 +110,21 @@ def _model(cfg: Config) -> None:
     if m.model in FIXED_SIZE and d.resize == "keep":
         raise UserError(f"model {m.model} needs a fixed input size: use resize squash or pad, "
                         "or a size-agnostic model (adaptive, resnet)")
+    if m.model == "mlp" and d.channels * d.image_size**2 * m.hidden > MAX_MLP_WEIGHTS:
+        raise UserError(f"model mlp at image_size {d.image_size} would have "
+                        f"{d.channels * d.image_size**2 * m.hidden:,} weights in its first layer: use a smaller "
+                        "image_size or hidden, or a convolutional model")
+    _builds(dataclasses.astuple(m), d.channels, d.image_size)
+
+
+@functools.cache
+def _builds(model: tuple, channels: int, image_size: int) -> None:
+    """Build the model once on the CPU (milliseconds): an input too small for its layers fails here."""
+    m = ModelConfig(*model)
     try:
-        with torch.device("meta"):  # shapes only: no weights are allocated
-            build(m, d.channels, 2, d.image_size)
+        build(m, channels, 2, image_size)
     except RuntimeError:
-        raise UserError(f"image_size {d.image_size} is too small for model {m.model}: its convolutions and pooling "
+        raise UserError(f"image_size {image_size} is too small for model {m.model}: its convolutions and pooling "
                         f"(kernel_size {m.kernel_size}, stride {m.stride}, padding {m.padding}) shrink it to "
                         "nothing") from None
 

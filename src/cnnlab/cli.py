@@ -34,6 +34,10 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except click.UsageError as e:  # a bad option value or a missing argument: one line, like any user error
+            click.echo(f"error: {e.format_message()}" + (f" (see: {e.ctx.command_path} --help)" if e.ctx else ""),
+                       err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -142,8 +146,9 @@ def build_config(config_file, flags: dict, sets, default=None):
 @click.option("--out", type=click.Path(), help="Run folder (default runs/<model>-<time>).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last epoch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("--force", is_flag=True, help="Write into an existing non-empty --out that holds no run.")
 def train(config_file, data, model, epochs, image_size, batch_size, optimizer, lr, device, dedupe, strict,
-          class_map, cache_dir, sets, out, resume, quiet):
+          class_map, cache_dir, sets, out, resume, quiet, force):
     """Train one model from scratch; writes config.toml, split.csv, history.csv, curves.png, checkpoints.
 
     \b
@@ -157,26 +162,38 @@ def train(config_file, data, model, epochs, image_size, batch_size, optimizer, l
     from cnnlab.train import fit
     from cnnlab.train import resume as resume_run
 
-    if resume:
-        summary = resume_run(Path(resume), progress=not quiet, log=click.echo)
-        click.echo(f"run {resume}: best val macro-F1 {summary.get('best_val_f1', float('nan')):.4f} "
-                   f"at epoch {summary.get('best_epoch')}")
-        return
     flags = {"data.path": data, "model.model": model, "train.epochs": epochs, "data.image_size": image_size,
              "train.batch_size": batch_size, "optim.optimizer": optimizer, "optim.lr": lr, "train.device": device,
              "data.dedupe": dedupe, "data.strict": strict, "data.class_map": class_map,
              "data.cache_dir": cache_dir}
-    cfg = build_config(config_file, flags, sets)
-    out = Path(out or f"runs/{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out / "config.toml").exists():
-        raise UserError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
+    if resume:
+        ctx = click.get_current_context()
+        given = [max(p.opts, key=len) for p in ctx.command.params if p.name not in ("resume", "quiet")
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise UserError(f"--resume continues a run exactly as it was configured: {', '.join(given)} cannot "
+                            "change it (start a new run with --out to train differently)")
+        out = Path(resume)
+        run = lambda: resume_run(out, progress=not quiet, log=click.echo)  # noqa: E731
+    else:
+        cfg = build_config(config_file, flags, sets)
+        out = Path(out or f"runs/{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run = lambda: fit(cfg, out, progress=not quiet, log=click.echo, force=force)  # noqa: E731
     try:
-        summary = fit(cfg, out, progress=not quiet, log=click.echo)
+        summary = run()
     except KeyboardInterrupt:
-        click.echo(f"interrupted; continue with: cnnlab train --resume {out}", err=True)
+        click.echo(_interrupted_advice(out), err=True)
         sys.exit(130)
     click.echo(f"run {out}: best val macro-F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']} "
                f"of {summary['epochs']}; curves in {out / 'curves.png'}")
+
+
+def _interrupted_advice(out: Path) -> str:
+    from cnnlab import runs
+
+    if runs.is_run(out):
+        return f"interrupted; continue with: cnnlab train --resume {out}"
+    return "interrupted before the run started: nothing was written; run the same command again to start it"
 
 
 @main.command("test")
@@ -243,15 +260,25 @@ def predict(run, paths, as_json, as_csv):
 @main.command()
 @click.argument("name")
 @click.option("--data", help="Dataset root.")
-@click.option("--out", type=click.Path(), required=True, help="Study folder (runs, summary.csv, report).")
+@click.option("--out", type=click.Path(), required=True,
+              help="Study folder (runs, summary.csv, report); with ray, on a file system every node shares.")
 @click.option("--epochs", type=int, help="Maximum epochs per run (default 50, early stopping at patience 10).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every run.")
 @click.option("--param", help="Sweep any field: NAME=v1,v2,... (replaces the lr values of the lr study).")
-@click.option("--jobs", default=1, show_default=True, help="Runs in parallel processes; cores are divided.")
+@click.option("--jobs", default=1, show_default=True,
+              help="Runs in parallel processes; cores are divided. With ray: only divides this machine's cores "
+                   "into each run's threads; Ray runs as many at once as the cluster's CPUs allow.")
 @click.option("--seeds", default=1, show_default=True, help="Repeat each run with K seeds (mean ± std).")
 @click.option("--config", "config_file", type=click.Path(),
               help="Base config for every run: a TOML file or a recipe name (default: assignment).")
-def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray]).")
+@click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: a Ray "
+                                "started here on this machine's cores.")
+@click.option("--gpus-per-run", type=float, default=0.25, show_default=True,
+              help="With ray, the share of a GPU each run reserves when its device is cuda or auto on a cluster "
+                   "with GPUs (0.25: four runs per GPU).")
+def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, executor, address, gpus_per_run):
     """Run a comparison study (or resume one): summary.csv, overlay plot, report.md and report.html.
 
     NAME is one of regularization, optimizers, lr, overfitting, imbalance, architecture, activations,
@@ -261,13 +288,18 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
     Adam 1e-3, class weights, 50 epochs, patience 10) unless --config names another.
     Every run's config is checked before the first run trains.
 
+    With --executor ray, every run is a Ray task (retried, and resumed from its last checkpoint, if its worker
+    dies). The dataset and --out must be at the same path on every node: a shared file system.
+
     \b
     Examples:
       cnnlab study regularization --data /tmp/ecl --out S --epochs 20 --set image_size=64
       cnnlab study lr --data D --out S --param momentum=0.5,0.9,0.95,0.99 --set optimizer=sgd
       cnnlab study assignment --data ../shared/datasets/brain-tumor-mri --out runs/assignment --jobs 2
       cnnlab study my_study.toml --data D --out S --seeds 3
+      cnnlab study regularization --data /shared/ecl --out /shared/S --executor ray --address 10.0.0.1:6379
     """
+    from cnnlab.executors import make_executor
     from cnnlab.studies import load_study, run_assignment, run_study, sweep
 
     if jobs < 1 or seeds < 1:
@@ -276,15 +308,19 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file):
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
     out = Path(out)
-    if name == "assignment":
-        if param:
-            raise UserError("--param applies to a single study, not to the assignment")
-        run_assignment(base, out, seeds, jobs=jobs, log=click.echo)
-    else:
-        spec = load_study(name)
-        if param:
-            spec = sweep(spec, param)
-        run_study(spec, base, out, seeds, jobs=jobs, log=click.echo)
+    if name == "assignment" and param:
+        raise UserError("--param applies to a single study, not to the assignment")
+    spec = None if name == "assignment" else load_study(name)
+    if param:
+        spec = sweep(spec, param)
+    runner = make_executor(executor, jobs, address, gpus_per_run, log=click.echo)
+    try:
+        if spec is None:
+            run_assignment(base, out, seeds, runner, jobs=jobs, log=click.echo)
+        else:
+            run_study(spec, base, out, seeds, runner, jobs=jobs, log=click.echo)
+    finally:
+        runner.close()
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 

@@ -110,8 +110,10 @@ def animate(functions, optimizers, out, n_iter, lr, tol, frames, dpi):
       cnnlab optim animate -f rosenbrock -o adam,momentum --lr 1e-4:1:13 --out tuned
     """
     from cnnlab import optim2d
+    from cnnlab.files import output_folder
 
     fns, opts, grids = _resolve(functions, optimizers, lr)
+    output_folder(out)
     start = time.perf_counter()
     paths = optim2d.animate_all(out, fns, opts, n_iter=n_iter, lr_grid=grids, tol=tol,
                                 frames=frames, dpi=dpi)

@@ -21,6 +21,7 @@ from pathlib import Path
 import tomli_w
 
 from cnnlab.errors import UserError, nearest
+from cnnlab.files import write_text
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -193,7 +194,16 @@ class Config:
         return cls.from_dict(read_toml(path, "config file"), where=str(path))
 
     def save(self, path) -> None:
-        Path(path).write_text(tomli_w.dumps(self.to_dict()))
+        write_text(Path(path), tomli_w.dumps(self.to_dict()))
+
+    def absolute(self) -> Config:
+        """A copy whose paths (data, cache, validation manifest) are absolute: a run folder's config then means
+        the same data from any working directory."""
+        cfg = self.copy()
+        for key in ("path", "cache_dir", "val_manifest"):
+            if cfg.get(key):
+                cfg.set(key, str(Path(cfg.get(key)).expanduser().resolve()))
+        return cfg
 
 
 def load_recipe(name_or_path) -> Config:

@@ -83,8 +83,24 @@ def check_root(root: Path) -> Path:
     return root.resolve()
 
 
+def _wrapped_class_tree(root: Path) -> Path | None:
+    """The class tree one folder down (`root/images/<class>/...`, files such as folds.csv beside it), or None.
+
+    Only when `root`'s one non-hidden sub-folder is not a split folder, holds two or more class folders and no
+    image file of its own: read as a class tree, such a root would have a single class and be refused anyway.
+    """
+    subdirs = _subdirs(root)
+    if len(subdirs) != 1 or subdirs[0].name.lower() in SPLIT_ALIASES:
+        return None
+    tree = subdirs[0]
+    exts = image_extensions()
+    if any(p.is_file() and p.suffix.lower() in exts for p in tree.iterdir()) or len(_subdirs(tree)) < 2:
+        return None
+    return tree
+
+
 def find_splits(root: Path) -> dict[str, Path]:
-    """Map normalised split names to folders; a plain class tree is the 'train' split."""
+    """Map normalised split names to folders; a plain class tree (or one a single folder down) is 'train'."""
     found: dict[str, Path] = {}
     for d in _subdirs(root):
         split = SPLIT_ALIASES.get(d.name.lower())
@@ -94,22 +110,47 @@ def find_splits(root: Path) -> dict[str, Path]:
             raise UserError(f"two folders name the {split} split in {root}: {found[split].name}, {d.name}")
         found[split] = d
     order = ["train", "val", "test"]
-    return {k: found[k] for k in order if k in found} or {"train": root}
+    return {k: found[k] for k in order if k in found} or {"train": _wrapped_class_tree(root) or root}
+
+
+def printable(path) -> str:
+    """A path as text that can always be written (a name that is not valid UTF-8 keeps its bytes as escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _unusable(p: Path, exts: set[str]) -> str | None:
+    """Why a file in a class folder cannot be used, or None."""
+    if _is_hidden(p.name):
+        return "hidden file"
+    if p.suffix.lower() not in exts:
+        return "not an image file"
+    try:
+        p.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8"
+    try:
+        size = p.stat().st_size  # follows links: a dangling link or a link loop fails here
+    except OSError as e:
+        return "broken link" if p.is_symlink() else f"cannot read: {e.strerror or e}"
+    return "empty file" if size == 0 else None
 
 
 def _scan_class_dir(d: Path, exts: set[str], skipped: list) -> list[Path]:
     files = []
-    for dirpath, dirnames, filenames in os.walk(d):
+
+    def unreadable(e: OSError) -> None:
+        if Path(e.filename) == d:
+            raise UserError(f"cannot read class folder {d}: {e.strerror or e}")
+        skipped.append((str(e.filename), f"cannot read folder: {e.strerror or e}"))
+
+    for dirpath, dirnames, filenames in os.walk(d, onerror=unreadable):
         skipped += [(os.path.join(dirpath, n), "hidden folder") for n in sorted(dirnames) if _is_hidden(n)]
         dirnames[:] = sorted(n for n in dirnames if not _is_hidden(n))
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            if _is_hidden(name):
-                skipped.append((str(p), "hidden file"))
-            elif p.suffix.lower() not in exts:
-                skipped.append((str(p), "not an image file"))
-            elif p.stat().st_size == 0:
-                skipped.append((str(p), "empty file"))
+            why = _unusable(p, exts)
+            if why:
+                skipped.append((str(p), why))
             else:
                 files.append(p)
     return files
@@ -139,17 +180,7 @@ def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Datas
     skipped: list[tuple[str, str]] = []
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split, sdir in split_dirs.items():
-        class_dirs = _subdirs(sdir, skipped)
-        if not class_dirs:
-            raise UserError(f"no class folders in {sdir}: expected one sub-folder per class")
-        names = {}
-        for cdir in class_dirs:
-            name = mapping.get(cdir.name, cdir.name) if split != "train" else cdir.name
-            names[name] = _scan_class_dir(cdir, exts, skipped)
-        for name, files in names.items():
-            if not files:
-                raise UserError(f"class folder {sdir / name} holds no images")
-        per_split[split] = names
+        per_split[split] = _class_files(sdir, exts, skipped, mapping if split != "train" else {})
 
     ref_split = "train" if "train" in per_split else next(iter(per_split))
     classes = sorted(per_split[ref_split])
@@ -170,10 +201,46 @@ def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Datas
     return ds
 
 
+def _class_files(folder: Path, exts: set[str], skipped: list, mapping: dict[str, str]) -> dict[str, list[Path]]:
+    """Class name (after `mapping`, folder name -> class) -> its image files, for one folder of class folders."""
+    class_dirs = _subdirs(folder, skipped)
+    if not class_dirs:
+        raise UserError(f"no class folders in {folder}: expected one sub-folder per class")
+    names: dict[str, list[Path]] = {}
+    for cdir in class_dirs:
+        files = _scan_class_dir(cdir, exts, skipped)
+        if not files:
+            raise UserError(f"class folder {cdir} holds no images")
+        names.setdefault(mapping.get(cdir.name, cdir.name), []).extend(files)
+    return names
+
+
+def scored_split(root, classes: list[str], class_map=None, strict: bool = False) -> tuple[Path, list[Sample], list]:
+    """The images on which to score a model of `classes`, from any data set: its test folder, or a bare tree of
+    class folders, whole. Folder names are mapped by `class_map` (theirs=ours); a data set's other splits (its
+    own training data, under other names) are not looked at. -> (folder, samples, skipped)."""
+    root = check_root(Path(root))
+    splits = find_splits(root)
+    folder = splits.get("test")
+    if folder is None:
+        if set(splits) != {"train"} or (splits["train"] != root and splits["train"].name.lower() in SPLIT_ALIASES):
+            raise UserError(f"no test split in {root}: expected a test/ or testing/ folder, or a folder of class "
+                            "folders to score whole")
+        folder = splits["train"]
+    skipped: list[tuple[str, str]] = []
+    found = _class_files(folder, image_extensions(), skipped, parse_class_map(class_map))
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise UserError(f"class folder(s) {', '.join(unknown)} in {folder} are not classes of the run {classes}: "
+                        "map them with --class-map THEIRS=OURS,...")
+    report_skipped(skipped, strict)
+    return folder, [Sample(p, classes.index(name), "test") for name in classes for p in found.get(name, [])], skipped
+
+
 def report_skipped(skipped: list[tuple[str, str]], strict: bool, warn: bool = True, first: int = 3) -> None:
     if not skipped:
         return
-    listed = "; ".join(f"{p} ({why})" for p, why in skipped[:first])
+    listed = "; ".join(f"{printable(p)} ({why})" for p, why in skipped[:first])
     more = f" and {len(skipped) - first} more" if len(skipped) > first else ""
     if strict:
         raise UserError(f"{len(skipped)} unusable file(s) (--strict): {listed}{more}")
@@ -330,18 +397,35 @@ def split_by_manifest(ds: Dataset, path: Path, groups: dict[str, int] | None = N
 MANIFEST_FIELDS = ["path", "class", "split", "group"]
 
 
-def write_manifest(ds: Dataset, path: Path, splits=("train", "val", "test")) -> None:
-    with open(path, "w", newline="") as f:
+def write_manifest(ds: Dataset, path: Path, splits=("train", "val", "test"), sizes: bool = False) -> None:
+    """The samples of `splits` as CSV (MANIFEST_FIELDS); with `sizes`, each file's size in bytes too, so that a
+    later reader can tell whether the files are still the ones listed (`check_sizes`)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(MANIFEST_FIELDS)
+        w.writerow(MANIFEST_FIELDS + (["bytes"] if sizes else []))
         for split in splits:
             for s in ds.splits.get(split, []):
-                w.writerow([ds.rel(s.path), ds.classes[s.label], split, s.group])
+                row = [ds.rel(s.path), ds.classes[s.label], split, s.group]
+                w.writerow(row + ([s.path.stat().st_size] if sizes else []))
+
+
+def check_sizes(path: Path, root: Path) -> None:
+    """Raise if a file a manifest lists with its size (a run's split.csv) is missing or has another size now."""
+    changed = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row.get("bytes"):
+                p = Path(root) / row["path"]
+                if not p.is_file() or p.stat().st_size != int(row["bytes"]):
+                    changed.append(row["path"])
+    if changed:
+        raise UserError(f"the data at {root} no longer matches {path}: {len(changed)} listed file(s) are missing "
+                        f"or changed, e.g. {changed[0]}")
 
 
 def manifest_classes(path: Path) -> list[str]:
     """The class names a manifest lists, sorted as a scan sorts class folders."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return sorted({row["class"] for row in csv.DictReader(f)})
 
 
@@ -351,7 +435,7 @@ def read_manifest(path: Path, root: Path, classes: list[str], split: str | None 
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
     out = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "class"} <= set(reader.fieldnames):
             raise UserError(f"manifest {path} needs the columns path and class")

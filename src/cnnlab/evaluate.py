@@ -19,6 +19,7 @@ from cnnlab import runs
 from cnnlab.config import Config
 from cnnlab.engine import Engine, make_engine
 from cnnlab.errors import UserError
+from cnnlab.files import write_text
 from cnnlab.images import BadImage, ImageSet, Prep, decode, load_images
 from cnnlab.loops import predict_logits
 from cnnlab.models import build
@@ -46,10 +47,35 @@ def load_run(run: Path, which: str = "best") -> tuple[Config, dict, Engine]:
 
 
 def _split_id(samples) -> str:
+    """Format 1 of the evaluation key, by paths: kept to recognise evaluations counted before content keys."""
     h = hashlib.sha1()
     for s in sorted(str(s.path) for s in samples):
         h.update(s.encode())
     return h.hexdigest()[:16]
+
+
+def _content_id(samples, classes: list[str]) -> str:
+    """The evaluation key: the images' bytes and labels, so a copy of a test folder is the same test."""
+    from cnnlab.audit import file_hashes
+
+    h = hashlib.sha1()
+    for item in sorted(f"{d}:{classes[s.label]}" for d, s in zip(file_hashes([s.path for s in samples]), samples,
+                                                                    strict=True)):
+        h.update(item.encode())
+    return h.hexdigest()[:16]
+
+
+def _evaluations(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(history, list) and all(isinstance(e, dict) for e in history):
+            return history
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    raise UserError(f"{path} is damaged: it counts this run's test evaluations, and a test cannot be counted "
+                    "without it (restore it from a backup; deleting it would hide earlier evaluations)")
 
 
 def test_run(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
@@ -62,27 +88,26 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
     run = Path(run)
     cfg, ckpt, eng = load_run(run)
     classes = list(ckpt["classes"])
-    data = data or cfg.data.path
-    ds = data_mod.scan(data, class_map=class_map or cfg.data.class_map, strict=cfg.data.strict)
-    if ds.classes != classes:
-        raise UserError(f"classes of {ds.root} {ds.classes} differ from the run's {classes}")
+    root = data_mod.check_root(Path(data or cfg.data.path))
     if manifest:
-        samples = data_mod.read_manifest(Path(manifest), ds.root, classes, split="test")
+        samples = data_mod.read_manifest(Path(manifest), root, classes, split="test")
         name = f"test-{Path(manifest).stem}"
-    else:
-        if "test" not in ds.splits:
-            raise UserError(f"no test split in {ds.root}: expected a test/ or testing/ folder")
-        samples = ds.splits["test"]
+    else:  # the run's classes decide: any layout, other names mapped, another training folder never read
+        own = root == data_mod.check_root(Path(cfg.data.path)) if cfg.data.path and Path(cfg.data.path).is_dir() \
+            else not data
+        _, samples, _ = data_mod.scored_split(root, classes, class_map or (cfg.data.class_map if own else None),
+                                              cfg.data.strict)
         name = "test"
-    images, bad, _ = load_images(samples, ds.root, Prep.of(cfg.data), cfg.data.cache_dir or None)
+    images, bad, _ = load_images(samples, root, Prep.of(cfg.data), cfg.data.cache_dir or None)
     if bad:
         data_mod.report_skipped(bad, strict=cfg.data.strict)
 
     # Count before scoring: a repeated evaluation is reported even if this one is interrupted.
-    split_id = _split_id(images.samples)
+    split_id, content_id = _split_id(images.samples), _content_id(images.samples, classes)
     log_path = run / "evaluations.json"
-    history = json.loads(log_path.read_text()) if log_path.exists() else []
-    earlier = [e for e in history if e["split_id"] == split_id]
+    history = _evaluations(log_path)
+    earlier = [e for e in history if (e["content_id"] == content_id if "content_id" in e
+                                      else e.get("split_id") == split_id)]
     if earlier:
         warnings.warn(f"this test split was already evaluated {len(earlier)} time(s) for {run}: a test score "
                       "reused for choices is no longer a fair estimate", UserWarning, stacklevel=2)
@@ -93,7 +118,7 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
     p, r, f, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     cm = sk_confusion(y, pred, labels=labels)
     result = {
-        "run": str(run), "data": str(ds.root), "split": name, "n_images": int(len(y)),
+        "run": str(run), "data": str(root), "split": name, "n_images": int(len(y)),
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(y, pred)),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
@@ -101,22 +126,28 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
         "confusion_matrix": cm.tolist(), "classes": classes, "best_epoch": int(ckpt["epoch"]),
         "evaluation_number": len(earlier) + 1, "skipped": len(bad),
     }
-    (run / f"{name}.json").write_text(json.dumps(result, indent=2))
+    write_text(run / f"{name}.json", json.dumps(result, indent=2))
     confusion_matrix(cm, classes, run / f"{name}_confusion.png",
                      title=f"{name}: macro-F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}")
-    history.append({"split_id": split_id, "split": name, "n_images": int(len(y)), "time": time.time(),
-                    "macro_f1": result["macro_f1"]})
-    log_path.write_text(json.dumps(history, indent=2))
+    history.append({"content_id": content_id, "split_id": split_id, "split": name, "n_images": int(len(y)),
+                    "time": time.time(), "macro_f1": result["macro_f1"]})
+    write_text(log_path, json.dumps(history, indent=2))
     return result
 
 
 def expand_paths(paths) -> list[Path]:
+    """Files given, and the image files in folders given (hidden ones left out; broken links skipped, said)."""
     exts = data_mod.image_extensions()
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in exts
-                          and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in exts
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            for q in found:
+                if q.is_file():
+                    out.append(q)
+                elif q.is_symlink():
+                    warnings.warn(f"skipped {data_mod.printable(q)}: broken link", UserWarning, stacklevel=2)
         elif p.is_file():
             out.append(p)
         else:
@@ -144,5 +175,5 @@ def predict(run: Path, paths, batch_size: int = 256) -> list[dict]:
                       labels=torch.zeros(len(files), dtype=torch.long),
                       samples=[data_mod.Sample(f, -1, "predict") for f in files], sizes=[], modes=[])
     probs = predict_logits(eng, images, batch_size).softmax(1)
-    return [{"path": str(f), "label": classes[int(pr.argmax())],
+    return [{"path": data_mod.printable(f), "label": classes[int(pr.argmax())],
              "probs": {c: float(pr[i]) for i, c in enumerate(classes)}} for f, pr in zip(files, probs, strict=True)]

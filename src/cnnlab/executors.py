@@ -1,12 +1,17 @@
 """Executors: where a study's runs train. One small interface, `map(jobs) -> summaries`, in job order.
 
 A job is one run of a study (its validated config and its folder); `run_job` trains it, resumes it, or reads
-back its result when it has finished, so an executor may run a job again safely.
+back its result when it has finished, so an executor may run a job again safely. `LocalExecutor` runs jobs on
+this machine; `RayExecutor` runs each as a Ray task on a cluster (Ray is optional: `pip install cnnlab[ray]`,
+imported only here, only when asked for).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import socket
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +21,8 @@ from cnnlab import runs
 from cnnlab.config import Config
 from cnnlab.errors import UserError
 from cnnlab.train import fit, resume
+
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -29,10 +36,13 @@ class Job:
 class Executor(Protocol):
     def map(self, jobs: list[Job]) -> list[dict]: ...
 
+    def close(self) -> None: ...
+
 
 def run_job(job: Job, progress: bool = False) -> dict:
     """Train one run, or resume it, or read its result if it has finished. Safe to call again."""
-    out, cfg, quiet = Path(job.out), job.config, lambda *a: None
+    # A run folder's config.toml holds absolute paths: compare like with like, whatever the working directory.
+    out, cfg, quiet = Path(job.out), job.config.absolute(), lambda *a: None
     if runs.is_run(out):
         saved = runs.read_config(out)
         if saved != cfg:
@@ -43,6 +53,23 @@ def run_job(job: Job, progress: bool = False) -> dict:
     else:
         summary = fit(cfg, out, progress=progress, log=quiet)
     return {"run": job.run, "seed": job.seed, "out": str(out), **summary}
+
+
+def make_executor(kind: str = "local", jobs: int = 1, address: str | None = None, gpus_per_run: float = 0.25,
+                  log=print) -> Executor:
+    """The executor the `study` command names: local (the default) or ray."""
+    if kind == "ray":
+        return RayExecutor(address, gpus_per_run, log=log)
+    if kind != "local":
+        raise UserError(f"unknown executor '{kind}' (choose from: {', '.join(EXECUTORS)})")
+    if address:
+        raise UserError("--address is the address of a Ray cluster: it needs --executor ray")
+    return LocalExecutor(jobs, log=log)
+
+
+def _done(log, r: dict) -> None:
+    log(f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
+        f"at epoch {r.get('best_epoch')} of {r.get('epochs')}")
 
 
 class LocalExecutor:
@@ -58,7 +85,7 @@ class LocalExecutor:
             for i, job in enumerate(jobs, 1):
                 self.log(f"[{i}/{len(jobs)}] {job.run} (seed {job.seed})")
                 results.append(run_job(job, progress=True))
-                self._done(results[-1])
+                _done(self.log, results[-1])
             return results
         # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
         ctx = multiprocessing.get_context("spawn")
@@ -67,9 +94,116 @@ class LocalExecutor:
             results = []
             for f in futures:
                 results.append(f.result())
-                self._done(results[-1])
+                _done(self.log, results[-1])
             return results
 
-    def _done(self, r: dict) -> None:
-        self.log(f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
-                 f"at epoch {r.get('best_epoch')} of {r.get('epochs')}")
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ Ray
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray, which is not installed: pip install cnnlab[ray]") from None
+    return ray
+
+
+def _ray_task(task: Callable[[Job], dict], job: Job) -> tuple[dict | None, str | None]:
+    """One job on a Ray worker. A UserError comes back as a value, not an exception, so Ray never retries it."""
+    try:
+        return task(job), None
+    except UserError as e:
+        import ray
+
+        return None, f"{e} (on Ray node {ray.util.get_node_ip_address()})"
+
+
+class RayExecutor:
+    """Runs each job as a Ray task, on the cluster at `address` or on a Ray started here with this machine's cores.
+
+    A task reserves the run's threads as CPUs and, when the run may use a GPU, `gpus_per_run` of one (0.25: four
+    runs share a GPU), so Ray runs as many runs at once as the cluster holds. Every node must reach the dataset
+    and the study folder at the same path (a shared file system), and have cnnlab installed. A task whose worker
+    dies, or which raises anything but a UserError, runs again (`max_retries`) and resumes from the run's last
+    checkpoint. `task` is what a task runs on a job (`run_job`; tests wrap it).
+    """
+
+    def __init__(self, address: str | None = None, gpus_per_run: float = 0.25, max_retries: int = 3, log=print,
+                 task: Callable[[Job], dict] = run_job):
+        if not 0 < gpus_per_run <= 1:
+            raise UserError(f"--gpus-per-run must be in (0, 1], not {gpus_per_run:g}: a run uses at most one GPU")
+        self.ray = _import_ray()  # before anything trains: a missing Ray is one clear line
+        self.address, self.gpus_per_run, self.max_retries = address, gpus_per_run, max_retries
+        self.log, self.task, self.started = log, task, False
+
+    def _connect(self) -> None:
+        if self.ray.is_initialized():  # e.g. a test's own ray.init, or an earlier stage of the assignment
+            return
+        host, _, port = (self.address or "").rpartition(":")
+        if host and "://" not in host and port.isdigit():
+            try:  # ray.init waits minutes for an address where nothing listens: fail at once instead
+                socket.create_connection((host, int(port)), timeout=10).close()
+            except OSError as e:
+                raise UserError(f"no Ray cluster answers at {self.address} ({e.strerror or e}): start one there "
+                                "with `ray start --head`, or check --address") from None
+        try:
+            self.ray.init(address=self.address)
+        except ConnectionError as e:
+            raise UserError(f"cannot connect to the Ray cluster at {self.address}: {e}") from None
+        self.started = True
+
+    def map(self, jobs: list[Job]) -> list[dict]:
+        if not jobs:
+            return []
+        self._connect()
+        # Workers on other nodes start in other folders: every path they get must be absolute.
+        jobs = [dataclasses.replace(j, config=j.config.absolute(), out=str(Path(j.out).absolute())) for j in jobs]
+        resources = self.ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+        largest = max((n["Resources"].get("CPU", 0) for n in self.ray.nodes() if n["Alive"]), default=0)
+        options = [{"num_cpus": self._cpus(job, largest), "num_gpus": self._gpus(job, gpus)} for job in jobs]
+        self.log(f"ray: {len(jobs)} runs on a cluster of {cpus:g} CPUs and {gpus:g} GPUs")
+        remote = self.ray.remote(_ray_task)
+        refs = [remote.options(**o, max_retries=self.max_retries, retry_exceptions=True,
+                               name=f"cnnlab {job.run} seed {job.seed}").remote(self.task, job)
+                for job, o in zip(jobs, options, strict=True)]
+        results: list[dict] = []
+        try:
+            for ref in refs:
+                summary, error = self.ray.get(ref)
+                if error is not None:
+                    raise UserError(error)
+                results.append(summary)
+                _done(self.log, summary)
+        finally:
+            for ref in refs[len(results):]:  # after an error or Ctrl-C, stop the runs still going (they resume)
+                self.ray.cancel(ref)
+        return results
+
+    @staticmethod
+    def _cpus(job: Job, largest: float) -> int:
+        cpus = max(1, job.config.train.threads)
+        if cpus > largest:  # Ray would wait forever for a node that big
+            raise UserError(f"a run asks for {cpus} threads but the largest Ray node has {largest:g} CPUs: "
+                            f"pass --set threads={max(1, int(largest))} (or --jobs to divide the cores)")
+        return cpus
+
+    def _gpus(self, job: Job, cluster_gpus: float) -> float:
+        device = job.config.train.device
+        if device not in ("auto", "cpu", "cuda", "cuda:0"):
+            raise UserError(f"device {device}: with --executor ray use device=cuda (Ray picks each run's GPU)")
+        if device == "cpu" or (device == "auto" and not cluster_gpus):
+            return 0
+        if not cluster_gpus:
+            raise UserError(f"device {device} asked for, but the Ray cluster has no GPU")
+        return self.gpus_per_run
+
+    def close(self) -> None:
+        """Leave Ray if this executor joined it: a Ray started here stops; a cluster it connected to runs on."""
+        if self.started:
+            self.ray.shutdown()
+            self.started = False

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image, ImageOps
 
 from cnnlab.config import DataConfig
 from cnnlab.data import Sample
-from cnnlab.errors import UserError
+from cnnlab.files import output_folder, torch_save
 
 RESIZE_POLICIES = ("squash", "pad", "keep")
 CROP_POLICIES = ("none", "foreground")
@@ -109,7 +110,9 @@ def _resize(im: Image.Image, prep: Prep) -> Image.Image:
 def decode(path: Path, prep: Prep) -> tuple[np.ndarray, tuple[int, int], str]:
     """One file -> (C x H x W uint8 array, original (w, h), original mode). Raises BadImage."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            # Over Pillow's pixel limit (a bomb, or a 30000x30000 scan): skipped like any unusable file.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             size, mode = im.size, im.mode
             if im.format == "JPEG":
                 # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target: several times faster.
@@ -117,9 +120,9 @@ def decode(path: Path, prep: Prep) -> tuple[np.ndarray, tuple[int, int], str]:
                 im.draft("L" if prep.channels == 1 else "RGB", (want, want))
             im = ImageOps.exif_transpose(im)
             im = _to_mode(im, prep.channels)
-    except Image.DecompressionBombError as e:
-        raise UserError(f"image {path} is over the decompression-bomb limit ({e})") from e
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except Exception as e:  # only Pillow runs above: any failure (a bad EXIF block raises TypeError) is a bad file
         raise BadImage(f"{type(e).__name__}: {e}") from e
     if prep.crop == "foreground":
         im = im.crop(foreground_box(np.asarray(im.convert("L"))))
@@ -183,6 +186,9 @@ class CacheStats:
     seconds: float = 0.0
 
 
+_IN_MEMORY: dict[Path, tuple[int, dict]] = {}  # cache file -> (its mtime, its store), for the last one read
+
+
 class ImageCache:
     """One store per (dataset root, preprocessing) in the cache folder; never inside the dataset."""
 
@@ -190,29 +196,34 @@ class ImageCache:
         self.prep = prep
         self.workers = workers or os.cpu_count() or 1
         base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        root = Path(root).resolve()
-        try:
-            base.resolve().relative_to(root)
-            raise UserError(f"cache folder {base} is inside the dataset {root}: cnnlab never writes there")
-        except ValueError:
-            pass
+        self.root = root = Path(root).resolve()
+        output_folder(base, [root], "cache folder", create=False)
         tag = hashlib.sha1(str(root).encode()).hexdigest()[:16]
         self.dir = base / tag
         self.path = self.dir / f"{prep.key()}.pt"
         self.stats = CacheStats()
 
     def _read(self) -> dict:
-        if not self.path.exists():
-            return {"entries": {}, "bad": {}}
+        """The store, from this process's memory while the file is unchanged (a study's runs share it)."""
         try:
-            return torch.load(self.path, weights_only=True)
+            stamp = self.path.stat().st_mtime_ns
+        except OSError:
+            return {"entries": {}, "bad": {}}
+        held = _IN_MEMORY.get(self.path)
+        if held is not None and held[0] == stamp:
+            return held[1]
+        try:
+            store = torch.load(self.path, weights_only=True)
         except Exception:  # a damaged cache is rebuilt, never fatal
             return {"entries": {}, "bad": {}}
+        _IN_MEMORY.clear()  # one store held at a time: memory stays that of one data set
+        _IN_MEMORY[self.path] = (stamp, store)
+        return store
 
     def _write(self, store: dict) -> None:
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(store, tmp)
-        os.replace(tmp, self.path)
+        torch_save(store, self.path)
+        _IN_MEMORY.clear()
+        _IN_MEMORY[self.path] = (self.path.stat().st_mtime_ns, store)
 
     def load(self, samples: list[Sample], progress: bool = False) -> tuple[ImageSet, list[tuple[str, str]]]:
         """Decode (or fetch) every sample; returns the images of the good ones and the (path, reason) of bad."""
@@ -221,10 +232,7 @@ class ImageCache:
         store = self._read()
         missing = [i for i, k in enumerate(keys) if k not in store["entries"] and k not in store["bad"]]
         if missing:
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"cannot create cache folder {self.dir}: {e.strerror}") from e
+            output_folder(self.dir, [self.root], "cache folder")
             with _locked(self.dir / "lock"):
                 store = self._read()  # another process may have filled it meanwhile
                 missing = [i for i, k in enumerate(keys) if k not in store["entries"] and k not in store["bad"]]

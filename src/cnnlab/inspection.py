@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import data as data_mod
+from cnnlab.files import output_folder
 from cnnlab.images import Prep, load_images
 
 THUMB = Prep(image_size=96, resize="pad", channels=3)
@@ -31,6 +32,8 @@ def _size_stats(sizes: list[tuple[int, int]]) -> dict:
 
 def inspect(root, out: Path | None = None, cache_dir=None, class_map=None, per_class: int = 8) -> dict:
     ds = data_mod.scan(root, class_map=class_map, warn=False)
+    if out is not None:
+        output_folder(out, [ds.root], create=False)  # before the slow part: a bad --out fails at once
     report: dict = {"root": str(ds.root), "classes": ds.classes, "splits": {}}
     sheets = {}
     for split, samples in ds.splits.items():
@@ -53,8 +56,7 @@ def inspect(root, out: Path | None = None, cache_dir=None, class_map=None, per_c
     if out is not None:
         from cnnlab.plots import contact_sheet
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out, [ds.root])
         for split, rows in sheets.items():
             contact_sheet(rows, out / f"samples_{split}.png", title=f"{Path(root).name}: {split}")
         report["contact_sheets"] = [str(out / f"samples_{s}.png") for s in sheets]

@@ -69,6 +69,7 @@ def split_dataset(cfg: Config) -> data_mod.Dataset:
 def dataset_from_split(cfg: Config, split_csv: Path, classes: list[str] | None = None) -> data_mod.Dataset:
     """A run's train and validation samples, read back from its split.csv: never split again."""
     root = data_mod.check_root(Path(cfg.data.path))
+    data_mod.check_sizes(split_csv, root)
     classes = classes or data_mod.manifest_classes(split_csv)
     splits = {split: data_mod.read_manifest(split_csv, root, classes, split=split) for split in ("train", "val")}
     return data_mod.Dataset(root, list(classes), splits)

@@ -11,6 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
+from cnnlab.files import write_text
 from cnnlab.runs import read_config, read_history
 
 
@@ -78,8 +79,8 @@ class Doc:
 
     def write(self, folder: Path, stem: str = "report") -> tuple[Path, Path]:
         md, ht = folder / f"{stem}.md", folder / f"{stem}.html"
-        md.write_text(self.markdown(folder))
-        ht.write_text(self.html())
+        write_text(md, self.markdown(folder))
+        write_text(ht, self.html())
         return md, ht
 
 

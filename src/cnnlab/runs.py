@@ -4,7 +4,7 @@
     split.csv     the train/validation manifest (path,class,split,group), read back on resume and later
     skipped.csv   files that could not be used, and why
     history.csv   one row an epoch (HISTORY_COLUMNS)
-    curves.png    loss and macro-F1 per epoch, train and validation
+    curves.png    loss and macro-F1 per epoch, train and validation (drawn when the run ends, and every minute)
     last.pt       the full training state after the last finished epoch (resume continues from it)
     best.pt       the evaluated weights of the best epoch (test and predict use them)
     epoch-NNN.pt  the evaluated weights every N epochs, with save_every = N
@@ -16,14 +16,15 @@ checkpoint alone can be scored; nothing else is stored twice. Every file is repl
 from __future__ import annotations
 
 import csv
-import os
+import time
 from pathlib import Path
 
 import torch
 
 from cnnlab.config import Config
-from cnnlab.data import Dataset, write_manifest
+from cnnlab.data import Dataset, printable, write_manifest
 from cnnlab.errors import UserError
+from cnnlab.files import atomic_write, torch_save
 
 CONFIG, SPLIT, SKIPPED, HISTORY, CURVES = "config.toml", "split.csv", "skipped.csv", "history.csv", "curves.png"
 LAST, BEST = "last.pt", "best.pt"
@@ -51,33 +52,24 @@ def read_config(run: Path) -> Config:
 
 
 def write_split(ds: Dataset, run: Path) -> None:
-    tmp = Path(run) / f".{SPLIT}.tmp"
-    write_manifest(ds, tmp, splits=("train", "val"))
-    os.replace(tmp, Path(run) / SPLIT)
+    with atomic_write(Path(run) / SPLIT) as tmp:
+        write_manifest(ds, tmp, splits=("train", "val"), sizes=True)
 
 
 def write_skipped(skipped: list[tuple[str, str]], run: Path) -> None:
-    _write_rows(Path(run) / SKIPPED, ["path", "reason"], skipped)
-
-
-def _write_rows(path: Path, header: list[str], rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    os.replace(tmp, path)
+    with atomic_write(Path(run) / SKIPPED) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("path", "reason"), *((printable(p), why) for p, why in skipped)])
 
 
 # --------------------------------------------------------------------------------------------- history
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, HISTORY_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for row in history:
             w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -113,15 +105,6 @@ def draw_curves(history: list[dict], run: Path) -> None:
 # ----------------------------------------------------------------------------------------- checkpoints
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def load_checkpoint(path: Path, hint: str = "") -> dict:
     """A checkpoint's contents, or one clear error: missing, damaged, foreign, or from a newer cnnlab."""
     path = Path(path)
@@ -152,7 +135,66 @@ class CheckpointSaver:
     def save(self, epoch: int, meta: dict, weights: dict, state: dict, best_value: float | None,
              improved: bool) -> None:
         if improved:
-            atomic_save({**meta, "model": weights, "epoch": epoch, "best_value": best_value}, self.run / BEST)
+            torch_save({**meta, "model": weights, "epoch": epoch, "best_value": best_value}, self.run / BEST)
         if self.save_every and epoch % self.save_every == 0:
-            atomic_save({**meta, "model": weights, "epoch": epoch}, self.run / f"epoch-{epoch:03d}.pt")
-        atomic_save(state, self.run / LAST)
+            torch_save({**meta, "model": weights, "epoch": epoch}, self.run / f"epoch-{epoch:03d}.pt")
+        torch_save(state, self.run / LAST)
+
+
+def snapshot(obj):
+    """A copy of a (nested) state whose tensors no later training step can change: what a writer thread saves."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class RunWriter:
+    """Writes a run's files after each epoch on one background thread, so the next epoch trains meanwhile.
+
+    The main thread hands over a snapshot (`epoch_done`); the thread writes, in order, the checkpoints
+    (`CheckpointSaver`), then history.csv, so a history row is on disk only once its last.pt is. At most one
+    epoch is in flight, so memory stays bounded and a failed write (a full disk) stops the run at the next
+    epoch. curves.png is drawn when the run ends (`close`), and during it at most every `curves_every`
+    seconds, on the same thread."""
+
+    def __init__(self, run: Path, save_every: int = 0, curves_every: float = 60.0):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.run, self.saver, self.curves_every = Path(run), CheckpointSaver(run, save_every), curves_every
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-writer")
+        self.pending, self.history, self.drawn = None, [], time.monotonic()
+
+    def epoch_done(self, epoch: int, meta: dict, weights: dict, state: dict, best_value: float | None,
+                   improved: bool, history: list[dict]) -> None:
+        weights, state, self.history = snapshot(weights), snapshot(state), [dict(r) for r in history]
+        self.wait()
+        draw = time.monotonic() - self.drawn >= self.curves_every
+        if draw:
+            self.drawn = time.monotonic()
+        self.pending = self.pool.submit(self._write, epoch, meta, weights, state, best_value, improved,
+                                        self.history, draw)
+
+    def _write(self, epoch, meta, weights, state, best_value, improved, history, draw) -> None:
+        self.saver.save(epoch, meta, weights, state, best_value, improved)
+        write_history(history, self.run / HISTORY)
+        if draw:
+            draw_curves(history, self.run)
+
+    def wait(self) -> None:
+        """Until the last epoch handed over is on disk; its write's error, if any, is raised here."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish every write, then draw the curves of the whole run."""
+        try:
+            self.wait()
+            if self.history:
+                draw_curves(self.history, self.run)
+        finally:
+            self.pool.shutdown(wait=True)

@@ -32,6 +32,7 @@ from cnnlab.data import find_splits
 from cnnlab.errors import UserError, nearest
 from cnnlab.evaluate import test_run
 from cnnlab.executors import Executor, Job, LocalExecutor
+from cnnlab.files import atomic_write, output_folder
 from cnnlab.report import assignment_report, study_report
 
 
@@ -122,7 +123,7 @@ def make_jobs(study: Study, base: Config, out: Path, seeds: int, threads: int) -
     jobs = []
     for run, overrides in study.runs.items():
         for k in range(seeds):
-            cfg = base.copy().update(study.base).update(overrides)
+            cfg = base.absolute().update(study.base).update(overrides)
             cfg.train.seed = base.train.seed + k
             cfg.train.threads = threads
             folder = out / "runs" / (_slug(run) + (f"-seed{cfg.train.seed}" if seeds > 1 else ""))
@@ -151,7 +152,7 @@ def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: E
     """
     out = Path(out)
     all_jobs = make_jobs(study, base, out, seeds, study_threads(base, jobs))
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, [base.data.path], "study folder")
     executor = executor or LocalExecutor(jobs, log=log)
     known = {} if known is None else known
     keys = [json.dumps(j.config.to_dict(), sort_keys=True) for j in all_jobs]
@@ -171,7 +172,7 @@ def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: E
 
 
 def write_summary(results: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, SUMMARY_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in results:
@@ -192,6 +193,7 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
     out = Path(out)
     for name in ASSIGNMENT_STAGES:  # every stage's runs are checked before the first one trains
         make_jobs(STUDIES[name], base, out / name, seeds, study_threads(base, jobs))
+    output_folder(out, [base.data.path], "study folder")
     stages = []
     current = base.copy()
     known: dict[str, dict] = {}

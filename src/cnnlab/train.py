@@ -2,13 +2,14 @@
 
 A `Trainer` is built from a config and prepared data (`Trainer.build`), runs one epoch at a time
 (`run_epoch`, or its halves `train_epoch` and `validate`), and saves and restores its whole state
-(`state_dict`, `load_state_dict`); a `CheckpointSaver` (cnnlab.runs) decides what is written after each epoch.
+(`state_dict`, `load_state_dict`); a `RunWriter` (cnnlab.runs) writes what each epoch leaves, in the background.
 Every epoch reseeds its own RNGs from (seed, epoch), so a run resumed from any epoch boundary continues exactly
 as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -23,12 +24,14 @@ from cnnlab import runs
 from cnnlab.checks import validate
 from cnnlab.config import Config
 from cnnlab.engine import Engine, make_engine
+from cnnlab.errors import UserError
+from cnnlab.files import LOCK, FolderLock, output_folder
 from cnnlab.images import ImageSet
 from cnnlab.loops import evaluate, train_one_epoch
 from cnnlab.models import build
 from cnnlab.optimization import Optimization, class_weights
 from cnnlab.pipeline import Prepared, place, prepare, steps_per_epoch
-from cnnlab.runs import CheckpointSaver
+from cnnlab.runs import RunWriter
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -118,9 +121,9 @@ class Trainer:
         row = {"epoch": epoch, **{k: tr[k] for k in ("train_loss", "train_f1", "train_acc")}, **ev, "lr": lr,
                "epoch_s": dt, "images_per_s": tr["seen"] / dt, "data_wait_s": tr["data_wait_s"]}
         self.history.append(row)
-        improved = self.best.update(ev[t.monitor], epoch)
-        self.epoch = epoch
         self.diverged = not math.isfinite(tr["train_loss"])
+        improved = not self.diverged and self.best.update(ev[t.monitor], epoch)  # never a diverged best.pt
+        self.epoch = epoch
         stop = (t.patience and self.best.bad_epochs >= t.patience) or epoch == t.epochs
         self.finished = bool(stop or self.diverged)
         return row, improved
@@ -157,39 +160,62 @@ class Trainer:
 # ------------------------------------------------------------------------------------------ the run
 
 
-def fit(cfg: Config, out: Path, progress: bool = True, log=print) -> dict:
-    """Train a new run into `out`: check the config, prepare the data, write the run folder, train."""
-    out = Path(out)
-    validate(cfg)
-    _threads(cfg)
-    p = prepare(cfg, progress=progress)
-    trainer = Trainer.build(cfg, p)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / runs.CONFIG)
-    runs.write_split(p.dataset, out)
-    runs.write_skipped(p.skipped, out)
-    return _train(trainer, out, progress, log)
+def fit(cfg: Config, out: Path, progress: bool = True, log=print, force: bool = False) -> dict:
+    """Train a new run into `out`: check the config and the folder, prepare the data, write the run folder, train.
+
+    `out` must be new or empty (or, with `force`, any folder that does not hold a run); while the run trains,
+    no other process can write into it. Interrupted before its config is written, it leaves nothing behind."""
+    cfg = validate(cfg.absolute())
+    out = output_folder(out, [cfg.data.path], "run folder", create=False)
+    created = not out.exists()
+    output_folder(out, [cfg.data.path], "run folder")
+    try:
+        with FolderLock(out):
+            if runs.is_run(out):
+                raise UserError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
+            others = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+            if others and not force:
+                raise UserError(f"{out} is not empty ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
+                                "and holds no cnnlab run: choose a new --out, or pass --force to write into it")
+            return _start(cfg, out, progress, log)
+    except BaseException:
+        if created and not runs.is_run(out):  # nothing of the run was written: leave no empty folder
+            (out / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 def resume(out: Path, progress: bool = True, log=print) -> dict:
-    """Continue the run in `out` from its last.pt, on the images its split.csv lists; a finished run's summary
-    is returned as it is. A run interrupted before its first epoch starts again from its config."""
+    """Continue the run in `out` from its last.pt, on the images its split.csv lists (checked unchanged); a
+    finished run's summary is returned as it is. A run interrupted before its first epoch starts again."""
     out = Path(out)
     cfg = validate(runs.read_config(out))
-    last = out / runs.LAST
-    state = runs.load_checkpoint(last, hint=f"; best.pt or an epoch-NNN.pt of {out} can still be tested, "
-                                            "but resuming needs last.pt") if last.is_file() else None
-    if state is not None and state.get("finished"):
-        log(f"run {out} is already finished ({state['epoch']} epochs)")
-        return state["summary"]
-    if not (out / runs.SPLIT).is_file():
-        return fit(cfg, out, progress, log)
+    with FolderLock(out):
+        last = out / runs.LAST
+        state = runs.load_checkpoint(last, hint=f"; best.pt or an epoch-NNN.pt of {out} can still be tested, "
+                                                "but resuming needs last.pt") if last.is_file() else None
+        if state is not None and state.get("finished"):
+            log(f"run {out} is already finished ({state['epoch']} epochs)")
+            return state["summary"]
+        if not (out / runs.SPLIT).is_file():
+            return _start(cfg, out, progress, log)
+        _threads(cfg)
+        p = prepare(cfg, progress=progress, split_csv=out / runs.SPLIT, classes=state and state["classes"])
+        trainer = Trainer.build(cfg, p)
+        if state is not None:
+            trainer.load_state_dict(state)
+            log(f"resuming {out} at epoch {trainer.epoch + 1}")
+        return _train(trainer, out, progress, log)
+
+
+def _start(cfg: Config, out: Path, progress: bool, log) -> dict:
     _threads(cfg)
-    p = prepare(cfg, progress=progress, split_csv=out / runs.SPLIT, classes=state and state["classes"])
+    p = prepare(cfg, progress=progress)
     trainer = Trainer.build(cfg, p)
-    if state is not None:
-        trainer.load_state_dict(state)
-        log(f"resuming {out} at epoch {trainer.epoch + 1}")
+    cfg.save(out / runs.CONFIG)
+    runs.write_split(p.dataset, out)
+    runs.write_skipped(p.skipped, out)
     return _train(trainer, out, progress, log)
 
 
@@ -198,21 +224,23 @@ def _threads(cfg: Config) -> None:
 
 
 def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
-    """Epochs until the last, early stopping or divergence; after each, the checkpoints and the history."""
-    saver, t = CheckpointSaver(out, trainer.cfg.train.save_every), trainer.cfg.train
-    with _Sigterm():
-        while not trainer.finished and trainer.epoch < t.epochs:
-            row, improved = trainer.run_epoch(progress)
-            saver.save(trainer.epoch, trainer.meta(), trainer.opt.eval_model.state_dict(), trainer.state_dict(),
-                       trainer.best.value, improved)
-            runs.write_history(trainer.history, out / runs.HISTORY)
-            runs.draw_curves(trainer.history, out)
-            if progress:
-                log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} f1 {row['train_f1']:.3f}  "
-                    f"val loss {row['val_loss']:.4f} f1 {row['val_f1']:.3f} acc {row['val_acc']:.3f}  "
-                    f"{row['epoch_s']:.1f}s {row['images_per_s']:.0f} img/s{'  *' if improved else ''}")
-            if trainer.diverged:
-                log(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
+    """Epochs until the last, early stopping or divergence; after each, the run's files are written in the
+    background (runs.RunWriter) while the next epoch trains."""
+    writer, t = RunWriter(out, trainer.cfg.train.save_every), trainer.cfg.train
+    try:
+        with _Sigterm():
+            while not trainer.finished and trainer.epoch < t.epochs:
+                row, improved = trainer.run_epoch(progress)
+                writer.epoch_done(trainer.epoch, trainer.meta(), trainer.opt.eval_model.state_dict(),
+                                  trainer.state_dict(), trainer.best.value, improved, trainer.history)
+                if progress:
+                    log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} f1 {row['train_f1']:.3f}  "
+                        f"val loss {row['val_loss']:.4f} f1 {row['val_f1']:.3f} acc {row['val_acc']:.3f}  "
+                        f"{row['epoch_s']:.1f}s {row['images_per_s']:.0f} img/s{'  *' if improved else ''}")
+                if trainer.diverged:
+                    log(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
+    finally:
+        writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
     if trainer.finished and trainer.epoch < t.epochs and not trainer.diverged:
         log(f"early stop at epoch {trainer.epoch}: no {t.monitor} improvement for {t.patience} epochs")
     return trainer.summary()
