@@ -28,6 +28,7 @@ import torch
 
 from cnnlab import data as data_mod
 from cnnlab.errors import UserError
+from cnnlab.files import atomic_write, output_folder, write_text
 from cnnlab.images import BadImage, Prep, decode, load_images
 
 THUMB = Prep(64, "squash", 1)
@@ -174,25 +175,6 @@ def duplicate_groups(ds: data_mod.Dataset, split: str = "train", cache_dir=None,
 def _scope(splits: list[str]) -> str:
     kinds = set(splits)
     return next(iter(kinds)) if len(kinds) == 1 else "across"
-
-
-def refuse_inside(out: Path, root: Path) -> None:
-    """UserError when `out` lies inside the dataset `root` (cnnlab never writes into a dataset)."""
-    try:
-        Path(out).expanduser().resolve().relative_to(root)
-    except ValueError:
-        return
-    raise UserError(f"output folder {out} is inside the dataset {root}: cnnlab never writes there")
-
-
-def _check_out(out: Path, root: Path) -> Path:
-    out = Path(out).expanduser()
-    refuse_inside(out, root)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out}: {e.strerror}") from e
-    return out
 
 
 @dataclass
@@ -352,7 +334,7 @@ def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, 
     if not 0 <= threshold < 1:
         raise UserError(f"threshold must be between 0 and 255 gray levels, got {threshold * 255:g}")
     ds = data_mod.scan(root, class_map=class_map)
-    out_dir = _check_out(out, ds.root) if out else None  # before the slow part: a bad --out fails at once
+    out_dir = output_folder(out, [ds.root]) if out else None  # before the slow part: a bad --out fails at once
     idx = _index(ds, threshold, cache_dir)
     exact_groups, near_groups = _copy_groups(idx)
     leakage, leak_free = _leakage(idx, ds)
@@ -382,7 +364,7 @@ def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, 
         report["written"] = written[:-1] + more_files + written[-1:]  # audit.json last, as it is written last
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir:
-        (out_dir / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_text(out_dir / "audit.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -392,12 +374,10 @@ def audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, 
 def write_leak_free(path: Path, ds: data_mod.Dataset, samples, rel, keep: np.ndarray, group_id) -> int:
     """Test images without a copy in train, in the manifest format (path,class,split,group)."""
     rows = [(rel[i], ds.classes[samples[i].label], "test", int(group_id[i])) for i in np.flatnonzero(keep)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(data_mod.MANIFEST_FIELDS)
         w.writerows(rows)
-    tmp.replace(path)
     return len(rows)
 
 

@@ -324,6 +324,61 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, execut
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 
+def executor_options(f):
+    """--jobs, --executor, --address and --gpus-per-run: where the runs of a study or a cross-validation train."""
+    for option in reversed([
+        click.option("--jobs", default=1, show_default=True,
+                     help="Runs in parallel processes; cores are divided. With ray: only divides this machine's "
+                          "cores into each run's threads; Ray runs as many at once as the cluster's CPUs allow."),
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray])."),
+        click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: a Ray "
+                                       "started here on this machine's cores."),
+        click.option("--gpus-per-run", type=float, default=0.25, show_default=True,
+                     help="With ray, the share of a GPU each run reserves when its device is cuda or auto on a "
+                          "cluster with GPUs (0.25: four runs per GPU)."),
+    ]):
+        f = option(f)
+    return f
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(),
+              help="Config of every fold's run: a TOML file or a recipe name (default: cnnlab train's defaults).")
+@click.option("--data", required=True, help="Dataset root.")
+@click.option("--folds", "folds_csv", type=click.Path(), required=True,
+              help="CSV with the columns path (relative to --data), class, fold.")
+@click.option("--out", type=click.Path(), required=True, help="Folder for the folds' runs, cv.json and the report.")
+@click.option("--epochs", type=int, help="Maximum epochs per fold.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every fold.")
+@executor_options
+def cv(config_file, data, folds_csv, out, epochs, sets, jobs, executor, address, gpus_per_run):
+    """Cross-validate on the data set's own folds (e.g. patient-wise): each fold scored once by a run trained on
+    the others, validated on another whole fold; cv.json, report.md and report.html. Rerunning resumes.
+
+    \b
+    Example:
+      cnnlab cv --config mri --data ../shared/datasets/figshare-brain-tumor \\
+          --folds ../shared/datasets/figshare-brain-tumor/folds.csv --out runs/figshare-cv --jobs 2
+    """
+    import shlex
+
+    from cnnlab.cv import run_cv
+    from cnnlab.executors import make_executor
+
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    base = build_config(config_file, {"data.path": data, "train.epochs": epochs}, sets)
+    runner = make_executor(executor, jobs, address, gpus_per_run, log=click.echo)
+    try:
+        r = run_cv(base, Path(folds_csv), Path(out), runner, jobs, log=click.echo,
+                   command=shlex.join(["cnnlab", *sys.argv[1:]]))
+    finally:
+        runner.close()
+    click.echo(f"{len(r['folds'])} folds: accuracy {r['mean_accuracy']:.4f} ± {r['std_accuracy']:.4f}, macro-F1 "
+               f"{r['mean_macro_f1']:.4f} ± {r['std_macro_f1']:.4f}; report: {Path(out) / 'report.md'}")
+
+
 def _register():
     # Command groups that live in their own modules.
     from cnnlab.cli_audit import audit

@@ -39,6 +39,7 @@ class DataConfig:
     split: str = "random"  # random | blocks (runs of block_size files in name order stay together)
     block_size: int = 20
     val_manifest: str = ""  # CSV (path,class[,split]) of the training images to validate on, instead of a split
+    train_manifest: str = ""  # CSV (path,class) of the training images to use at all; others are left out (a CV fold)
     strict: bool = False  # unusable files are an error instead of a warning
     class_map: str = ""  # test_name=train_name,...
     cache_dir: str = ""
@@ -200,7 +201,7 @@ class Config:
         """A copy whose paths (data, cache, validation manifest) are absolute: a run folder's config then means
         the same data from any working directory."""
         cfg = self.copy()
-        for key in ("path", "cache_dir", "val_manifest"):
+        for key in ("path", "cache_dir", "val_manifest", "train_manifest"):
             if cfg.get(key):
                 cfg.set(key, str(Path(cfg.get(key)).expanduser().resolve()))
         return cfg

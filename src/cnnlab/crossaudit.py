@@ -23,6 +23,7 @@ import torch
 from cnnlab import audit as audit_mod
 from cnnlab import data as data_mod
 from cnnlab.errors import UserError, nearest
+from cnnlab.files import atomic_write, output_folder
 
 AGAINST_FIELDS = ["path", "class", "split", "other_path", "other_class", "other_as", "kind", "distance_gray",
                   "conflict"]
@@ -158,8 +159,7 @@ def audit_against(root, other, threshold: float = audit_mod.DEFAULT_THRESHOLD, c
         raise UserError(f"--against names the audited data set itself ({dir_ds.root})")
     classes_as = map_classes(other_ds.classes, dir_ds.classes, class_map)
     if out:  # before anything is decoded or written: the audit itself checks only its own data set
-        for dataset_root in (dir_ds.root, other_ds.root):
-            audit_mod.refuse_inside(out, dataset_root)
+        output_folder(out, [dir_ds.root, other_ds.root], create=False)
 
     def extend(ds, idx, out_dir):
         o = _load_other(other_ds, classes_as, cache_dir)
@@ -177,8 +177,7 @@ def audit_against(root, other, threshold: float = audit_mod.DEFAULT_THRESHOLD, c
 
 def _write(ds, idx, other: _Other, copies: list[_Copy], out_dir: Path) -> list[str]:
     path = out_dir / "against_copies.csv"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(AGAINST_FIELDS)
         for c in copies:
@@ -187,7 +186,6 @@ def _write(ds, idx, other: _Other, copies: list[_Copy], out_dir: Path) -> list[s
                         other.ds.rel(s.path), other.ds.classes[s.label], other.classes_as[s.label] or "",
                         "exact" if c.exact else "near", "" if c.dist is None else round(c.dist * 255, 3),
                         int(c.conflict)])
-    tmp.replace(path)
     return ["against_copies.csv", *_conflict_gallery(ds, idx, other, copies, out_dir)]
 
 

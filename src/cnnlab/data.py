@@ -394,6 +394,22 @@ def split_by_manifest(ds: Dataset, path: Path, groups: dict[str, int] | None = N
     ds.splits["train"], ds.splits["val"] = train, val
 
 
+def keep_listed(ds: Dataset, path: Path) -> None:
+    """Train only on the training images a manifest lists (e.g. the other folds of a cross-validation); its test
+    rows, if it has a split column, are never trained on."""
+    listed = {ds.rel(s.path): s.label for s in read_manifest(path, ds.root, ds.classes) if s.split != "test"}
+    kept = [s for s in ds.splits["train"] if ds.rel(s.path) in listed]
+    for s in kept:
+        if listed[ds.rel(s.path)] != s.label:
+            raise UserError(f"{path}: {ds.rel(s.path)} is listed as '{ds.classes[listed[ds.rel(s.path)]]}' but lies "
+                            f"in the '{ds.classes[s.label]}' folder")
+    missing = listed.keys() - {ds.rel(s.path) for s in kept}
+    if missing:
+        raise UserError(f"{path}: {len(missing)} listed image(s) are not usable training images of {ds.root}, "
+                        f"e.g. {sorted(missing)[0]}")
+    ds.splits["train"] = kept
+
+
 MANIFEST_FIELDS = ["path", "class", "split", "group"]
 
 

@@ -79,7 +79,10 @@ def _evaluations(path: Path) -> list[dict]:
 
 
 def test_run(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
-             log=print) -> dict:
+             log=print, name: str | None = None) -> dict:
+    """Score the run's best checkpoint on a test folder (or the images a manifest lists), once: the evaluation is
+    counted in evaluations.json, and a repeat warns. Writes NAME.json and NAME_confusion.png into the run
+    (NAME: `test`, or `test-MANIFEST` for a manifest, unless given)."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
     from sklearn.metrics import confusion_matrix as sk_confusion
 
@@ -91,13 +94,13 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
     root = data_mod.check_root(Path(data or cfg.data.path))
     if manifest:
         samples = data_mod.read_manifest(Path(manifest), root, classes, split="test")
-        name = f"test-{Path(manifest).stem}"
+        name = name or f"test-{Path(manifest).stem}"
     else:  # the run's classes decide: any layout, other names mapped, another training folder never read
         own = root == data_mod.check_root(Path(cfg.data.path)) if cfg.data.path and Path(cfg.data.path).is_dir() \
             else not data
         _, samples, _ = data_mod.scored_split(root, classes, class_map or (cfg.data.class_map if own else None),
                                               cfg.data.strict)
-        name = "test"
+        name = name or "test"
     images, bad, _ = load_images(samples, root, Prep.of(cfg.data), cfg.data.cache_dir or None)
     if bad:
         data_mod.report_skipped(bad, strict=cfg.data.strict)

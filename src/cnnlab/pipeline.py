@@ -50,6 +50,8 @@ def split_dataset(cfg: Config) -> data_mod.Dataset:
     ds = data_mod.scan(d.path, class_map=d.class_map, strict=d.strict)
     if "train" not in ds.splits:
         raise UserError(f"no training split in {ds.root}: expected a train/ or training/ folder")
+    if d.train_manifest:
+        data_mod.keep_listed(ds, Path(d.train_manifest))
     groups = None
     if d.dedupe:
         from cnnlab.audit import duplicate_groups

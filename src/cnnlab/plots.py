@@ -1,5 +1,6 @@
 """Figures: learning curves, study overlays, confusion matrices, contact sheets, the audit's distance histogram
-and duplicate galleries. Always the Agg backend; nothing here reads images or imports the rest of cnnlab."""
+and duplicate galleries. Always the Agg backend; nothing here reads images, and of cnnlab only `files` (to write
+atomically) is imported."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cnnlab.files import atomic_write  # noqa: E402
+
 
 def save(fig, path: Path, dpi: int = 100) -> None:
     """Write `fig` to `path` and close it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)  # a viewer never sees a half-written image
+    try:
+        with atomic_write(path) as tmp:  # a viewer never sees a half-written image
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 
 def curves(history: list[dict], path: Path, title: str = "") -> None:

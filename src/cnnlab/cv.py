@@ -1,0 +1,155 @@
+"""Cross-validation on a data set's own folds (e.g. patient-wise ones): the honest score on unseen subjects.
+
+For each fold K, one run trains on the other folds and is scored once on fold K. Its validation (checkpoint
+choice, early stopping) is another whole fold, the next one in order, so it too meets only unseen subjects and
+never sees fold K. The runs go through the study executors, so `--jobs` and `--executor ray` work here too;
+rerunning the command resumes unfinished folds and reads back finished ones (each fold is tested once).
+
+    OUT/folds/fold-K.csv   the fold's manifest: train and val rows (the training folds), test rows (fold K)
+    OUT/fold-K/            the fold's run folder, with its test.json
+    OUT/cv.json            per-fold and mean figures, the summed confusion matrix, command, machine, date
+    OUT/report.md, .html   the per-fold table, the confusion matrix, the folds' learning curves
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab import data as data_mod
+from cnnlab import runs
+from cnnlab.checks import validate
+from cnnlab.config import Config
+from cnnlab.errors import UserError
+from cnnlab.evaluate import test_run
+from cnnlab.executors import Executor, Job, LocalExecutor
+from cnnlab.files import atomic_write, output_folder, write_text
+from cnnlab.report import Doc, machine
+from cnnlab.studies import study_threads
+
+FOLD_FIELDS = ("path", "class", "fold")
+
+
+def read_folds(path: Path, ds: data_mod.Dataset) -> dict[str, list[tuple[str, str]]]:
+    """fold -> [(path relative to the data set, class)], every listed image checked against the data set."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"folds file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not set(FOLD_FIELDS) <= set(reader.fieldnames):
+            raise UserError(f"{path} needs the columns {', '.join(FOLD_FIELDS)}")
+        rows = list(reader)
+    data_mod.read_manifest(path, ds.root, ds.classes)  # every file exists, every class is the data set's
+    folds: dict[str, list[tuple[str, str]]] = {}
+    for row in rows:
+        folds.setdefault(row["fold"].strip(), []).append((row["path"], row["class"]))
+    if len(folds) < 3:
+        raise UserError(f"{path} has {len(folds)} fold(s): cross-validation here needs at least 3 "
+                        "(one to test, one to validate, the rest to train)")
+    return dict(sorted(folds.items(), key=lambda kv: data_mod.natural_key(kv[0])))
+
+
+def write_fold_manifests(folds: dict[str, list[tuple[str, str]]], out: Path) -> dict[str, Path]:
+    """One manifest a fold: the next fold validates, the others train, this one is the test."""
+    names = list(folds)
+    paths = {}
+    output_folder(out / "folds", what="folds folder")
+    for i, k in enumerate(names):
+        val = names[(i + 1) % len(names)]
+        paths[k] = out / "folds" / f"fold-{k}.csv"
+        with atomic_write(paths[k]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "class", "split", "fold"])
+            for j, rows in folds.items():
+                split = "test" if j == k else "val" if j == val else "train"
+                w.writerows([p, c, split, j] for p, c in rows)
+    return paths
+
+
+def _jobs(base: Config, manifests: dict[str, Path], out: Path, threads: int) -> list[Job]:
+    jobs = []
+    for k, manifest in manifests.items():
+        cfg = base.absolute().update({"train_manifest": str(manifest), "val_manifest": str(manifest),
+                                      "threads": threads})
+        try:
+            jobs.append(Job(f"fold-{k}", cfg.train.seed, validate(cfg), str(out / f"fold-{k}")))
+        except UserError as e:
+            raise UserError(f"fold {k}: {e}") from None
+    return jobs
+
+
+def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None = None, jobs: int = 1,
+           log=print, command: str = "") -> dict:
+    """Train every fold (or resume), test each once, write cv.json and the report; -> the cv.json contents."""
+    validate(base)
+    if not base.data.path:
+        raise UserError("no dataset given: pass --data DIR")
+    ds = data_mod.scan(base.data.path, class_map=base.data.class_map, warn=False)
+    out = output_folder(out, [ds.root], "cross-validation folder", create=False)
+    folds = read_folds(folds_csv, ds)
+    all_jobs = _jobs(base, {k: out / "folds" / f"fold-{k}.csv" for k in folds}, out, study_threads(base, jobs))
+    output_folder(out, [ds.root], "cross-validation folder")
+    write_fold_manifests(folds, out)
+    executor = executor or LocalExecutor(jobs, log=log)
+    trained = executor.map(all_jobs)
+    scored = []
+    for job, summary in zip(all_jobs, trained, strict=True):
+        done = Path(job.out) / "test.json"
+        # A rerun reads the fold's one test back: it is never scored twice.
+        res = json.loads(done.read_text()) if done.is_file() else test_run(
+            Path(job.out), str(ds.root), manifest=job.config.data.train_manifest, log=log, name="test")
+        scored.append((job, summary, res))
+        log(f"  {job.run}: test accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} "
+            f"({res['n_images']} images)")
+    result = summarize(scored, ds.classes, command)
+    write_text(out / "cv.json", json.dumps(result, indent=2) + "\n")
+    cv_report(result, scored, out)
+    return result
+
+
+def summarize(scored: list[tuple[Job, dict, dict]], classes: list[str], command: str) -> dict:
+    folds = [{"fold": job.run.removeprefix("fold-"), "accuracy": res["accuracy"], "macro_f1": res["macro_f1"],
+              "per_class_recall": {c: m["recall"] for c, m in res["per_class"].items()},
+              "n_images": res["n_images"], "best_val_f1": summary.get("best_val_f1"),
+              "best_epoch": summary.get("best_epoch"), "train_minutes": summary.get("wall_s", 0.0) / 60}
+             for job, summary, res in scored]
+
+    def spread(key: str) -> tuple[float, float]:
+        values = [f[key] for f in folds]
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    (acc, acc_sd), (f1, f1_sd) = spread("accuracy"), spread("macro_f1")
+    confusion = np.sum([np.array(res["confusion_matrix"]) for _, _, res in scored], axis=0)
+    return {"folds": folds, "mean_accuracy": acc, "std_accuracy": acc_sd, "mean_macro_f1": f1,
+            "std_macro_f1": f1_sd, "classes": classes, "confusion": confusion.tolist(), "command": command,
+            "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+
+
+def cv_report(result: dict, scored: list[tuple[Job, dict, dict]], out: Path) -> None:
+    from cnnlab.plots import confusion_matrix, overlay
+
+    doc = Doc("Cross-validation on the data set's folds")
+    doc.p(f"`{result['command']}`; {result['date']}; machine: {result['machine']}. Each fold is scored once by "
+          "the run trained on the other folds; that run validated on one of them, never on the scored fold.")
+    doc.p(f"**Accuracy {result['mean_accuracy']:.4f} ± {result['std_accuracy']:.4f}, macro-F1 "
+          f"{result['mean_macro_f1']:.4f} ± {result['std_macro_f1']:.4f}** (mean ± std over "
+          f"{len(result['folds'])} folds).")
+    classes = result["classes"]
+    doc.table(["fold", "images", "accuracy", "macro-F1", *(f"recall {c}" for c in classes), "val macro-F1",
+               "best epoch", "minutes"],
+              [[f["fold"], f["n_images"], f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}",
+                *(f"{f['per_class_recall'][c]:.3f}" for c in classes), f"{f['best_val_f1']:.4f}",
+                f["best_epoch"], f"{f['train_minutes']:.1f}"] for f in result["folds"]])
+    cm = np.array(result["confusion"])
+    confusion_matrix(cm, classes, out / "confusion.png", title="all folds: rows true, columns predicted")
+    doc.image(out / "confusion.png", "confusion matrix summed over the folds")
+    overlay({job.run: runs.read_history(Path(job.out) / runs.HISTORY) for job, _, _ in scored},
+            out / "curves.png", title="folds: train solid, validation dashed")
+    doc.image(out / "curves.png", "loss and macro-F1 per epoch of every fold's run")
+    doc.write(out)
