@@ -233,13 +233,18 @@ def test_cmd(run, data, manifest, class_map, as_json):
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, label, probs}.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV: path, label, one probability column per class.")
 def predict(run, paths, as_json, as_csv):
-    """Classify images or folders of images with a run's best checkpoint.
+    """Classify images or folders of images with a run's best checkpoint, or with a FILE.onnx from
+    `cnnlab export` (on onnxruntime alone: no torch needed).
 
     \b
     Example:
       cnnlab predict runs/r1 photo.jpg more_photos/ --json
+      cnnlab predict model.onnx photo.jpg --csv
     """
-    from cnnlab.evaluate import predict as do_predict
+    if run.lower().endswith(".onnx") and not Path(run).is_dir():  # before anything imports torch
+        from cnnlab.onnx_model import predict as do_predict
+    else:
+        from cnnlab.evaluate import predict as do_predict
 
     rows = do_predict(Path(run), list(paths))
     classes = list(rows[0]["probs"])
@@ -257,6 +262,45 @@ def predict(run, paths, as_json, as_csv):
             click.echo(f"{r['label']:<24} {r['probs'][r['label']]:.3f}  {r['path']}")
 
 
+@main.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--onnx", "onnx_file", type=click.Path(), metavar="FILE", required=True, help="The ONNX file to write.")
+def export_cmd(run, onnx_file):
+    """Export a run's best checkpoint with its preprocessing to ONNX, checked against PyTorch on the run's images.
+
+    The file takes uint8 N x C x H x W images, decoded and resized as cnnlab does (its metadata says how), and
+    returns logits: normalisation and flip TTA are in the graph. `cnnlab predict FILE.onnx` runs it without torch.
+
+    \b
+    Example:
+      cnnlab export runs/r1 --onnx model.onnx
+      cnnlab predict model.onnx photo.jpg --json
+    """
+    from cnnlab.export import export_onnx
+
+    export_onnx(Path(run), Path(onnx_file), log=click.echo)
+    click.echo(f"wrote {onnx_file}")
+
+
+def executor_options(f):
+    """--jobs, --executor, --address and --gpus-per-run: where the runs of a study or a cross-validation train."""
+    for option in reversed([
+        click.option("--jobs", default=1, show_default=True,
+                     help="Runs in parallel processes; cores are divided. With ray: only divides this machine's "
+                          "cores into each run's threads; Ray runs as many at once as the cluster's CPUs allow."),
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray])."),
+        click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: "
+                                       "$RAY_ADDRESS, a Ray already started on this machine, or a new one on its "
+                                       "cores."),
+        click.option("--gpus-per-run", type=float, default=0.25, show_default=True,
+                     help="With ray, the share of a GPU each run reserves when its device is cuda or auto on a "
+                          "cluster with GPUs (0.25: four runs per GPU)."),
+    ]):
+        f = option(f)
+    return f
+
+
 @main.command()
 @click.argument("name")
 @click.option("--data", help="Dataset root.")
@@ -265,19 +309,10 @@ def predict(run, paths, as_json, as_csv):
 @click.option("--epochs", type=int, help="Maximum epochs per run (default 50, early stopping at patience 10).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every run.")
 @click.option("--param", help="Sweep any field: NAME=v1,v2,... (replaces the lr values of the lr study).")
-@click.option("--jobs", default=1, show_default=True,
-              help="Runs in parallel processes; cores are divided. With ray: only divides this machine's cores "
-                   "into each run's threads; Ray runs as many at once as the cluster's CPUs allow.")
 @click.option("--seeds", default=1, show_default=True, help="Repeat each run with K seeds (mean ± std).")
 @click.option("--config", "config_file", type=click.Path(),
               help="Base config for every run: a TOML file or a recipe name (default: assignment).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray]).")
-@click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: a Ray "
-                                "started here on this machine's cores.")
-@click.option("--gpus-per-run", type=float, default=0.25, show_default=True,
-              help="With ray, the share of a GPU each run reserves when its device is cuda or auto on a cluster "
-                   "with GPUs (0.25: four runs per GPU).")
+@executor_options
 def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, executor, address, gpus_per_run):
     """Run a comparison study (or resume one): summary.csv, overlay plot, report.md and report.html.
 
@@ -322,24 +357,6 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, execut
     finally:
         runner.close()
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
-
-
-def executor_options(f):
-    """--jobs, --executor, --address and --gpus-per-run: where the runs of a study or a cross-validation train."""
-    for option in reversed([
-        click.option("--jobs", default=1, show_default=True,
-                     help="Runs in parallel processes; cores are divided. With ray: only divides this machine's "
-                          "cores into each run's threads; Ray runs as many at once as the cluster's CPUs allow."),
-        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray])."),
-        click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: a Ray "
-                                       "started here on this machine's cores."),
-        click.option("--gpus-per-run", type=float, default=0.25, show_default=True,
-                     help="With ray, the share of a GPU each run reserves when its device is cuda or auto on a "
-                          "cluster with GPUs (0.25: four runs per GPU)."),
-    ]):
-        f = option(f)
-    return f
 
 
 @main.command()

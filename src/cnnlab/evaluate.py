@@ -17,10 +17,11 @@ import torch
 from cnnlab import data as data_mod
 from cnnlab import runs
 from cnnlab.config import Config
+from cnnlab.decode import prediction_rows, read_images
 from cnnlab.engine import Engine, make_engine
 from cnnlab.errors import UserError
 from cnnlab.files import write_text
-from cnnlab.images import BadImage, ImageSet, Prep, decode, load_images
+from cnnlab.images import ImageSet, Prep, load_images
 from cnnlab.loops import predict_logits
 from cnnlab.models import build
 
@@ -138,45 +139,14 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
     return result
 
 
-def expand_paths(paths) -> list[Path]:
-    """Files given, and the image files in folders given (hidden ones left out; broken links skipped, said)."""
-    exts = data_mod.image_extensions()
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in exts
-                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
-            for q in found:
-                if q.is_file():
-                    out.append(q)
-                elif q.is_symlink():
-                    warnings.warn(f"skipped {data_mod.printable(q)}: broken link", UserWarning, stacklevel=2)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise UserError(f"no such image or folder: {p}")
-    if not out:
-        raise UserError("no images found in the given paths")
-    return out
-
-
 def predict(run: Path, paths, batch_size: int = 256) -> list[dict]:
+    """Rows of path, label and class probabilities for image files and folders, from the run's best checkpoint."""
     cfg, ckpt, eng = load_run(run)
-    prep, classes = Prep.of(cfg.data), list(ckpt["classes"])
-    files, arrays = [], []
-    for f in expand_paths(paths):
-        try:
-            arrays.append(torch.from_numpy(decode(f, prep)[0]))
-            files.append(f)
-        except BadImage as e:
-            if len(paths) == 1 and Path(paths[0]).is_file():
-                raise UserError(f"cannot read image {f}: {e}") from None
-            warnings.warn(f"skipped {f}: {e}", UserWarning, stacklevel=2)
-    if not files:
-        raise UserError("none of the given images could be read")
-    images = ImageSet(images=torch.stack(arrays) if prep.resize != "keep" else arrays,
+    prep = Prep.of(cfg.data)
+    files, arrays = read_images(paths, prep)
+    tensors = [torch.from_numpy(a) for a in arrays]
+    images = ImageSet(images=torch.stack(tensors) if prep.resize != "keep" else tensors,
                       labels=torch.zeros(len(files), dtype=torch.long),
                       samples=[data_mod.Sample(f, -1, "predict") for f in files], sizes=[], modes=[])
     probs = predict_logits(eng, images, batch_size).softmax(1)
-    return [{"path": data_mod.printable(f), "label": classes[int(pr.argmax())],
-             "probs": {c: float(pr[i]) for i, c in enumerate(classes)}} for f, pr in zip(files, probs, strict=True)]
+    return prediction_rows(files, probs, list(ckpt["classes"]))

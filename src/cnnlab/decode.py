@@ -1,0 +1,167 @@
+"""How one file becomes a C x H x W uint8 array (`Prep`, `decode`), and which files a prediction reads.
+
+No torch here: `cnnlab predict FILE.onnx` decodes with it on onnxruntime alone, exactly as training decoded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cnnlab import data as data_mod
+from cnnlab.config import DataConfig
+from cnnlab.errors import UserError
+
+RESIZE_POLICIES = ("squash", "pad", "keep")
+CROP_POLICIES = ("none", "foreground")
+CACHE_VERSION = 1  # part of the decode cache's key: raise it when decoding changes
+
+
+@dataclass(frozen=True)
+class Prep:
+    """How a file becomes a tensor: part of the cache key. A run's comes from its config (`Prep.of`); its values
+    are checked with the rest of the config (cnnlab.checks), before anything is decoded."""
+
+    image_size: int = 128
+    resize: str = "squash"  # squash to a square | pad (keep aspect, pad) | keep (variable size, bucketed)
+    channels: int = 3  # 3 = RGB, 1 = gray
+    crop: str = "none"  # none | foreground (bounding box of the largest bright component)
+
+    @classmethod
+    def of(cls, d: DataConfig) -> Prep:
+        return cls(d.image_size, d.resize, d.channels, d.crop)
+
+    def key(self) -> str:
+        return f"v{CACHE_VERSION}-{self.image_size}-{self.resize}-c{self.channels}-{self.crop}"
+
+
+class BadImage(Exception):
+    """A file that cannot be decoded (corrupt, truncated, not an image): skipped, not fatal."""
+
+
+def _to_mode(im: Image.Image, channels: int) -> Image.Image:
+    """Any Pillow mode -> RGB or L. 16-bit and float images are stretched to their own range."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        im = Image.fromarray(a.round().astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        # Transparent pixels become black, like the padding.
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def foreground_box(gray: np.ndarray, threshold: float = 0.08) -> tuple[int, int, int, int]:
+    """Bounding box (left, top, right, bottom) of the largest bright connected component.
+
+    Used to crop MRI slices to the head so that borders and scanner framing carry no label.
+    """
+    from scipy import ndimage
+
+    mask = gray > max(threshold * 255.0, float(np.percentile(gray, 5)) + 10)
+    mask = ndimage.binary_opening(mask, iterations=2)
+    labels, n = ndimage.label(mask)
+    h, w = gray.shape
+    if n == 0:
+        return 0, 0, w, h
+    sizes = np.bincount(labels.ravel())[1:]
+    ys, xs = np.nonzero(labels == (int(np.argmax(sizes)) + 1))
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    if (bottom - top) * (right - left) < 0.05 * h * w:  # tiny blob: do not trust it
+        return 0, 0, w, h
+    pad = int(0.02 * max(h, w))
+    return max(0, left - pad), max(0, top - pad), min(w, right + pad), min(h, bottom + pad)
+
+
+def _resize(im: Image.Image, prep: Prep) -> Image.Image:
+    s = prep.image_size
+    if prep.resize == "squash":
+        return im.resize((s, s), Image.Resampling.BILINEAR)
+    w, h = im.size
+    scale = s / max(w, h)
+    if prep.resize == "pad":
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new(im.mode, (s, s))
+        canvas.paste(im.resize((nw, nh), Image.Resampling.BILINEAR), ((s - nw) // 2, (s - nh) // 2))
+        return canvas
+    # keep: longer side to s, each side rounded to a multiple of 16 so that sizes fall into few buckets.
+    nw, nh = (max(16, int(round(v * scale / 16)) * 16) for v in (w, h))
+    return im.resize((nw, nh), Image.Resampling.BILINEAR)
+
+
+def decode(path: Path, prep: Prep) -> tuple[np.ndarray, tuple[int, int], str]:
+    """One file -> (C x H x W uint8 array, original (w, h), original mode). Raises BadImage."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            # Over Pillow's pixel limit (a bomb, or a 30000x30000 scan): skipped like any unusable file.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            size, mode = im.size, im.mode
+            if im.format == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target: several times faster.
+                want = prep.image_size * (2 if prep.crop == "foreground" else 1)
+                im.draft("L" if prep.channels == 1 else "RGB", (want, want))
+            im = ImageOps.exif_transpose(im)
+            im = _to_mode(im, prep.channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except Exception as e:  # only Pillow runs above: any failure (a bad EXIF block raises TypeError) is a bad file
+        raise BadImage(f"{type(e).__name__}: {e}") from e
+    if prep.crop == "foreground":
+        im = im.crop(foreground_box(np.asarray(im.convert("L"))))
+    arr = np.asarray(_resize(im, prep))
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return np.array(arr, order="C"), size, mode  # a writable copy (Pillow's buffer is read-only)
+
+
+# ------------------------------------------------------------------------------------------ prediction
+
+
+def expand_paths(paths) -> list[Path]:
+    """Files given, and the image files in folders given (hidden ones left out; broken links skipped, said)."""
+    exts = data_mod.image_extensions()
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in exts
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            for q in found:
+                if q.is_file():
+                    out.append(q)
+                elif q.is_symlink():
+                    warnings.warn(f"skipped {data_mod.printable(q)}: broken link", UserWarning, stacklevel=2)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"no such image or folder: {p}")
+    if not out:
+        raise UserError("no images found in the given paths")
+    return out
+
+
+def read_images(paths, prep: Prep) -> tuple[list[Path], list[np.ndarray]]:
+    """The images to predict (`expand_paths`), decoded: (files, arrays). Unreadable ones are skipped with a warning,
+    unless a single file was given: then it is the error."""
+    files, arrays = [], []
+    for f in expand_paths(paths):
+        try:
+            arrays.append(decode(f, prep)[0])
+            files.append(f)
+        except BadImage as e:
+            if len(paths) == 1 and Path(paths[0]).is_file():
+                raise UserError(f"cannot read image {f}: {e}") from None
+            warnings.warn(f"skipped {f}: {e}", UserWarning, stacklevel=2)
+    if not files:
+        raise UserError("none of the given images could be read")
+    return files, arrays
+
+
+def prediction_rows(files: list[Path], probs, classes: list[str]) -> list[dict]:
+    """The rows `cnnlab predict` prints, one a file: path, label, probs (from a checkpoint or an ONNX file)."""
+    return [{"path": data_mod.printable(f), "label": classes[int(pr.argmax())],
+             "probs": {c: float(pr[i]) for i, c in enumerate(classes)}} for f, pr in zip(files, probs, strict=True)]
