@@ -279,3 +279,19 @@ def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
     sharp = Augmenter(AugmentConfig(sharpness=1.0)).pixels(x, torch.Generator().manual_seed(0))
     assert sharp.min() >= 0 and sharp.max() <= 1 and not torch.equal(sharp, x)
     assert "erase must be a probability" in one_line_error("train", "--data", "x", "--set", "erase=2", "--out", "y")
+
+
+def test_history_logs_validation_recall_per_class_and_tensorboard(eclipse, tmp_path):
+    fit(_cfg(eclipse, epochs=2, tensorboard=True), tmp_path / "r", progress=False)
+    history = read_history(tmp_path / "r" / "history.csv")
+    classes = sorted(p.name for p in (eclipse / "train").iterdir())
+    assert [k for k in history[0] if k.startswith("val_recall_")] == [f"val_recall_{c}" for c in classes]
+    assert all(0 <= row[f"val_recall_{c}"] <= 1 for row in history for c in classes)
+    events = list((tmp_path / "r" / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "r" / "tb"))
+    acc.Reload()
+    assert {"loss/train", "macro_f1/val", "lr", f"recall_val/{classes[0]}"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("loss/val")] == [1, 2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import math
 
 import torch
@@ -163,6 +164,8 @@ def _train(cfg: Config) -> None:
     _within("ema", t.ema, 0, 1, hi_open=True)
     _at_least("save_every", t.save_every, 0)
     _name(t.precision, PRECISIONS, "precision")
+    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("tensorboard = true needs the tensorboard package: pip install cnnlab[tensorboard]")
     _device(t.device)
 
 

@@ -128,6 +128,7 @@ class TrainConfig:
     ema: float = 0.0  # weight EMA decay (e.g. 0.999); 0 = off
     tta: bool = False  # average predictions over horizontal flips at evaluation
     save_every: int = 0  # also keep the evaluated weights of every Nth epoch as epoch-NNN.pt; 0 = off
+    tensorboard: bool = False  # also log every epoch's figures to RUN/tb/ (`tensorboard --logdir RUN or STUDY`)
 
 
 @dataclass

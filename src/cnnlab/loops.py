@@ -13,7 +13,7 @@ from cnnlab.augment import mixup_draw
 from cnnlab.config import Config
 from cnnlab.engine import Engine
 from cnnlab.images import ImageSet
-from cnnlab.metrics import confusion, scores
+from cnnlab.metrics import confusion, recalls, scores
 from cnnlab.optimization import Optimization
 from cnnlab.pipeline import batches, epoch_indices, gather
 
@@ -73,5 +73,6 @@ def predict_logits(eng: Engine, images: ImageSet, batch_size: int) -> torch.Tens
 def evaluate(eng: Engine, images: ImageSet, criterion, n_classes: int, batch_size: int) -> dict:
     logits = predict_logits(eng, images, batch_size)
     loss = float(criterion(logits, images.labels)) if len(images) else float("nan")
-    s = scores(confusion(images.labels, logits.argmax(1), n_classes))
-    return {"val_loss": loss, "val_f1": s["f1"], "val_acc": s["acc"]}
+    cm = confusion(images.labels, logits.argmax(1), n_classes)
+    s = scores(cm)
+    return {"val_loss": loss, "val_f1": s["f1"], "val_acc": s["acc"], "val_recall": recalls(cm)}

@@ -28,3 +28,9 @@ def scores(cm: torch.Tensor) -> dict[str, float]:
         "f1": float(f1[present].mean()) if present.any() else 0.0,
         "acc": float(tp.sum() / total) if total > 0 else 0.0,
     }
+
+
+def recalls(cm: torch.Tensor) -> list[float]:
+    """Recall of each class (row of the confusion matrix); 0 for a class with no images."""
+    cm = cm.to(torch.float64)
+    return (cm.diag() / cm.sum(1).clamp_min(1)).tolist()

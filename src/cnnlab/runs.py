@@ -3,11 +3,12 @@
     config.toml   the resolved config: everything the run's result depends on
     split.csv     the train/validation manifest (path,class,split,group), read back on resume and later
     skipped.csv   files that could not be used, and why
-    history.csv   one row an epoch (HISTORY_COLUMNS)
+    history.csv   one row an epoch (HISTORY_COLUMNS, then each class's validation recall)
     curves.png    loss and macro-F1 per epoch, train and validation (drawn when the run ends, and every minute)
     last.pt       the full training state after the last finished epoch (resume continues from it)
     best.pt       the evaluated weights of the best epoch (test and predict use them)
     epoch-NNN.pt  the evaluated weights every N epochs, with save_every = N
+    tb/           TensorBoard event files, with tensorboard = true
 
 Every checkpoint holds the config, the class names and the normalisation statistics beside its weights, so a
 checkpoint alone can be scored; nothing else is stored twice. Every file is replaced atomically.
@@ -33,6 +34,7 @@ CHECKPOINT_FORMAT = 2  # 1: before the run-folder redesign (also stored `prep` a
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_f1", "train_acc", "val_loss", "val_f1", "val_acc", "lr",
                    "epoch_s", "images_per_s", "data_wait_s"]
 TIMING_COLUMNS = {"epoch_s", "images_per_s", "data_wait_s"}
+RECALL_PREFIX = "val_recall_"  # then one column a class, after HISTORY_COLUMNS: its validation recall
 # A finished run's figures (summarize), in the order a study's summary.csv lists them.
 SUMMARY_KEYS = ["best_val_f1", "best_val_acc", "best_epoch", "best_train_f1", "final_train_loss", "final_val_loss",
                 "final_train_f1", "final_val_f1", "val_f1_tail_std", "epochs", "wall_s", "images_per_s"]
@@ -64,16 +66,21 @@ def write_skipped(skipped: list[tuple[str, str]], run: Path) -> None:
 # --------------------------------------------------------------------------------------------- history
 
 
+def recall_column(class_name: str) -> str:
+    return RECALL_PREFIX + class_name
+
+
 def write_history(history: list[dict], path: Path) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, HISTORY_COLUMNS, extrasaction="ignore")
+    recall = [k for k in (history[0] if history else {}) if k.startswith(RECALL_PREFIX)]
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, HISTORY_COLUMNS + recall, extrasaction="ignore")
         w.writeheader()
         for row in history:
             w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def read_history(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -198,3 +205,28 @@ class RunWriter:
                 draw_curves(self.history, self.run)
         finally:
             self.pool.shutdown(wait=True)
+
+
+class TensorBoard:
+    """Every epoch's figures as TensorBoard scalars in RUN/tb/ (torch.utils.tensorboard), so that
+    `tensorboard --logdir STUDY` compares a study's runs side by side."""
+
+    SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_f1": "macro_f1/train",
+               "val_f1": "macro_f1/val", "train_acc": "accuracy/train", "val_acc": "accuracy/val", "lr": "lr",
+               "images_per_s": "speed/images_per_s"}
+
+    def __init__(self, run: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(Path(run) / "tb"))
+
+    def epoch(self, row: dict) -> None:
+        step = row["epoch"]
+        for key, tag in self.SCALARS.items():
+            self.writer.add_scalar(tag, row[key], step)
+        for key, value in row.items():
+            if key.startswith(RECALL_PREFIX):
+                self.writer.add_scalar(f"recall_val/{key.removeprefix(RECALL_PREFIX)}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -31,7 +31,7 @@ from cnnlab.loops import evaluate, train_one_epoch
 from cnnlab.models import build
 from cnnlab.optimization import Optimization, class_weights
 from cnnlab.pipeline import Prepared, place, prepare, steps_per_epoch
-from cnnlab.runs import RunWriter
+from cnnlab.runs import RunWriter, TensorBoard
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -115,11 +115,13 @@ class Trainer:
         bar.close()
         self.opt.sync_ema_buffers()
         ev = self.validate()
+        recall = ev.pop("val_recall")
         lr = self.opt.lr
         self.opt.step_scheduler(ev[t.monitor])
         dt = time.perf_counter() - t0
         row = {"epoch": epoch, **{k: tr[k] for k in ("train_loss", "train_f1", "train_acc")}, **ev, "lr": lr,
-               "epoch_s": dt, "images_per_s": tr["seen"] / dt, "data_wait_s": tr["data_wait_s"]}
+               "epoch_s": dt, "images_per_s": tr["seen"] / dt, "data_wait_s": tr["data_wait_s"],
+               **{runs.recall_column(c): r for c, r in zip(self.classes, recall, strict=True)}}
         self.history.append(row)
         self.diverged = not math.isfinite(tr["train_loss"])
         improved = not self.diverged and self.best.update(ev[t.monitor], epoch)  # never a diverged best.pt
@@ -227,12 +229,15 @@ def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
     """Epochs until the last, early stopping or divergence; after each, the run's files are written in the
     background (runs.RunWriter) while the next epoch trains."""
     writer, t = RunWriter(out, trainer.cfg.train.save_every), trainer.cfg.train
+    board = TensorBoard(out) if t.tensorboard else None
     try:
         with _Sigterm():
             while not trainer.finished and trainer.epoch < t.epochs:
                 row, improved = trainer.run_epoch(progress)
                 writer.epoch_done(trainer.epoch, trainer.meta(), trainer.opt.eval_model.state_dict(),
                                   trainer.state_dict(), trainer.best.value, improved, trainer.history)
+                if board is not None:
+                    board.epoch(row)
                 if progress:
                     log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} f1 {row['train_f1']:.3f}  "
                         f"val loss {row['val_loss']:.4f} f1 {row['val_f1']:.3f} acc {row['val_acc']:.3f}  "
@@ -241,6 +246,8 @@ def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
                     log(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
     finally:
         writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
+        if board is not None:
+            board.close()
     if trainer.finished and trainer.epoch < t.epochs and not trainer.diverged:
         log(f"early stop at epoch {trainer.epoch}: no {t.monitor} improvement for {t.patience} epochs")
     return trainer.summary()
