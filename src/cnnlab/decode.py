@@ -79,24 +79,59 @@ def foreground_box(gray: np.ndarray, threshold: float = 0.08) -> tuple[int, int,
     return max(0, left - pad), max(0, top - pad), min(w, right + pad), min(h, bottom + pad)
 
 
-def _resize(im: Image.Image, prep: Prep) -> Image.Image:
+def _placement(w: int, h: int, prep: Prep) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Where a w x h image lands in the decoded array: (its resized size, its offset, the array's (w, h))."""
     s = prep.image_size
     if prep.resize == "squash":
-        return im.resize((s, s), Image.Resampling.BILINEAR)
-    w, h = im.size
+        return (s, s), (0, 0), (s, s)
     scale = s / max(w, h)
     if prep.resize == "pad":
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        canvas = Image.new(im.mode, (s, s))
-        canvas.paste(im.resize((nw, nh), Image.Resampling.BILINEAR), ((s - nw) // 2, (s - nh) // 2))
-        return canvas
+        return (nw, nh), ((s - nw) // 2, (s - nh) // 2), (s, s)
     # keep: longer side to s, each side rounded to a multiple of 16 so that sizes fall into few buckets.
     nw, nh = (max(16, int(round(v * scale / 16)) * 16) for v in (w, h))
-    return im.resize((nw, nh), Image.Resampling.BILINEAR)
+    return (nw, nh), (0, 0), (nw, nh)
 
 
-def decode(path: Path, prep: Prep) -> tuple[np.ndarray, tuple[int, int], str]:
-    """One file -> (C x H x W uint8 array, original (w, h), original mode). Raises BadImage."""
+def _resize(im: Image.Image, prep: Prep) -> Image.Image:
+    size, offset, canvas = _placement(*im.size, prep)
+    im = im.resize(size, Image.Resampling.BILINEAR)
+    if prep.resize != "pad":
+        return im
+    out = Image.new(im.mode, canvas)
+    out.paste(im, offset)
+    return out
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How `decode` moved an image's pixels: crop, then resize (and pad). Coordinates are continuous pixels
+    (pixel i covers [i, i+1)), as Pillow's resize maps them."""
+
+    size: tuple[int, int]  # (w, h) of the image as opened, before the crop (a JPEG may open at 1/2, 1/4, 1/8)
+    crop: tuple[int, int, int, int]  # (left, top, right, bottom) in those pixels
+    resized: tuple[int, int]  # the cropped image's size after resizing
+    offset: tuple[int, int]  # where it lies in the decoded array (pad)
+    canvas: tuple[int, int]  # the decoded array's (w, h)
+
+    def box(self, cx: float, cy: float, w: float, h: float) -> tuple[float, float, float, float]:
+        """A box given as centre and size relative to the original image (0-1, YOLO) -> (x0, y0, x1, y1) in the
+        decoded array's pixels, clipped to the image's part of it (a box cropped away entirely has no area)."""
+        (W, H), (left, top, right, bottom) = self.size, self.crop
+        sx, sy = self.resized[0] / (right - left), self.resized[1] / (bottom - top)
+        ox, oy = self.offset
+
+        def x(v):
+            return ox + (min(max(v * W, left), right) - left) * sx
+
+        def y(v):
+            return oy + (min(max(v * H, top), bottom) - top) * sy
+
+        return x(cx - w / 2), y(cy - h / 2), x(cx + w / 2), y(cy + h / 2)
+
+
+def _open(path: Path, prep: Prep) -> tuple[Image.Image, tuple[int, int], str]:
+    """The file as an RGB or L image, upright: (image, original (w, h), original mode). Raises BadImage."""
     try:
         with warnings.catch_warnings(), Image.open(path) as im:
             # Over Pillow's pixel limit (a bomb, or a 30000x30000 scan): skipped like any unusable file.
@@ -107,16 +142,31 @@ def decode(path: Path, prep: Prep) -> tuple[np.ndarray, tuple[int, int], str]:
                 want = prep.image_size * (2 if prep.crop == "foreground" else 1)
                 im.draft("L" if prep.channels == 1 else "RGB", (want, want))
             im = ImageOps.exif_transpose(im)
-            im = _to_mode(im, prep.channels)
+            return _to_mode(im, prep.channels), size, mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage(f"over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels") from None
     except Exception as e:  # only Pillow runs above: any failure (a bad EXIF block raises TypeError) is a bad file
         raise BadImage(f"{type(e).__name__}: {e}") from e
+
+
+def decode_with_geometry(path: Path, prep: Prep) -> tuple[np.ndarray, tuple[int, int], str, Geometry]:
+    """`decode`, and the `Geometry` that maps a point or box of the original image into the decoded array."""
+    im, size, mode = _open(path, prep)
+    crop = (0, 0, *im.size)
     if prep.crop == "foreground":
-        im = im.crop(foreground_box(np.asarray(im.convert("L"))))
-    arr = np.asarray(_resize(im, prep))
+        crop = tuple(int(v) for v in foreground_box(np.asarray(im.convert("L"))))
+        im_cropped = im.crop(crop)
+    else:
+        im_cropped = im
+    geometry = Geometry(im.size, crop, *_placement(*im_cropped.size, prep))
+    arr = np.asarray(_resize(im_cropped, prep))
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return np.array(arr, order="C"), size, mode  # a writable copy (Pillow's buffer is read-only)
+    return np.array(arr, order="C"), size, mode, geometry  # a writable copy (Pillow's buffer is read-only)
+
+
+def decode(path: Path, prep: Prep) -> tuple[np.ndarray, tuple[int, int], str]:
+    """One file -> (C x H x W uint8 array, original (w, h), original mode). Raises BadImage."""
+    return decode_with_geometry(path, prep)[:3]
 
 
 # ------------------------------------------------------------------------------------------ prediction

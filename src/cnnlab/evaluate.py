@@ -87,7 +87,7 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
     from sklearn.metrics import confusion_matrix as sk_confusion
 
-    from cnnlab.plots import confusion_matrix
+    from cnnlab.plots import confusion_panels
 
     run = Path(run)
     cfg, ckpt, eng = load_run(run)
@@ -116,7 +116,8 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
         warnings.warn(f"this test split was already evaluated {len(earlier)} time(s) for {run}: a test score "
                       "reused for choices is no longer a fair estimate", UserWarning, stacklevel=2)
 
-    pred = predict_logits(eng, images, cfg.train.eval_batch_size).argmax(1).numpy()
+    logits = predict_logits(eng, images, cfg.train.eval_batch_size)
+    pred = logits.argmax(1).numpy()
     y = images.labels.numpy()
     labels = list(range(len(classes)))
     p, r, f, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
@@ -131,12 +132,41 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
         "evaluation_number": len(earlier) + 1, "skipped": len(bad),
     }
     write_text(run / f"{name}.json", json.dumps(result, indent=2))
-    confusion_matrix(cm, classes, run / f"{name}_confusion.png",
+    confusion_panels(cm, classes, run / f"{name}_confusion.png",
                      title=f"{name}: macro-F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}")
     history.append({"content_id": content_id, "split_id": split_id, "split": name, "n_images": int(len(y)),
                     "time": time.time(), "macro_f1": result["macro_f1"]})
     write_text(log_path, json.dumps(history, indent=2))
+    # After the count: the gallery reuses this evaluation's logits and is no further evaluation.
+    error_gallery(cfg, eng, images, logits, classes, run / f"{name}_errors.png", title=name)
     return result
+
+
+def error_gallery(cfg: Config, eng: Engine, images: ImageSet, logits: torch.Tensor, classes: list[str], path: Path,
+                  title: str, most: int = 24) -> None:
+    """The misclassified images, the most confident errors first, each with the heatmap of its predicted class
+    (cam.explain_arrays), true and predicted label and probability. Without heatmaps (an MLP, or grad-cam not
+    installed) the images alone, and the title says why."""
+    from cnnlab.cam import explain_arrays
+    from cnnlab.plots import heatmap_grid
+
+    probs = logits.float().softmax(1)
+    conf, pred = probs.max(1)
+    wrong = (pred != images.labels).nonzero().flatten().tolist()
+    wrong = sorted(wrong, key=lambda i: -float(conf[i]))[:most]
+    arrays = [images.images[i].numpy() for i in wrong]
+    note = ""
+    try:
+        maps = [r["heatmap"] for r in explain_arrays(eng, arrays, classes, model_name=cfg.model.model)]
+    except UserError as e:
+        maps, note = [None] * len(arrays), f" (no heatmaps: {e})"
+    cells = [{"image": a.transpose(1, 2, 0), "heatmap": m,
+              "caption": f"{images.samples[i].path.name[:18]}\ntrue {classes[int(images.labels[i])]}\n"
+                         f"pred {classes[int(pred[i])]} {float(conf[i]):.0%}"}
+             for i, a, m in zip(wrong, arrays, maps, strict=True)]
+    n_wrong = int((pred != images.labels).sum())
+    heatmap_grid(cells, path, cols=6, title=f"{title}: {n_wrong} of {len(images)} misclassified; the {len(cells)} "
+                                            f"most confident, heatmap of the predicted class{note}")
 
 
 def predict(run: Path, paths, batch_size: int = 256) -> list[dict]:

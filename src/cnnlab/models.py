@@ -22,16 +22,46 @@ POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 MODELS: dict[str, Callable] = {}
 FIXED_SIZE: set[str] = set()  # models whose input must have the configured size
+# model name -> (model -> the layer whose output a class activation map (cnnlab.cam) weighs), or None: no spatial map
+CAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module] | None] = {}
 
 
-def register(name: str, fixed_size: bool = False):
+def register(name: str, fixed_size: bool = False, cam_layer: Callable[[nn.Module], nn.Module] | None = None):
+    """Register a model builder; `cam_layer` picks the layer a heatmap explains (None: the model has no spatial
+    feature map, as an MLP)."""
     def deco(fn):
         MODELS[name] = fn
+        CAM_LAYERS[name] = cam_layer
         if fixed_size:
             FIXED_SIZE.add(name)
         return fn
 
     return deco
+
+
+def last_feature_map(model: nn.Module) -> nn.Module | None:
+    """The last activation or residual block before the head (the first Flatten or global pool): the last spatial
+    map the classifier reads, after its non-linearity. A later in-place op would overwrite the saved activation,
+    and nothing before the head modifies this output in place."""
+    kinds = (*{type(make()) for make in ACTIVATIONS.values()}, BasicBlock)
+    found = None
+    for m in model.children():
+        if isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d)):
+            break
+        if isinstance(m, kinds):
+            found = m
+    return found
+
+
+def cam_layer(name: str, model: nn.Module) -> nn.Module:
+    """The layer a heatmap of model `name` explains; UserError for a model without a spatial feature map."""
+    if name not in MODELS:
+        raise nearest(name, MODELS, "model")
+    pick = CAM_LAYERS.get(name)
+    layer = pick(model) if pick else None
+    if layer is None:
+        raise UserError(f"{name} has no spatial feature map to explain: a heatmap needs a convolutional model")
+    return layer
 
 
 def activation(name: str) -> nn.Module:
@@ -90,11 +120,11 @@ def simple_cnn(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: i
 
 for _name, _bn, _do in [("simple", False, False), ("simple-bn", True, False),
                         ("simple-dropout", False, True), ("simple-bn-dropout", True, True)]:
-    register(_name, fixed_size=True)(
+    register(_name, fixed_size=True, cam_layer=last_feature_map)(
         lambda cfg, c, n, s, _bn=_bn, _do=_do: simple_cnn(cfg, c, n, s, batchnorm=_bn, dropout=_do))
 
 
-@register("mlp", fixed_size=True)
+@register("mlp", fixed_size=True, cam_layer=None)  # no spatial map: explain refuses it
 def mlp(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
     """A fully connected baseline: what convolutions buy is measured against this."""
     d = in_channels * image_size * image_size
@@ -114,7 +144,7 @@ def conv_bn_act(cin: int, cout: int, cfg: ModelConfig, stride: int = 1) -> list[
     return layers + [activation(cfg.activation)]
 
 
-@register("adaptive")
+@register("adaptive", cam_layer=last_feature_map)
 def adaptive(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
     """Any input size: 3x3 'same' convolutions, pooling halves the resolution while channels double,
     then AdaptiveAvgPool2d reduces whatever is left to one vector of n_channels."""
@@ -148,7 +178,7 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-@register("resnet")
+@register("resnet", cam_layer=last_feature_map)
 def resnet(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
     """A small residual CNN: a strided stem, four stages of `depth` basic blocks, widths doubling."""
     layers: list[nn.Module] = [*conv_bn_act(in_channels, cfg.width, cfg, stride=2)]

@@ -133,3 +133,57 @@ def group_gallery(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: Pa
                 ax.set_ylabel(label, fontsize=7)
     fig.suptitle(title, fontsize=10)
     save(fig, path, dpi=80)
+
+
+def confusion_panels(cm, classes: list[str], path: Path, title: str = "") -> None:
+    """Two panels: the counts, and each row normalised to 100% (recall on the diagonal)."""
+    cm = np.asarray(cm)
+    n = len(classes)
+    rows = cm.sum(1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.2 * n + 2.5), 1.1 * n + 2), gridspec_kw={"wspace": 0.6})
+    for ax, values, text, name in ((axes[0], cm, lambda v: str(v), "counts"),
+                                   (axes[1], share, lambda v: f"{100 * v:.0f}%", "share of each true class")):
+        ax.imshow(values, cmap="Blues", vmin=0)
+        ax.set_xticks(range(n), [c[:18] for c in classes], rotation=45, ha="right")
+        ax.set_yticks(range(n), [c[:18] for c in classes])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name, fontsize=9)
+        hi = values.max() if values.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, text(values[i, j]), ha="center", va="center", fontsize=9,
+                        color="white" if values[i, j] > hi / 2 else "black")
+    if title:
+        fig.suptitle(title)
+    save(fig, path)
+
+
+def heatmap_grid(cells: list[dict], path: Path, title: str = "", cols: int = 6, side: float = 2.2,
+                 alpha: float = 0.45) -> None:
+    """Images with their heatmaps blended in (jet), a caption each. A cell: image (H x W x C uint8, C 1 or 3),
+    heatmap (H x W in [0, 1], or None: the image alone), caption, and optionally boxes ([(x0, y0, x1, y1)] in
+    continuous pixels, pixel i covering [i, i + 1): drawn green) and point ((column, row): a white cross)."""
+    from matplotlib.patches import Rectangle
+
+    cols = max(1, min(cols, len(cells)))
+    nrows = max(1, -(-len(cells) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(cols * side, nrows * (side + 0.35) + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= len(cells):
+            continue
+        cell = cells[k]
+        im = cell["image"]
+        ax.imshow(im.squeeze(), cmap="gray" if im.ndim == 2 or im.shape[-1] == 1 else None, vmin=0, vmax=255)
+        if cell.get("heatmap") is not None:
+            ax.imshow(cell["heatmap"], cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        for x0, y0, x1, y1 in cell.get("boxes") or []:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.5))
+        if cell.get("point") is not None:
+            ax.plot(cell["point"][0], cell["point"][1], "x", color="white", ms=8, mew=2)
+        ax.set_title(cell.get("caption", ""), fontsize=7 if side < 3 else 10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save(fig, path, dpi=90)
