@@ -106,3 +106,15 @@ def test_export_and_onnx_predict_errors_are_one_line(eclipse, tmp_path, monkeypa
         assert "pip install onnx onnxruntime" in one_line_error("predict", bad, img)
         m.setitem(sys.modules, "onnx", None)
         assert "pip install onnx onnxruntime" in one_line_error("export", eclipse, "--onnx", tmp_path / "m.onnx")
+
+
+def test_predict_of_a_default_run_matches_its_onnx_file(eclipse, tmp_path):
+    """Default precision (bf16 autocast on CPUs that have it): predict still scores in fp32, as the file does."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "r"
+    run_cli("train", "--data", eclipse, "--epochs", 1, "--image-size", 32, "--batch-size", 8, "-q", "--out", out)
+    run_cli("export", out, "--onnx", tmp_path / "m.onnx")
+    img = next((eclipse / "test").rglob("*.jpeg"))
+    ours = json.loads(run_cli("predict", out, img, "--json").output)[0]["probs"]
+    theirs = json.loads(run_cli("predict", tmp_path / "m.onnx", img, "--json").output)[0]["probs"]
+    assert max(abs(ours[c] - theirs[c]) for c in ours) <= 1e-4

@@ -40,6 +40,9 @@ def load_run(run: Path, which: str = "best") -> tuple[Config, dict, Engine]:
     ckpt = runs.load_checkpoint(path, hint="" if path.is_file() else ": the run has not finished an epoch yet")
     cfg = Config.from_dict(ckpt["config"])
     cfg.train.device = "cpu" if not torch.cuda.is_available() else cfg.train.device
+    # Scoring and prediction run in fp32 whatever the run trained in: bf16 autocast is a training-speed choice, and
+    # fp32 is what an exported model (cnnlab export) reproduces to 1e-4.
+    cfg.train.precision = "fp32"
     model = build(cfg.model, cfg.data.channels, len(ckpt["classes"]), cfg.data.image_size)
     model.load_state_dict(ckpt["model"])
     eng = make_engine(cfg, model, ckpt["mean"], ckpt["std"])
