@@ -398,3 +398,28 @@ def test_any_pillow_failure_is_a_bad_image_not_a_crash(shapes, monkeypatch):
     monkeypatch.setattr(ImageOps, "exif_transpose", broken_exif)
     with pytest.raises(BadImage, match="TypeError"):
         decode(next((shapes / "train" / "circle").iterdir()), Prep(32))
+
+
+def test_group_split_keeps_each_listed_group_on_one_side(shapes, tmp_path):
+    import csv
+
+    groups = tmp_path / "groups.csv"
+    rows = [(f"train/{c}/img {i:03d}.png", f"{c}-patient{i // 4}") for c in ("circle", "square", "triangle")
+            for i in range(8)]  # the first 8 files of each class: two "patients" of 4 slices; the rest in blocks
+    with open(groups, "w", newline="") as f:
+        csv.writer(f).writerows([("path", "group"), *rows])
+    out = tmp_path / "r"
+    run_cli("train", "--data", shapes, "--model", "mlp", "--image-size", 16, "--epochs", 1, "-q", "--set",
+            "split=groups", "--set", f"group_file={groups}", "--set", "block_size=2", "--out", out)
+    with open(out / "split.csv", newline="") as f:
+        side = {row["path"]: row["split"] for row in csv.DictReader(f)}
+    by_group: dict[str, set] = {}
+    for path, group in rows:
+        by_group.setdefault(group, set()).add(side[path])
+    assert all(len(sides) == 1 for sides in by_group.values())
+    assert {"train", "val"} <= set(side.values())
+    assert "needs a group_file" in one_line_error("train", "--data", shapes, "--set", "split=groups", "--out", out)
+    (tmp_path / "bad.csv").write_text("path,group\ntrain/circle/nope.png,a\n")
+    assert "is not a train image" in one_line_error("train", "--data", shapes, "--model", "mlp", "--set",
+                                                    "split=groups", "--set", f"group_file={tmp_path / 'bad.csv'}",
+                                                    "--out", tmp_path / "r2")

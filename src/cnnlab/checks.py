@@ -80,6 +80,8 @@ def _data(cfg: Config) -> None:
         raise UserError(f"channels must be 1 (gray) or 3 (RGB), got {d.channels}")
     _within("val_fraction", d.val_fraction, 0, 1, hi_open=True)
     _name(d.split, SPLIT_POLICIES, "split")
+    if (d.split == "groups") != bool(d.group_file):
+        raise UserError("split = groups needs a group_file (CSV path,group), and a group_file needs split = groups")
     _at_least("block_size", d.block_size, 1)
     _name(d.normalize, NORMALIZE_POLICIES, "normalize policy")
     _name(d.imbalance, IMBALANCE_MODES, "imbalance")

@@ -36,8 +36,9 @@ class DataConfig:
     val_fraction: float = 0.3
     split_seed: int = 42
     dedupe: bool = False  # keep duplicate groups whole on one side of the train/val split
-    split: str = "random"  # random | blocks (runs of block_size files in name order stay together)
+    split: str = "random"  # random | blocks (runs of block_size files in name order stay together) | groups
     block_size: int = 20
+    group_file: str = ""  # split = groups: CSV (path,group) of files that stay together (e.g. one patient's)
     val_manifest: str = ""  # CSV (path,class[,split]) of the training images to validate on, instead of a split
     train_manifest: str = ""  # CSV (path,class) of the training images to use at all; others are left out (a CV fold)
     strict: bool = False  # unusable files are an error instead of a warning
@@ -202,7 +203,7 @@ class Config:
         """A copy whose paths (data, cache, validation manifest) are absolute: a run folder's config then means
         the same data from any working directory."""
         cfg = self.copy()
-        for key in ("path", "cache_dir", "val_manifest", "train_manifest"):
+        for key in ("path", "cache_dir", "val_manifest", "train_manifest", "group_file"):
             if cfg.get(key):
                 cfg.set(key, str(Path(cfg.get(key)).expanduser().resolve()))
         return cfg

@@ -24,7 +24,9 @@ from cnnlab.errors import UserError
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 IGNORED_DIRS = {"__pycache__", "__MACOSX"}
-SPLIT_POLICIES = ("random", "blocks")  # how validation is drawn from train: files, or runs of files in name order
+# How validation is drawn from train: files; runs of files in name order; or the groups a file lists (and runs of
+# files in name order for the files it does not list).
+SPLIT_POLICIES = ("random", "blocks", "groups")
 
 
 def image_extensions() -> set[str]:
@@ -302,6 +304,39 @@ def merge_groups(*groupings: dict[str, int] | None) -> dict[str, int]:
 
 
 MAX_RUNS_PER_GROUP = 4  # a blocked-split group larger than this many runs falls back to its copy groups
+
+
+def read_groups(path: Path, ds: Dataset, split: str = "train") -> dict[str, int]:
+    """Relative path -> group id from a CSV with the columns path and group (e.g. a patient or a source); rows for
+    files that are not in `split` are an error, files it does not list are left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"group file not found: {path}")
+    known = {ds.rel(s.path) for s in ds.splits.get(split, [])}
+    ids: dict[str, int] = {}
+    out = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "group"} <= set(reader.fieldnames):
+            raise UserError(f"group file {path} needs the columns path and group")
+        for i, row in enumerate(reader, start=2):
+            if row["path"] not in known:
+                raise UserError(f"{path}:{i}: {row['path']} is not a {split} image of {ds.root}")
+            out[row["path"]] = ids.setdefault(row["group"], len(ids))
+    if not out:
+        raise UserError(f"group file {path} lists no files")
+    return out
+
+
+def group_split_groups(ds: Dataset, path: Path, size: int, duplicates: dict[str, int] | None = None) -> dict[str, int]:
+    """Groups for split = groups: the file's groups; for the files it does not list, the blocked split's groups
+    (runs of `size` files in name order, with its fallback for folders whose copies chain every run together).
+    Copies never straddle the split: a copy group with a listed member joins that member's group."""
+    duplicates = duplicates or {}
+    listed = read_groups(path, ds)
+    touching = {g for rel, g in duplicates.items() if rel in listed}
+    blocked = {rel: g for rel, g in block_split_groups(ds, size, duplicates).items() if rel not in listed}
+    return merge_groups({rel: g for rel, g in duplicates.items() if g in touching}, listed, blocked)
 
 
 def block_split_groups(ds: Dataset, size: int, duplicates: dict[str, int] | None = None) -> dict[str, int]:

@@ -62,6 +62,8 @@ def split_dataset(cfg: Config) -> data_mod.Dataset:
     else:
         if d.split == "blocks":
             groups = data_mod.block_split_groups(ds, d.block_size, groups)
+        elif d.split == "groups":
+            groups = data_mod.group_split_groups(ds, Path(d.group_file), d.block_size, groups)
         data_mod.split_train_val(ds, d.val_fraction, d.split_seed, groups)
     if "val" not in ds.splits:
         raise UserError("no validation data: set val_fraction > 0 or provide a val/ folder")
