@@ -55,3 +55,20 @@ def test_cv_errors_are_one_line(tmp_path):
     assert "needs the columns path, class, fold" in one_line_error(*base, "--folds", data / "bad.csv")
     assert "did you mean 'resnet'" in one_line_error(*base, "--folds", data / "folds.csv", "--set", "model=resnett")
     assert not (tmp_path / "cv").exists()
+
+
+def test_folds_that_would_leak_are_refused(tmp_path):
+    data = tmp_path / "data"
+    _folds(data)
+    base = ["cv", "--data", data, "--out", tmp_path / "cv", "--set", "image_size=16", "--set", "model=mlp",
+            "--epochs", 1]
+    text = (data / "folds.csv").read_text().splitlines()
+    (data / "twice.csv").write_text("\n".join(text + [text[1].rsplit(",", 1)[0] + ",2"]) + "\n")
+    assert "is listed in folds" in one_line_error(*base, "--folds", data / "twice.csv")
+    (data / "short.csv").write_text("\n".join(text + ["images/circle/img 001.png,circle"]) + "\n")
+    assert "is empty or not a plain name" in one_line_error(*base, "--folds", data / "short.csv")
+    # A second cross-validation into the same folder with other folds would mix them: refused.
+    run_cli(*base, "--folds", data / "folds.csv")
+    moved = [text[0]] + [line.rsplit(",", 1)[0] + "," + str(int(line.rsplit(",", 1)[1]) % 3 + 1) for line in text[1:]]
+    (data / "other.csv").write_text("\n".join(moved) + "\n")
+    assert "made with other folds" in one_line_error(*base, "--folds", data / "other.csv")

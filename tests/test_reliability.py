@@ -270,3 +270,11 @@ def test_test_on_other_data_sets_judges_the_run_classes(shapes, tmp_path):
     # A dataset with only a training folder has nothing to test on.
     only_train = make_shapes(tmp_path / "only", splits=(("train", 2),))
     assert "no test split" in one_line_error("test", out, "--data", only_train)
+
+
+def test_a_summary_survives_a_history_one_epoch_behind_best_pt():
+    from cnnlab.runs import summarize
+
+    history = [{"epoch": 1, "train_loss": 1.0, "train_f1": 0.5, "train_acc": 0.5, "val_loss": 1.0, "val_f1": 0.4,
+                "val_acc": 0.4, "epoch_s": 1.0, "images_per_s": 10.0}]
+    assert summarize(history, best_epoch=2)["best_epoch"] == 1

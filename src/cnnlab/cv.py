@@ -14,6 +14,7 @@ rerunning the command resumes unfinished folds and reads back finished ones (eac
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 import time
@@ -28,7 +29,7 @@ from cnnlab.config import Config
 from cnnlab.errors import UserError
 from cnnlab.evaluate import test_run
 from cnnlab.executors import Executor, Job, LocalExecutor
-from cnnlab.files import atomic_write, output_folder, write_text
+from cnnlab.files import output_folder, write_text
 from cnnlab.report import Doc, machine
 from cnnlab.studies import study_threads
 
@@ -47,8 +48,15 @@ def read_folds(path: Path, ds: data_mod.Dataset) -> dict[str, list[tuple[str, st
         rows = list(reader)
     data_mod.read_manifest(path, ds.root, ds.classes)  # every file exists, every class is the data set's
     folds: dict[str, list[tuple[str, str]]] = {}
-    for row in rows:
-        folds.setdefault(row["fold"].strip(), []).append((row["path"], row["class"]))
+    fold_of: dict[str, str] = {}
+    for i, row in enumerate(rows, start=2):
+        fold = (row.get("fold") or "").strip()
+        if not fold or not all(c.isalnum() or c in "-_." for c in fold) or fold.strip(".") == "":
+            raise UserError(f"{path}:{i}: fold '{fold}' is empty or not a plain name (letters, digits, - _ .)")
+        rel = ds.rel((ds.root / row["path"]).resolve())
+        if fold_of.setdefault(rel, fold) != fold:  # an image in two folds would be trained on and tested on
+            raise UserError(f"{path}:{i}: {rel} is listed in folds {fold_of[rel]} and {fold}")
+        folds.setdefault(fold, []).append((rel, row["class"]))
     if len(folds) < 3:
         raise UserError(f"{path} has {len(folds)} fold(s): cross-validation here needs at least 3 "
                         "(one to test, one to validate, the rest to train)")
@@ -63,12 +71,16 @@ def write_fold_manifests(folds: dict[str, list[tuple[str, str]]], out: Path) -> 
     for i, k in enumerate(names):
         val = names[(i + 1) % len(names)]
         paths[k] = out / "folds" / f"fold-{k}.csv"
-        with atomic_write(paths[k]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "class", "split", "fold"])
-            for j, rows in folds.items():
-                split = "test" if j == k else "val" if j == val else "train"
-                w.writerows([p, c, split, j] for p, c in rows)
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "class", "split", "fold"])
+        for j, rows in folds.items():
+            split = "test" if j == k else "val" if j == val else "train"
+            w.writerows([p, c, split, j] for p, c in rows)
+        if paths[k].is_file() and paths[k].read_text(encoding="utf-8") != buf.getvalue():
+            # The runs there were trained (and maybe tested) on other folds: mixing them would leak.
+            raise UserError(f"{out} holds a cross-validation made with other folds: use a new --out")
+        write_text(paths[k], buf.getvalue())
     return paths
 
 

@@ -92,9 +92,13 @@ class LocalExecutor:
         with ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
             futures = [pool.submit(run_job, job) for job in jobs]
             results = []
-            for f in futures:
-                results.append(f.result())
-                _done(self.log, results[-1])
+            try:
+                for f in futures:
+                    results.append(f.result())
+                    _done(self.log, results[-1])
+            except BaseException:  # an error or Ctrl-C: queued runs do not start (they resume on the next try)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             return results
 
     def close(self) -> None:
@@ -173,8 +177,13 @@ class RayExecutor:
                 for job, o in zip(jobs, options, strict=True)]
         results: list[dict] = []
         try:
-            for ref in refs:
-                summary, error = self.ray.get(ref)
+            for job, ref in zip(jobs, refs, strict=True):
+                try:
+                    summary, error = self.ray.get(ref)
+                except self.ray.exceptions.RayError as e:  # still failing after its retries (OOM, a lost node)
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                    raise UserError(f"run {job.run} seed {job.seed} failed on Ray after {self.max_retries} "
+                                    f"retries: {first}") from None
                 if error is not None:
                     raise UserError(error)
                 results.append(summary)

@@ -53,10 +53,12 @@ def explain_images(run, paths, out, method: str = "gradcam", target: str | None 
     from cnnlab.plots import heatmap_grid
 
     cfg = runs.read_config(Path(run))
-    out = output_folder(out, datasets=[cfg.data.path] if cfg.data.path else [], create=False)
+    # The run's data and the folders of the images explained are both read-only.
+    inputs = [cfg.data.path] * bool(cfg.data.path) + [p if Path(p).is_dir() else Path(p).parent for p in paths]
+    out = output_folder(out, datasets=inputs, create=False)
     rows = heatmaps(run, paths, method, target)
-    out = output_folder(out, datasets=[cfg.data.path] if cfg.data.path else [])
-    cells, used = [], set()
+    out = output_folder(out, datasets=inputs)
+    cells, used = [], {"contact_sheet"}
     for r in rows:
         name = Path(r["path"]).stem
         stem, k = name, 1

@@ -146,7 +146,10 @@ def export_onnx(run: Path, out: Path, log=print) -> dict:
     arrays, what = check_images(run, cfg, prep)
     with atomic_write(out) as tmp:
         write_graph(eng, prep, tmp, metadata(cfg, ckpt))
-        ours, theirs = torch_logits(eng, arrays), onnx_logits(open_model(tmp), arrays)
+        try:  # inside the write only so that a failed check leaves no file; its errors are not write errors
+            ours, theirs = torch_logits(eng, arrays), onnx_logits(open_model(tmp), arrays)
+        except RuntimeError as e:
+            raise UserError(f"the exported model fails on {what}: {str(e).strip().splitlines()[0][:160]}") from None
         logit_diff = float(np.abs(ours - theirs).max())
         prob_diff = float(np.abs(softmax(ours) - softmax(theirs)).max())
         log(f"checked on {what}: max |logit difference| {logit_diff:.2e}, max |probability difference| "

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from cnnlab.errors import UserError
@@ -64,7 +65,7 @@ def atomic_write(path: Path):
     """Yields a temporary path beside `path`; on success it replaces `path`, on any failure it is removed.
     OS errors (and torch's zip writer's RuntimeError on a full disk) become one UserError."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
         yield tmp
         os.replace(tmp, path)

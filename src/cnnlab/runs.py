@@ -88,7 +88,8 @@ def summarize(history: list[dict], best_epoch: int) -> dict:
     """SUMMARY_KEYS of a run's history. wall_s is the epochs' own times: the same after a resume."""
     if not history:
         return {}
-    best = next(r for r in history if r["epoch"] == best_epoch) if best_epoch else history[-1]
+    # best.pt may be an epoch ahead of history.csv (a run stopped between the two writes): then the last row
+    best = next((r for r in history if r["epoch"] == best_epoch), history[-1])
     last = history[-1]
     tail = [r["val_f1"] for r in history[-10:]]
     mean = sum(tail) / len(tail)

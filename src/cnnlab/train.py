@@ -245,9 +245,11 @@ def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
                 if trainer.diverged:
                     log(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
     finally:
-        writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
-        if board is not None:
-            board.close()
+        try:
+            writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
+        finally:
+            if board is not None:
+                board.close()
     if trainer.finished and trainer.epoch < t.epochs and not trainer.diverged:
         log(f"early stop at epoch {trainer.epoch}: no {t.monitor} improvement for {t.patience} epochs")
     return trainer.summary()
