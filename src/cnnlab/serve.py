@@ -156,9 +156,14 @@ def _explain(s: Served, path: Path, array: np.ndarray) -> tuple[str, dict, np.nd
     try:
         h = explain_arrays(s.engine, [array], list(s.ckpt["classes"]), model_name=s.cfg.model.model)[0]
     except UserError as e:  # no heatmap for this model (or no grad-cam package): say why, still classify
-        from cnnlab.evaluate import predict
+        import torch
 
-        row = predict(s.run, [path])[0]
+        from cnnlab.decode import prediction_rows
+
+        s.engine.model.eval()
+        with torch.inference_mode():
+            probs = s.engine.logits(s.engine.eval_input(torch.from_numpy(array)[None])).softmax(1).cpu()
+        row = prediction_rows([path], probs, list(s.ckpt["classes"]))[0]
         return f"**{row['label']}**: no heatmap ({e})", row["probs"], picture(array.transpose(1, 2, 0))
     return f"**{h['label']}** ({h['prob']:.1%})", h["probs"], picture(h["image"], h["heatmap"])
 
