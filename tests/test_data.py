@@ -423,3 +423,12 @@ def test_group_split_keeps_each_listed_group_on_one_side(shapes, tmp_path):
     assert "is not a train image" in one_line_error("train", "--data", shapes, "--model", "mlp", "--set",
                                                     "split=groups", "--set", f"group_file={tmp_path / 'bad.csv'}",
                                                     "--out", tmp_path / "r2")
+
+
+def test_shape_batches_group_equal_shapes_and_keep_every_index():
+    from cnnlab.decode import shape_batches
+
+    arrays = [np.zeros(s, dtype=np.uint8) for s in [(1, 8, 8), (1, 8, 16), (1, 8, 8), (1, 8, 8), (1, 8, 16)]]
+    batches = shape_batches(arrays, batch_size=2)
+    assert batches == [[0, 2], [3], [1, 4]]
+    assert all(len({arrays[i].shape for i in b}) == 1 for b in batches)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cnnlab.decode import shape_batches
 from cnnlab.engine import Engine
 from cnnlab.errors import UserError, nearest
 from cnnlab.models import cam_layer
@@ -33,15 +34,6 @@ def class_index(name: str, classes: list[str]) -> int:
     return classes.index(name)
 
 
-def _same_shape_runs(arrays: list[np.ndarray], batch_size: int):
-    """Consecutive index ranges of equally shaped arrays, at most batch_size long (resize=keep varies)."""
-    start = 0
-    for i in range(1, len(arrays) + 1):
-        if i == len(arrays) or i - start == batch_size or arrays[i].shape != arrays[start].shape:
-            yield range(start, i)
-            start = i
-
-
 def explain_arrays(eng: Engine, arrays: list[np.ndarray], classes: list[str], method: str = "gradcam",
                    target: str | None = None, *, model_name: str, batch_size: int = 32) -> list[dict]:
     """Heatmaps for decoded images, e.g. an upload the web demo decoded with `decode.read_images`.
@@ -59,8 +51,8 @@ def explain_arrays(eng: Engine, arrays: list[np.ndarray], classes: list[str], me
     layer = cam_layer(model_name, eng.model)
     wanted = None if target is None else class_index(target, classes)
     eng.model.eval()
-    rows = []
-    for idx in _same_shape_runs(arrays, batch_size):
+    rows: list[dict] = [{} for _ in arrays]  # filled by index: batches group images of one shape
+    for idx in shape_batches(arrays, batch_size):
         x = torch.from_numpy(np.stack([arrays[i] for i in idx]))
         with torch.inference_mode():
             probs = eng.logits(eng.eval_input(x)).float().softmax(1).cpu()
@@ -72,9 +64,9 @@ def explain_arrays(eng: Engine, arrays: list[np.ndarray], classes: list[str], me
         eng.model.zero_grad(set_to_none=True)
         for j, i in enumerate(idx):
             label = int(probs[j].argmax())
-            rows.append({"label": classes[label], "prob": float(probs[j, label]),
-                         "probs": {c: float(probs[j, k]) for k, c in enumerate(classes)},
-                         "target": classes[picks[j]],
-                         "heatmap": np.clip(np.nan_to_num(maps[j]), 0, 1).astype(np.float32),
-                         "image": np.ascontiguousarray(arrays[i].transpose(1, 2, 0))})
+            rows[i] = {"label": classes[label], "prob": float(probs[j, label]),
+                       "probs": {c: float(probs[j, k]) for k, c in enumerate(classes)},
+                       "target": classes[picks[j]],
+                       "heatmap": np.clip(np.nan_to_num(maps[j]), 0, 1).astype(np.float32),
+                       "image": np.ascontiguousarray(arrays[i].transpose(1, 2, 0))}
     return rows

@@ -215,3 +215,11 @@ def prediction_rows(files: list[Path], probs, classes: list[str]) -> list[dict]:
     """The rows `cnnlab predict` prints, one a file: path, label, probs (from a checkpoint or an ONNX file)."""
     return [{"path": data_mod.printable(f), "label": classes[int(pr.argmax())],
              "probs": {c: float(pr[i]) for i, c in enumerate(classes)}} for f, pr in zip(files, probs, strict=True)]
+
+
+def shape_batches(arrays: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    """Indices of the arrays in batches of one shape each (resize = keep gives several), at most batch_size long."""
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.shape, []).append(i)
+    return [members[k:k + batch_size] for members in groups.values() for k in range(0, len(members), batch_size)]

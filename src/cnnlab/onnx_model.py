@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.decode import CROP_POLICIES, RESIZE_POLICIES, Prep, prediction_rows, read_images
+from cnnlab.decode import CROP_POLICIES, RESIZE_POLICIES, Prep, prediction_rows, read_images, shape_batches
 from cnnlab.errors import UserError
 
 # The metadata `cnnlab export` writes (metadata_props, all strings; lists as JSON), the ones needed to predict first.
@@ -74,19 +74,13 @@ def open_model(path: Path) -> OnnxModel:
 
 def logits(model: OnnxModel, arrays: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
     """Logits of C x H x W uint8 arrays, in their order: arrays of one shape go through together, in batches."""
-    groups: dict[tuple, list[int]] = {}
-    for i, a in enumerate(arrays):
-        groups.setdefault(a.shape, []).append(i)
     out = np.empty((len(arrays), len(model.classes)), dtype=np.float32)
     name = model.session.get_inputs()[0].name
-    for members in groups.values():
-        for start in range(0, len(members), batch_size):
-            idx = members[start:start + batch_size]
-            try:
-                out[idx] = model.session.run(None, {name: np.stack([arrays[i] for i in idx])})[0]
-            except Exception as e:  # a graph that does not take these images: not what `cnnlab export` writes
-                raise UserError(f"cannot run {model.path} on {arrays[idx[0]].shape} images ({_first_line(e)})"
-                                ) from None
+    for idx in shape_batches(arrays, batch_size):
+        try:
+            out[idx] = model.session.run(None, {name: np.stack([arrays[i] for i in idx])})[0]
+        except Exception as e:  # a graph that does not take these images: not what `cnnlab export` writes
+            raise UserError(f"cannot run {model.path} on {arrays[idx[0]].shape} images ({_first_line(e)})") from None
     return out
 
 
