@@ -27,7 +27,8 @@ from torch import nn
 
 from cnnlab import data as data_mod
 from cnnlab.config import Config
-from cnnlab.images import Prep, load_images
+from cnnlab.decode import Prep
+from cnnlab.images import load_images
 from cnnlab.models import build
 from cnnlab.optimization import class_weights
 from cnnlab.pipeline import Prepared, channel_stats

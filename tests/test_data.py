@@ -15,8 +15,9 @@ from conftest import make_shapes, one_line_error, run_cli, tree_hash
 from PIL import Image
 
 from cnnlab import data as data_mod
+from cnnlab.decode import BadImage, Prep, decode
 from cnnlab.errors import UserError
-from cnnlab.images import BadImage, ImageCache, Prep, decode, load_images
+from cnnlab.images import ImageCache, load_images
 
 # ------------------------------------------------------------------------------------------ layouts
 

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from cnnlab import data as data_mod
+from cnnlab.decode import BadImage, Prep, decode
 from cnnlab.errors import UserError
 from cnnlab.files import atomic_write, output_folder, write_text
-from cnnlab.images import BadImage, Prep, decode, load_images
+from cnnlab.images import load_images
 
 THUMB = Prep(64, "squash", 1)
 SIDE = 64

@@ -17,9 +17,9 @@ import torch
 
 from cnnlab.config import Config, ModelConfig
 from cnnlab.data import SPLIT_POLICIES
+from cnnlab.decode import CROP_POLICIES, RESIZE_POLICIES
 from cnnlab.engine import PRECISIONS
 from cnnlab.errors import UserError, nearest
-from cnnlab.images import CROP_POLICIES, RESIZE_POLICIES
 from cnnlab.models import ACTIVATIONS, FIXED_SIZE, MODELS, POOLS, build
 from cnnlab.optimization import MONITORS, NO_WARMUP, OPTIMIZERS, SCHEDULERS
 from cnnlab.pipeline import IMBALANCE_MODES, NORMALIZE_POLICIES

@@ -17,11 +17,11 @@ import torch
 from cnnlab import data as data_mod
 from cnnlab import runs
 from cnnlab.config import Config
-from cnnlab.decode import prediction_rows, read_images
+from cnnlab.decode import Prep, prediction_rows, read_images
 from cnnlab.engine import Engine, make_engine
 from cnnlab.errors import UserError
 from cnnlab.files import write_text
-from cnnlab.images import ImageSet, Prep, load_images
+from cnnlab.images import ImageSet, load_images
 from cnnlab.loops import predict_logits
 from cnnlab.models import build
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.data import Sample
-from cnnlab.decode import CROP_POLICIES, RESIZE_POLICIES, BadImage, Prep, decode, foreground_box  # noqa: F401
+from cnnlab.decode import BadImage, Prep, decode
 from cnnlab.files import output_folder, torch_save
 
 # ---------------------------------------------------------------------------------------------- cache

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import data as data_mod
+from cnnlab.decode import Prep
 from cnnlab.files import output_folder
-from cnnlab.images import Prep, load_images
+from cnnlab.images import load_images
 
 THUMB = Prep(image_size=96, resize="pad", channels=3)
 

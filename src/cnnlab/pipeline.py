@@ -18,8 +18,9 @@ import torch
 from cnnlab import data as data_mod
 from cnnlab.augment import COPY_AUGMENT, Augmenter
 from cnnlab.config import AugmentConfig, Config
+from cnnlab.decode import Prep
 from cnnlab.errors import UserError
-from cnnlab.images import ImageSet, Prep, load_images
+from cnnlab.images import ImageSet, load_images
 
 NORMALIZE_POLICIES = ("dataset", "image", "equalize")
 IMBALANCE_MODES = ("none", "weights", "oversample", "undersample")  # weights: in the loss (optimization.py)
