@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,ray,export,tensorboard,explain,serve]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,export,tensorboard,explain,serve,notebook]'
 	touch $@
 
 demo: install

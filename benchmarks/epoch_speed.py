@@ -32,7 +32,7 @@ from cnnlab.images import load_images
 from cnnlab.models import build
 from cnnlab.optimization import class_weights
 from cnnlab.pipeline import Prepared, channel_stats
-from cnnlab.train import Trainer
+from cnnlab.training import Trainer
 
 SIZE, BATCH = 128, 256
 

@@ -23,7 +23,7 @@ from cnnlab.audit import audit
 from cnnlab.config import Config, parse_sets
 from cnnlab.evaluate import test_run
 from cnnlab.report import machine
-from cnnlab.train import fit, resume
+from cnnlab.training import fit, resume
 
 ROOT = Path(__file__).resolve().parents[1]
 

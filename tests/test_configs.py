@@ -11,7 +11,7 @@ from cnnlab import runs
 from cnnlab.checks import validate
 from cnnlab.config import Config, load_recipe
 from cnnlab.errors import UserError
-from cnnlab.train import fit, resume
+from cnnlab.training import fit, resume
 
 
 @pytest.mark.parametrize("setting, message", [

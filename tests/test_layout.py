@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "src" / "cnnlab"
 MODULES = {p.stem: p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-TRAINING_ROOMS = ("pipeline", "engine", "loops", "optimization", "runs", "train", "checks")
+TRAINING_ROOMS = ("pipeline", "engine", "loops", "optimization", "runs", "training", "checks")
 MAX_MODULE, MAX_TRAINING_ROOM, MAX_FUNCTION = 650, 450, 70
 
 

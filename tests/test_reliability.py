@@ -144,12 +144,12 @@ def test_resume_from_another_directory_uses_the_run_data_and_checks_it(shapes, t
 
 
 def test_interrupted_before_the_first_epoch_leaves_nothing_and_says_what_to_do(shapes, tmp_path, monkeypatch):
-    import cnnlab.train
+    import cnnlab.training
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cnnlab.train, "prepare", interrupted)
+    monkeypatch.setattr(cnnlab.training, "prepare", interrupted)
     result = run_cli("train", "--data", shapes, *FAST, "--out", tmp_path / "r", expect=130)
     assert "nothing was written; run the same command again" in result.output
     assert not (tmp_path / "r").exists()

@@ -21,7 +21,7 @@ from cnnlab.metrics import confusion, scores
 from cnnlab.models import MODELS, build
 from cnnlab.optimization import ema_decay
 from cnnlab.runs import TIMING_COLUMNS, read_history
-from cnnlab.train import fit
+from cnnlab.training import fit
 
 FAST = ["--image-size", 32, "--batch-size", 8, "-q"]
 

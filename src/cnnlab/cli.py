@@ -86,9 +86,10 @@ def data_inspect(dataset, as_json, out, cache_dir, class_map):
       cnnlab data inspect ../shared/datasets/brain-tumor-mri --out look/
       cnnlab data inspect /tmp/ecl --json
     """
-    from cnnlab.inspection import format_report, inspect
+    from cnnlab.api import inspect
+    from cnnlab.inspection import format_report
 
-    report = inspect(dataset, out=out, cache_dir=cache_dir, class_map=class_map)
+    report = inspect(dataset, out=out, class_map=class_map, cache_dir=cache_dir)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
@@ -117,14 +118,10 @@ def data_synth(out, train_per_class, test_per_class, size, seed):
 def build_config(config_file, flags: dict, sets, default=None):
     """The config of a command: the file or recipe (else `default`, else cnnlab's defaults), then the flags, then
     --set; every value checked before the command does anything."""
-    from cnnlab.checks import validate
-    from cnnlab.config import Config, load_recipe, parse_sets
+    from cnnlab.api import make_config
+    from cnnlab.config import parse_sets
 
-    name = config_file or default
-    cfg = load_recipe(name) if name else Config()
-    cfg.update({k: v for k, v in flags.items() if v is not None})
-    cfg.update(parse_sets(sets))
-    return validate(cfg)
+    return make_config(config_file, default, **{**flags, **parse_sets(sets)})  # --set wins
 
 
 @main.command()
@@ -157,10 +154,7 @@ def train(config_file, data, model, epochs, image_size, batch_size, optimizer, l
       cnnlab train --config recipes/mri.toml --data ../shared/datasets/brain-tumor-mri --set seed=1 --out R
       cnnlab train --resume runs/r1        # after Ctrl-C, SIGTERM or kill -9
     """
-    import time
-
-    from cnnlab.train import fit
-    from cnnlab.train import resume as resume_run
+    from cnnlab import api
 
     flags = {"data.path": data, "model.model": model, "train.epochs": epochs, "data.image_size": image_size,
              "train.batch_size": batch_size, "optim.optimizer": optimizer, "optim.lr": lr, "train.device": device,
@@ -174,13 +168,13 @@ def train(config_file, data, model, epochs, image_size, batch_size, optimizer, l
             raise UserError(f"--resume continues a run exactly as it was configured: {', '.join(given)} cannot "
                             "change it (start a new run with --out to train differently)")
         out = Path(resume)
-        run = lambda: resume_run(out, progress=not quiet, log=click.echo)  # noqa: E731
+        run = lambda: api.load(out).resume(progress=not quiet, log=click.echo)  # noqa: E731
     else:
         cfg = build_config(config_file, flags, sets)
-        out = Path(out or f"runs/{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run = lambda: fit(cfg, out, progress=not quiet, log=click.echo, force=force)  # noqa: E731
+        out = Path(out or api.default_out(cfg))
+        run = lambda: api.train(config=cfg, out=out, progress=not quiet, log=click.echo, force=force)  # noqa: E731
     try:
-        summary = run()
+        summary = run().summary
     except KeyboardInterrupt:
         click.echo(_interrupted_advice(out), err=True)
         sys.exit(130)
@@ -378,8 +372,10 @@ def executor_options(f):
 @click.option("--seeds", default=1, show_default=True, help="Repeat each run with K seeds (mean ± std).")
 @click.option("--config", "config_file", type=click.Path(),
               help="Base config for every run: a TOML file or a recipe name (default: assignment).")
+@click.option("--lang", type=click.Choice(["en", "ru"]), default="en", show_default=True,
+              help="Language of report.md/report.html and the conclusions.")
 @executor_options
-def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, executor, address, gpus_per_run):
+def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, lang, executor, address, gpus_per_run):
     """Run a comparison study (or resume one): summary.csv, overlay plot, report.md and report.html.
 
     NAME is one of regularization, optimizers, lr, overfitting, imbalance, architecture, activations,
@@ -400,28 +396,13 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, execut
       cnnlab study my_study.toml --data D --out S --seeds 3
       cnnlab study regularization --data /shared/ecl --out /shared/S --executor ray --address 10.0.0.1:6379
     """
-    from cnnlab.executors import make_executor
-    from cnnlab.studies import load_study, run_assignment, run_study, sweep
+    from cnnlab.api import study as run_study
+    from cnnlab.config import parse_sets
 
-    if jobs < 1 or seeds < 1:
-        raise UserError("--jobs and --seeds must be at least 1")
-    base = build_config(config_file, {"data.path": data, "train.epochs": epochs}, sets, default="assignment")
-    if not base.data.path:
-        raise UserError("no dataset given: pass --data DIR")
+    run_study(name, data, out=out, seeds=seeds, jobs=jobs, config=config_file, param=param, executor=executor,
+              address=address, gpus_per_run=gpus_per_run, lang=lang, log=click.echo,
+              **{"train.epochs": epochs, **parse_sets(sets)})
     out = Path(out)
-    if name == "assignment" and param:
-        raise UserError("--param applies to a single study, not to the assignment")
-    spec = None if name == "assignment" else load_study(name)
-    if param:
-        spec = sweep(spec, param)
-    runner = make_executor(executor, jobs, address, gpus_per_run, log=click.echo)
-    try:
-        if spec is None:
-            run_assignment(base, out, seeds, runner, jobs=jobs, log=click.echo)
-        else:
-            run_study(spec, base, out, seeds, runner, jobs=jobs, log=click.echo)
-    finally:
-        runner.close()
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 
@@ -434,8 +415,10 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, execut
 @click.option("--out", type=click.Path(), required=True, help="Folder for the folds' runs, cv.json and the report.")
 @click.option("--epochs", type=int, help="Maximum epochs per fold.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every fold.")
+@click.option("--lang", type=click.Choice(["en", "ru"]), default="en", show_default=True,
+              help="Language of report.md/report.html and the conclusions.")
 @executor_options
-def cv(config_file, data, folds_csv, out, epochs, sets, jobs, executor, address, gpus_per_run):
+def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, address, gpus_per_run):
     """Cross-validate on the data set's own folds (e.g. patient-wise): each fold scored once by a run trained on
     the others, validated on another whole fold; cv.json, report.md and report.html. Rerunning resumes.
 
@@ -455,7 +438,7 @@ def cv(config_file, data, folds_csv, out, epochs, sets, jobs, executor, address,
     runner = make_executor(executor, jobs, address, gpus_per_run, log=click.echo)
     try:
         r = run_cv(base, Path(folds_csv), Path(out), runner, jobs, log=click.echo,
-                   command=shlex.join(["cnnlab", *sys.argv[1:]]))
+                   command=shlex.join(["cnnlab", *sys.argv[1:]]), lang=lang)
     finally:
         runner.close()
     click.echo(f"{len(r['folds'])} folds: accuracy {r['mean_accuracy']:.4f} ± {r['std_accuracy']:.4f}, macro-F1 "

@@ -31,6 +31,7 @@ from cnnlab.evaluate import test_run
 from cnnlab.executors import Executor, Job, LocalExecutor
 from cnnlab.files import output_folder, write_text
 from cnnlab.report import Doc, machine
+from cnnlab.strings import check_lang, text
 from cnnlab.studies import study_threads
 
 FOLD_FIELDS = ("path", "class", "fold")
@@ -97,8 +98,10 @@ def _jobs(base: Config, manifests: dict[str, Path], out: Path, threads: int) -> 
 
 
 def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None = None, jobs: int = 1,
-           log=print, command: str = "") -> dict:
-    """Train every fold (or resume), test each once, write cv.json and the report; -> the cv.json contents."""
+           log=print, command: str = "", lang: str = "en") -> dict:
+    """Train every fold (or resume), test each once, write cv.json and the report (in `lang`: cnnlab.strings.LANGS;
+    cv.json is the same in every language); -> the cv.json contents."""
+    check_lang(lang)
     validate(base)
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
@@ -121,7 +124,7 @@ def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None =
             f"({res['n_images']} images)")
     result = summarize(scored, ds.classes, command)
     write_text(out / "cv.json", json.dumps(result, indent=2) + "\n")
-    cv_report(result, scored, out)
+    cv_report(result, scored, out, lang)
     return result
 
 
@@ -143,25 +146,27 @@ def summarize(scored: list[tuple[Job, dict, dict]], classes: list[str], command:
             "machine": machine(), "date": time.strftime("%Y-%m-%d")}
 
 
-def cv_report(result: dict, scored: list[tuple[Job, dict, dict]], out: Path) -> None:
+def cv_report(result: dict, scored: list[tuple[Job, dict, dict]], out: Path, lang: str = "en") -> None:
     from cnnlab.plots import confusion_matrix, overlay
 
-    doc = Doc("Cross-validation on the data set's folds")
-    doc.p(f"`{result['command']}`; {result['date']}; machine: {result['machine']}. Each fold is scored once by "
-          "the run trained on the other folds; that run validated on one of them, never on the scored fold.")
-    doc.p(f"**Accuracy {result['mean_accuracy']:.4f} ± {result['std_accuracy']:.4f}, macro-F1 "
-          f"{result['mean_macro_f1']:.4f} ± {result['std_macro_f1']:.4f}** (mean ± std over "
-          f"{len(result['folds'])} folds).")
+    def t(key: str, **values) -> str:
+        return text(lang, key, **values)
+
+    doc = Doc(t("cv.title"), lang)
+    doc.p(t("cv.intro", command=result["command"], date=result["date"], machine=result["machine"]))
+    doc.p(t("cv.scores", acc=result["mean_accuracy"], acc_std=result["std_accuracy"], f1=result["mean_macro_f1"],
+            f1_std=result["std_macro_f1"], n=len(result["folds"])))
     classes = result["classes"]
-    doc.table(["fold", "images", "accuracy", "macro-F1", *(f"recall {c}" for c in classes), "val macro-F1",
-               "best epoch", "minutes"],
+    doc.table([*(t(f"col.{c}") for c in ("fold", "images", "accuracy", "macro_f1")),
+               *(t("col.recall", cls=c) for c in classes),
+               *(t(f"col.{c}") for c in ("val_f1", "best_epoch", "minutes"))],
               [[f["fold"], f["n_images"], f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}",
                 *(f"{f['per_class_recall'][c]:.3f}" for c in classes), f"{f['best_val_f1']:.4f}",
                 f["best_epoch"], f"{f['train_minutes']:.1f}"] for f in result["folds"]])
     cm = np.array(result["confusion"])
     confusion_matrix(cm, classes, out / "confusion.png", title="all folds: rows true, columns predicted")
-    doc.image(out / "confusion.png", "confusion matrix summed over the folds")
+    doc.image(out / "confusion.png", t("cv.confusion_alt"))
     overlay({job.run: runs.read_history(Path(job.out) / runs.HISTORY) for job, _, _ in scored},
             out / "curves.png", title="folds: train solid, validation dashed")
-    doc.image(out / "curves.png", "loss and macro-F1 per epoch of every fold's run")
+    doc.image(out / "curves.png", t("cv.curves_alt"))
     doc.write(out)

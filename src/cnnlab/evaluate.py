@@ -1,7 +1,9 @@
 """The single test of a chosen run, and prediction on any images.
 
 Every test evaluation is counted in the run folder (evaluations.json): scoring the same split twice warns,
-because a test split used for choices stops being a test split.
+because a test split used for choices stops being a test split. A test writes NAME.json (the scores),
+NAME_predictions.csv (each image's class, prediction and probabilities: any subset's figures come from this one
+evaluation, never from another), NAME_confusion.png and NAME_errors.png.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from cnnlab.config import Config
 from cnnlab.decode import Prep, prediction_rows, read_images
 from cnnlab.engine import Engine, make_engine
 from cnnlab.errors import UserError
-from cnnlab.files import write_text
+from cnnlab.files import atomic_write, write_text
 from cnnlab.images import ImageSet, load_images
 from cnnlab.loops import predict_logits
 from cnnlab.models import build
@@ -135,6 +137,7 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
         "evaluation_number": len(earlier) + 1, "skipped": len(bad),
     }
     write_text(run / f"{name}.json", json.dumps(result, indent=2))
+    _write_predictions(run / f"{name}_predictions.csv", images.samples, root, y, pred, logits.softmax(1), classes)
     confusion_panels(cm, classes, run / f"{name}_confusion.png",
                      title=f"{name}: macro-F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}")
     history.append({"content_id": content_id, "split_id": split_id, "split": name, "n_images": int(len(y)),
@@ -143,6 +146,18 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
     # After the count: the gallery reuses this evaluation's logits and is no further evaluation.
     error_gallery(cfg, eng, images, logits, classes, run / f"{name}_errors.png", title=name)
     return result
+
+
+def _write_predictions(path: Path, samples, root: Path, y, pred, probs: torch.Tensor, classes: list[str]) -> None:
+    """One row an image: its path (relative to the data set's root), true class, predicted class, probabilities."""
+    import csv
+
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "class", "predicted", *classes])
+        for s, t, p, pr in zip(samples, y, pred, probs.tolist(), strict=True):
+            rel = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
+            w.writerow([data_mod.printable(rel), classes[t], classes[p], *(f"{v:.6f}" for v in pr)])
 
 
 def error_gallery(cfg: Config, eng: Engine, images: ImageSet, logits: torch.Tensor, classes: list[str], path: Path,

@@ -20,7 +20,7 @@ from typing import Protocol
 from cnnlab import runs
 from cnnlab.config import Config
 from cnnlab.errors import UserError
-from cnnlab.train import fit, resume
+from cnnlab.training import fit, resume
 
 EXECUTORS = ("local", "ray")
 

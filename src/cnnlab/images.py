@@ -153,7 +153,7 @@ class ImageCache:
         return result, bad
 
     def _decode_into(self, store: dict, paths: list[Path], keys: list[str], progress: bool) -> None:
-        from tqdm import tqdm
+        from cnnlab.progress import bar
 
         def work(p):
             try:
@@ -163,8 +163,8 @@ class ImageCache:
 
         with ThreadPoolExecutor(self.workers) as pool:
             results = pool.map(work, paths)
-            for k, r in tqdm(zip(keys, results, strict=True), total=len(keys), desc="decoding",
-                             disable=None if progress else True, leave=False, unit="img"):
+            for k, r in bar(zip(keys, results, strict=True), total=len(keys), desc="decoding", unit="img",
+                            enabled=progress):
                 if isinstance(r, str):
                     store["bad"][k] = r
                 else:

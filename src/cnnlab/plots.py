@@ -1,28 +1,29 @@
 """Figures: learning curves, study overlays, confusion matrices, contact sheets, the audit's distance histogram
-and duplicate galleries. Always the Agg backend; nothing here reads images, and of cnnlab only `files` (to write
-atomically) is imported."""
+and duplicate galleries. Figures are plain matplotlib `Figure` objects, never pyplot's: no global backend is set
+(a notebook keeps its inline one) and a background thread can draw safely. Nothing here reads images, and of
+cnnlab only `files` (to write atomically) is imported."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from cnnlab.files import atomic_write
 
-from cnnlab.files import atomic_write  # noqa: E402
+
+def _subplots(*grid, figsize, **kw):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
 
 
 def save(fig, path: Path, dpi: int = 100) -> None:
-    """Write `fig` to `path` and close it."""
+    """Write `fig` to `path`."""
     path = Path(path)
-    try:
-        with atomic_write(path) as tmp:  # a viewer never sees a half-written image
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
+    with atomic_write(path) as tmp:  # a viewer never sees a half-written image
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
 
 
 def curves(history: list[dict], path: Path, title: str = "") -> None:
@@ -32,8 +33,13 @@ def curves(history: list[dict], path: Path, title: str = "") -> None:
 
 def overlay(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
     """One colour per run; train solid, validation faded (as the assignment draws them)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    save(overlay_figure(runs, title), path)
+
+
+def overlay_figure(runs: dict[str, list[dict]], title: str = "") -> Figure:
+    """The figure `overlay` writes (a notebook shows it inline)."""
+    fig, axes = _subplots(1, 2, figsize=(12, 4.5))
+    colors = colormaps["tab10" if len(runs) <= 10 else "tab20"]
     for i, (name, hist) in enumerate(runs.items()):
         ep = [r["epoch"] for r in hist]
         c = colors(i % colors.N)
@@ -48,13 +54,13 @@ def overlay(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
     axes[1].legend(fontsize=7, ncol=2 if len(runs) > 3 else 1, loc="lower right")
     if title:
         fig.suptitle(title)
-    save(fig, path)
+    return fig
 
 
 def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> None:
     cm = np.asarray(cm)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))
+    fig, ax = _subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), [c[:18] for c in classes], rotation=45, ha="right")
     ax.set_yticks(range(n), [c[:18] for c in classes])
@@ -73,7 +79,7 @@ def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> Non
 def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, title: str = "", thumb: int = 96) -> None:
     """One row per class: label on the left, sample images (H x W x C uint8, any size) beside it."""
     cols = max((len(v) for v in rows.values()), default=1)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * thumb / 60, len(rows) * thumb / 60 + 0.4),
+    fig, axes = _subplots(len(rows), cols, figsize=(cols * thumb / 60, len(rows) * thumb / 60 + 0.4),
                              squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         for c in range(cols):
@@ -98,7 +104,7 @@ def distance_histogram(report: dict, path: Path) -> None:
     h = report["distance_histogram"]
     edges = np.array(h["edges"])
     parts = [k for k in ("test", "train") if k in h]
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.0), squeeze=False)
+    fig, axes = _subplots(1, len(parts), figsize=(4.6 * len(parts), 3.0), squeeze=False)
     width = edges[1] - edges[0]
     for ax, split in zip(axes[0], parts, strict=True):
         counts = h[split]["counts"] + [h[split]["above_cap"]]
@@ -117,7 +123,7 @@ def distance_histogram(report: dict, path: Path) -> None:
 def group_gallery(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: Path, title: str) -> None:
     """One row per group: (row label, [(gray uint8 image, caption), ...]), the images side by side."""
     cols = max(len(cells) for _, cells in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.5, len(rows) * 1.75 + 0.4), squeeze=False)
+    fig, axes = _subplots(len(rows), cols, figsize=(cols * 1.5, len(rows) * 1.75 + 0.4), squeeze=False)
     for r, (label, cells) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -141,7 +147,7 @@ def confusion_panels(cm, classes: list[str], path: Path, title: str = "") -> Non
     n = len(classes)
     rows = cm.sum(1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.2 * n + 2.5), 1.1 * n + 2), gridspec_kw={"wspace": 0.6})
+    fig, axes = _subplots(1, 2, figsize=(2 * (1.2 * n + 2.5), 1.1 * n + 2), gridspec_kw={"wspace": 0.6})
     for ax, values, text, name in ((axes[0], cm, lambda v: str(v), "counts"),
                                    (axes[1], share, lambda v: f"{100 * v:.0f}%", "share of each true class")):
         ax.imshow(values, cmap="Blues", vmin=0)
@@ -169,7 +175,7 @@ def heatmap_grid(cells: list[dict], path: Path, title: str = "", cols: int = 6, 
 
     cols = max(1, min(cols, len(cells)))
     nrows = max(1, -(-len(cells) // cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(cols * side, nrows * (side + 0.35) + 0.4), squeeze=False)
+    fig, axes = _subplots(nrows, cols, figsize=(cols * side, nrows * (side + 0.35) + 0.4), squeeze=False)
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k >= len(cells):

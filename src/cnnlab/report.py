@@ -13,11 +13,13 @@ from pathlib import Path
 
 from cnnlab.files import write_text
 from cnnlab.runs import read_config, read_history
+from cnnlab.strings import text
 
 
 class Doc:
-    def __init__(self, title: str):
+    def __init__(self, title: str, lang: str = "en"):
         self.title = title
+        self.lang = lang
         self.blocks: list[tuple[str, object]] = []
 
     def h(self, text: str, level: int = 2):
@@ -54,7 +56,8 @@ class Doc:
 
     def html(self) -> str:
         e = html.escape
-        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(self.title)}</title><style>"
+        html_tag = "<html>" if self.lang == "en" else f"<html lang='{e(self.lang)}'>"
+        out = [f"<!doctype html>{html_tag}<head><meta charset='utf-8'><title>{e(self.title)}</title><style>"
                "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
                "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
                "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
@@ -139,57 +142,59 @@ def aggregate(results: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["f1"])
 
 
-def conclusions(rows: list[dict]) -> list[str]:
+def conclusions(rows: list[dict], lang: str = "en") -> list[str]:
     """Sentences computed from the aggregated figures; nothing is claimed that the numbers do not show."""
+    def t(key: str, **values) -> str:
+        return text(lang, key, **values)
+
     if not rows:
-        return ["No run finished."]
+        return [t("c.no_run")]
     best = rows[0]
     n = best["n"]
-    out = [f"Best by validation macro-F1: **{best['run']}** with {_fmt(best['f1'], best['f1_std'], n)}"
-           + (f" (mean over {n} seeds)." if n > 1 else " (one seed).")]
+    score = _fmt(best["f1"], best["f1_std"], n)
+    out = [t("c.best_seeds", run=best["run"], score=score, n=n) if n > 1 else
+           t("c.best_one", run=best["run"], score=score)]
     if len(rows) > 1:
         second = rows[1]
         margin = best["f1"] - second["f1"]
         if n > 1:
             noise = math.sqrt(best["f1_std"] ** 2 / n + second["f1_std"] ** 2 / second["n"])
-            verdict = ("within the noise: the seeds' spread does not separate them" if margin < 2 * noise
-                       else "larger than twice the standard error over seeds")
-            out.append(f"Its margin over {second['run']} is {margin:.4f}, {verdict} (standard error {noise:.4f}).")
+            verdict = t("c.noise" if margin < 2 * noise else "c.separated")
+            out.append(t("c.margin_seeds", second=second["run"], margin=margin, verdict=verdict, noise=noise))
         else:
             noise = max(best["tail_std"], second["tail_std"])
-            verdict = ("smaller than the epoch-to-epoch spread of validation F1, so one seed cannot tell them "
-                       "apart; rerun with --seeds 3" if margin < noise
-                       else "larger than the epoch-to-epoch spread of validation F1 over the last 10 epochs")
-            out.append(f"Its margin over {second['run']} is {margin:.4f}, {verdict} ({noise:.4f}).")
+            verdict = t("c.below_spread" if margin < noise else "c.above_spread")
+            out.append(t("c.margin_one", second=second["run"], margin=margin, verdict=verdict, noise=noise))
         worst = rows[-1]
-        out.append(f"Worst: {worst['run']} at {worst['f1']:.4f}, {best['f1'] - worst['f1']:.4f} below the best.")
+        out.append(t("c.worst", run=worst["run"], f1=worst["f1"], drop=best["f1"] - worst["f1"]))
     # Runs that learned next to nothing (a collapsed run predicts one class) are "stable" and "not overfitting"
     # in a useless way: the remaining comparisons leave them out, and say so.
     learned = [r for r in rows if r["f1"] >= 0.5 * best["f1"]]
     failed = [r["run"] for r in rows if r not in learned]
     if failed:
-        out.append(f"Left out of the comparisons below, at less than half the best score: {', '.join(failed)}.")
+        out.append(t("c.left_out", runs=", ".join(failed)))
     rows = learned
     by_gap = sorted(rows, key=lambda r: r["final_gap"])
-    out.append(f"Overfitting (train minus validation macro-F1 at the last epoch): smallest for "
-               f"{by_gap[0]['run']} ({by_gap[0]['final_gap']:+.3f}), largest for {by_gap[-1]['run']} "
-               f"({by_gap[-1]['final_gap']:+.3f}).")
+    out.append(t("c.overfitting", low=by_gap[0]["run"], low_gap=by_gap[0]["final_gap"], high=by_gap[-1]["run"],
+                 high_gap=by_gap[-1]["final_gap"]))
     by_tail = sorted(rows, key=lambda r: r["tail_std"])
-    out.append(f"Stability (std of validation macro-F1 over the last 10 epochs): steadiest {by_tail[0]['run']} "
-               f"({by_tail[0]['tail_std']:.4f}), most erratic {by_tail[-1]['run']} ({by_tail[-1]['tail_std']:.4f}).")
+    out.append(t("c.stability", steady=by_tail[0]["run"], steady_std=by_tail[0]["tail_std"],
+                 erratic=by_tail[-1]["run"], erratic_std=by_tail[-1]["tail_std"]))
     by_epoch = sorted(rows, key=lambda r: r["best_epoch"])
-    out.append(f"Convergence: {by_epoch[0]['run']} peaked earliest (epoch {by_epoch[0]['best_epoch']:.0f}), "
-               f"{by_epoch[-1]['run']} latest (epoch {by_epoch[-1]['best_epoch']:.0f}).")
+    out.append(t("c.convergence", early=by_epoch[0]["run"], early_epoch=by_epoch[0]["best_epoch"],
+                 late=by_epoch[-1]["run"], late_epoch=by_epoch[-1]["best_epoch"]))
     by_speed = sorted(rows, key=lambda r: -r["ips"])
-    out.append(f"Speed: {by_speed[0]['run']} fastest ({by_speed[0]['ips']:.0f} images/s), {by_speed[-1]['run']} "
-               f"slowest ({by_speed[-1]['ips']:.0f} images/s); the study took {sum(r['wall'] for r in rows):.0f} s "
-               "of training in all.")
+    out.append(t("c.speed", fast=by_speed[0]["run"], fast_ips=by_speed[0]["ips"], slow=by_speed[-1]["run"],
+                 slow_ips=by_speed[-1]["ips"], wall=sum(r["wall"] for r in rows)))
     return out
 
 
-def results_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    header = ["run", "best val macro-F1", "val acc", "best epoch", "epochs", "gap (last epoch)", "tail std",
-              "images/s", "wall s"]
+RESULT_COLUMNS = ("run", "best_val_f1", "val_acc", "best_epoch", "epochs", "gap", "tail_std", "images_per_s",
+                  "wall_s")
+
+
+def results_table(rows: list[dict], lang: str = "en") -> tuple[list[str], list[list]]:
+    header = [text(lang, f"col.{c}") for c in RESULT_COLUMNS]
     body = [[r["run"], _fmt(r["f1"], r["f1_std"], r["n"]), f"{r['acc']:.4f}", f"{r['best_epoch']:.0f}",
              f"{r['epochs']:.0f}", f"{r['final_gap']:+.3f}", f"{r['tail_std']:.4f}", f"{r['ips']:.0f}",
              f"{r['wall']:.0f}"] for r in rows]
@@ -206,56 +211,59 @@ def _overlay(results: list[dict], path: Path, title: str) -> None:
     overlay(first, path, title=title)
 
 
-def add_study(doc: Doc, study, results: list[dict], folder: Path, level: int = 2) -> list[dict]:
+def add_study(doc: Doc, study, results: list[dict], folder: Path, level: int = 2, lang: str = "en") -> list[dict]:
     rows = aggregate(results)
     plot = folder / "overlay.png"
     _overlay(results, plot, title=study.name)
-    if study.question:
-        doc.p(study.question)
-    doc.table(*results_table(rows))
-    doc.image(plot, f"{study.name}: loss and macro-F1 per epoch, train solid, validation dashed")
-    doc.h("Conclusion", level + 1)
-    doc.bullets(conclusions(rows))
+    # A built-in study's question is in the catalogue; a study file's own question is shown as written.
+    question = study.questions.get(lang, study.question)
+    if question:
+        doc.p(question)
+    doc.table(*results_table(rows, lang))
+    doc.image(plot, text(lang, "study.overlay_alt", study=study.name))
+    doc.h(text(lang, "study.conclusion"), level + 1)
+    doc.bullets(conclusions(rows, lang))
     return rows
 
 
-def _header(doc: Doc, results: list[dict]) -> None:
+def _header(doc: Doc, results: list[dict], lang: str = "en") -> None:
     cfg = read_config(Path(results[0]["out"]))
-    doc.p(f"Data `{cfg.data.path}`; {time.strftime('%Y-%m-%d')}; machine: {machine()}. Validation is a "
-          f"{cfg.data.val_fraction:.0%} stratified split of the training folder (seed {cfg.data.split_seed}); "
-          "every choice below uses validation macro-F1 only.")
+    doc.p(text(lang, "study.header", path=cfg.data.path, date=time.strftime("%Y-%m-%d"), machine=machine(),
+               fraction=cfg.data.val_fraction, seed=cfg.data.split_seed))
 
 
-def study_report(study, results: list[dict], folder: Path) -> tuple[Path, Path]:
-    doc = Doc(f"Study: {study.name}")
-    _header(doc, results)
-    add_study(doc, study, results, folder)
-    doc.p("Per-run figures: `summary.csv`; each run folder holds its config.toml, history.csv and curves.png.")
+def study_report(study, results: list[dict], folder: Path, lang: str = "en") -> tuple[Path, Path]:
+    doc = Doc(text(lang, "study.title", name=study.name), lang)
+    _header(doc, results, lang)
+    add_study(doc, study, results, folder, lang=lang)
+    doc.p(text(lang, "study.footer"))
     return doc.write(folder)
 
 
-def assignment_report(summary: dict, folder: Path, studies: dict) -> tuple[Path, Path]:
+def assignment_report(summary: dict, folder: Path, studies: dict, lang: str = "en") -> tuple[Path, Path]:
     """`studies`: the Study of each stage, by name."""
-    doc = Doc("The assignment, end to end")
-    _header(doc, summary["stages"][0]["results"])
+    def t(key: str, **values) -> str:
+        return text(lang, key, **values)
+
+    doc = Doc(t("assignment.title"), lang)
+    _header(doc, summary["stages"][0]["results"], lang)
     for i, stage in enumerate(summary["stages"], 1):
         doc.h(f"{i}. {stage['study']}")
-        add_study(doc, studies[stage["study"]], stage["results"], folder / stage["study"], level=2)
-        doc.p(f"Carried forward: **{stage['winner']}** (validation macro-F1 {stage['mean_val_f1']:.4f}).")
-    doc.h("Final choice, scored once on the test split")
+        add_study(doc, studies[stage["study"]], stage["results"], folder / stage["study"], level=2, lang=lang)
+        doc.p(t("assignment.carried", winner=stage["winner"], f1=stage["mean_val_f1"]))
+    doc.h(t("assignment.final"))
     if summary["tests"]:
-        doc.table(["run", "seed", "test macro-F1", "test accuracy", "evaluation #"],
+        doc.table([t(f"col.{c}") for c in ("run", "seed", "test_f1", "test_acc", "evaluation")],
                   [[t["run"], t["seed"], f"{t['macro_f1']:.4f}", f"{t['accuracy']:.4f}", t["evaluation_number"]]
                    for t in summary["tests"]])
         classes = list(summary["tests"][0]["per_class"])
-        doc.table(["class", "test recall", "test precision"],
+        doc.table([t(f"col.{c}") for c in ("class", "test_recall", "test_precision")],
                   [[c, f"{statistics.fmean(t['per_class'][c]['recall'] for t in summary['tests']):.3f}",
                     f"{statistics.fmean(t['per_class'][c]['precision'] for t in summary['tests']):.3f}"]
                    for c in classes])
         val = summary["stages"][-1]["mean_val_f1"]
         test = statistics.fmean(t["macro_f1"] for t in summary["tests"])
-        doc.p(f"Validation macro-F1 {val:.4f} against test macro-F1 {test:.4f}: a gap of {val - test:+.4f}. "
-              "The test split was used for this score only, after every choice was made.")
+        doc.p(t("assignment.gap", val=val, test=test, gap=val - test))
     else:
-        doc.p("The dataset has no test split: nothing was scored on test.")
+        doc.p(t("assignment.no_test"))
     return doc.write(folder)

@@ -34,6 +34,7 @@ from cnnlab.evaluate import test_run
 from cnnlab.executors import Executor, Job, LocalExecutor
 from cnnlab.files import atomic_write, output_folder
 from cnnlab.report import assignment_report, study_report
+from cnnlab.strings import check_lang, translations
 
 
 @dataclass
@@ -44,37 +45,40 @@ class Study:
     question: str = ""
     # The config fields a stage of the assignment carries forward from its winner.
     carries: tuple[str, ...] = ()
+    # The question in each report language (cnnlab.strings), for built-in studies; else `question` as written.
+    questions: dict[str, str] = field(default_factory=dict)
+
+
+def _builtin(name: str, runs: dict[str, dict], carries: tuple[str, ...] = ()) -> Study:
+    asked = translations(f"question.{name}")
+    return Study(name, runs, question=asked["en"], carries=carries, questions=asked)
 
 
 STUDIES: dict[str, Study] = {s.name: s for s in [
-    Study("regularization", {
+    _builtin("regularization", {
         "simple": {"model": "simple"}, "simple-bn": {"model": "simple-bn"},
         "simple-dropout": {"model": "simple-dropout"}, "simple-bn-dropout": {"model": "simple-bn-dropout"},
-    }, question="What do BatchNorm and Dropout do to the assignment's CNN?", carries=("model",)),
-    Study("optimizers", {
+    }, carries=("model",)),
+    _builtin("optimizers", {
         "sgd": {"optimizer": "sgd", "momentum": 0.0}, "rmsprop": {"optimizer": "rmsprop"},
         "adam": {"optimizer": "adam"}, "adagrad": {"optimizer": "adagrad"},
-    }, question="Which torch.optim optimizer trains the chosen network best at the same learning rate?",
-        carries=("optimizer", "momentum")),
-    Study("lr", {f"lr={v:g}": {"lr": v} for v in (1e-3, 5e-3, 1e-2, 5e-2)},
-          question="Which learning rate suits the chosen optimizer?", carries=("lr",)),
-    Study("overfitting", {
+    }, carries=("optimizer", "momentum")),
+    _builtin("lr", {f"lr={v:g}": {"lr": v} for v in (1e-3, 5e-3, 1e-2, 5e-2)}, carries=("lr",)),
+    _builtin("overfitting", {
         "baseline": {}, "plateau": {"scheduler": "plateau", "plateau_patience": 3, "plateau_factor": 0.1},
         "label-smoothing": {"label_smoothing": 0.1},
         "plateau+smoothing": {"scheduler": "plateau", "plateau_patience": 3, "plateau_factor": 0.1,
                               "label_smoothing": 0.1},
-    }, question="Do a learning-rate scheduler and label smoothing reduce overfitting?",
-        carries=("scheduler", "plateau_patience", "plateau_factor", "label_smoothing")),
-    Study("imbalance", {
+    }, carries=("scheduler", "plateau_patience", "plateau_factor", "label_smoothing")),
+    _builtin("imbalance", {
         "none": {"imbalance": "none"}, "weights": {"imbalance": "weights"},
         "oversample": {"imbalance": "oversample"}, "undersample": {"imbalance": "undersample"},
-    }, question="How should class imbalance be handled?"),
-    Study("architecture", {
+    }),
+    _builtin("architecture", {
         "mlp": {"model": "mlp", "resize": "squash"}, "simple-bn-dropout": {"model": "simple-bn-dropout"},
         "adaptive": {"model": "adaptive", "resize": "keep"}, "resnet": {"model": "resnet"},
-    }, question="What do convolutions, size-agnostic pooling and residual blocks buy over a fully connected net?"),
-    Study("activations", {a: {"activation": a} for a in ("relu", "leaky_relu", "tanh", "gelu")},
-          question="Does the activation function matter for the assignment's CNN?"),
+    }),
+    _builtin("activations", {a: {"activation": a} for a in ("relu", "leaky_relu", "tanh", "gelu")}),
 ]}
 ASSIGNMENT_STAGES = ("regularization", "optimizers", "lr", "overfitting")
 NAMES = (*STUDIES, "assignment")
@@ -108,8 +112,9 @@ def sweep(study: Study, param: str) -> Study:
         parse_sets([f"{key}={v}"])
         Config().set(key.strip(), v)
     key = key.strip()
-    return Study(f"{key}-sweep", {f"{key}={v}": {key: v} for v in values}, study.base,
-                 f"Which value of {key} works best?", carries=(key,))
+    asked = translations("question.sweep", key=key)
+    return Study(f"{key}-sweep", {f"{key}={v}": {key: v} for v in values}, study.base, asked["en"],
+                 carries=(key,), questions=asked)
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -144,12 +149,14 @@ def _slug(name: str) -> str:
 
 
 def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: Executor | None = None,
-              jobs: int = 1, log=print, known: dict[str, dict] | None = None) -> list[dict]:
-    """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html.
+              jobs: int = 1, log=print, known: dict[str, dict] | None = None, lang: str = "en") -> list[dict]:
+    """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html (in
+    `lang`: cnnlab.strings.LANGS; summary.csv is the same in every language).
 
     `known` maps a config (as JSON) to the result of a run already trained with it: such a run is not trained
     again (in the assignment, a stage's baseline is often the previous stage's winner).
     """
+    check_lang(lang)
     out = Path(out)
     all_jobs = make_jobs(study, base, out, seeds, study_threads(base, jobs))
     output_folder(out, [base.data.path], "study folder")
@@ -167,7 +174,7 @@ def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: E
         known.setdefault(k, r)
         results.append(r)
     write_summary(results, out / "summary.csv")
-    study_report(study, results, out)
+    study_report(study, results, out, lang)
     return results
 
 
@@ -187,9 +194,10 @@ def mean_by_run(results: list[dict], key: str = "best_val_f1") -> dict[str, floa
 
 
 def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor | None = None, jobs: int = 1,
-                   log=print) -> dict:
+                   log=print, lang: str = "en") -> dict:
     """The whole assignment: each stage's winner (by validation macro-F1 only) becomes the next stage's base;
-    the final choice is scored once on the test split."""
+    the final choice is scored once on the test split. The reports are in `lang`."""
+    check_lang(lang)
     out = Path(out)
     for name in ASSIGNMENT_STAGES:  # every stage's runs are checked before the first one trains
         make_jobs(STUDIES[name], base, out / name, seeds, study_threads(base, jobs))
@@ -200,7 +208,7 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
     for name in ASSIGNMENT_STAGES:
         study = STUDIES[name]
         log(f"== stage {name}: {study.question}")
-        results = run_study(study, current, out / name, seeds, executor, jobs, log, known)
+        results = run_study(study, current, out / name, seeds, executor, jobs, log, known, lang)
         means = mean_by_run(results)
         winner = max(means, key=means.get)
         for k, v in study.runs[winner].items():
@@ -221,7 +229,7 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
                           "accuracy": res["accuracy"], "per_class": res["per_class"],
                           "evaluation_number": res["evaluation_number"]})
     summary = {"stages": stages, "final_config": current.to_dict(), "tests": tests}
-    assignment_report(summary, out, STUDIES)
+    assignment_report(summary, out, STUDIES, lang)
     return summary
 
 

@@ -580,9 +580,9 @@ def _run_jobs(jobs, out: Path, seed: int, size: int, workers: int | None, progre
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return lambda n: None
-    from tqdm import tqdm
+    from cnnlab.progress import bar as make_bar
 
-    bar = tqdm(total=total, unit="img", desc="synth-eclipse")
+    bar = make_bar(total=total, unit="img", desc="synth-eclipse", leave=True)
 
     def advance(n: int) -> None:
         bar.update(n)

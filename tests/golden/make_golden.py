@@ -45,10 +45,25 @@ def dataset(root: Path) -> Path:
     return root
 
 
+# oneDNN picks its kernels by these instruction-set extensions beyond ATen's capability level (AMX tiles and
+# AVX-512 FP16 on recent Intel CPUs): the same "AVX512" level can round differently in the last bits.
+ONEDNN_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return sorted(set(flags) & set(ONEDNN_FLAGS))
+
+
 def fingerprint() -> dict:
     import torch
 
-    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": cpu_flags()}
 
 
 def scores(run: Path, data: Path, test_run, predict) -> dict:
@@ -62,7 +77,7 @@ def scores(run: Path, data: Path, test_run, predict) -> dict:
 def main() -> None:
     from cnnlab.config import Config
     from cnnlab.evaluate import predict, test_run
-    from cnnlab.train import fit
+    from cnnlab.training import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         data = dataset(Path(tmp) / "data")

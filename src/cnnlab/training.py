@@ -105,12 +105,11 @@ class Trainer:
 
     def run_epoch(self, progress: bool = False) -> tuple[dict, bool]:
         """Train and validate the next epoch; -> (its history row, whether the monitored score improved)."""
-        from tqdm import tqdm
+        from cnnlab.progress import bar as make_bar
 
         epoch, t = self.epoch + 1, self.cfg.train
         t0 = time.perf_counter()
-        bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", disable=None if progress else True,
-                   leave=False, unit="step")
+        bar = make_bar(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", unit="step", enabled=progress)
         tr = self.train_epoch(epoch, bar)
         bar.close()
         self.opt.sync_ema_buffers()

@@ -1,0 +1,373 @@
+"""The Python API, for notebooks and scripts; the `cnnlab` command line is a thin layer over the same functions.
+
+    import cnnlab
+    run = cnnlab.train(data="ecl", model="simple-bn", epochs=10, image_size=64, out="runs/r1")
+    run.history                  # a pandas DataFrame, one row an epoch
+    run.plot()                   # the learning curves (inline in Jupyter)
+    run.test()                   # scored once on the test split, counted like `cnnlab test`
+    s = cnnlab.study("regularization", data="ecl", out="runs/reg", epochs=10, image_size=64)
+    s.summary, s.plot(), s.report()
+
+Every function takes config fields as keywords, bare or qualified (`image_size=64`, `**{"train.seed": 1}`), and
+checks all of them before any work. A mistake raises `cnnlab.UserError` with the one-line message the command
+line prints. Nothing here imports torch until it is needed, so `import cnnlab` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from cnnlab.errors import UserError
+
+__all__ = ["Image", "Report", "Run", "StudyResults", "inspect", "load", "make_config", "study", "train"]
+
+
+def make_config(config=None, default: str | None = None, **overrides):
+    """The checked `Config` of a run: `config` (a Config, or the TOML file or recipe it names; else `default`, else
+    `cnnlab train`'s defaults), then `overrides` in order; None values are skipped."""
+    from cnnlab.checks import validate
+    from cnnlab.config import Config, load_recipe
+
+    name = config or default
+    cfg = name.copy() if isinstance(name, Config) else load_recipe(name) if name else Config()
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(cfg)
+
+
+def _shown(fig):
+    """`fig`, which Jupyter shows inline when a cell returns it. cnnlab draws on plain matplotlib Figures, never
+    through pyplot, so the inline backend may never have been loaded: register its PNG formatter for them."""
+    from cnnlab.progress import in_notebook
+
+    if in_notebook():
+        from IPython import get_ipython
+        from IPython.core.pylabtools import print_figure
+        from matplotlib.figure import Figure
+
+        get_ipython().display_formatter.formatters["image/png"].for_type(
+            Figure, lambda f: print_figure(f, "png", bbox_inches="tight"))
+    return fig
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------------ a run
+
+
+class Run:
+    """A run folder (see `cnnlab.runs`): its config, history, checkpoints and scores."""
+
+    def __init__(self, path: str | Path):
+        from cnnlab import runs
+
+        self.path = Path(path)
+        if not runs.is_run(self.path):
+            raise UserError(f"{self.path} is not a cnnlab run folder (no {runs.CONFIG})")
+        self._summary: dict | None = None  # as training returned it, when this object trained the run
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def config(self):
+        """The run's resolved `Config`."""
+        from cnnlab import runs
+
+        return runs.read_config(self.path)
+
+    @property
+    def history(self):
+        """One row an epoch: losses, macro-F1, accuracy, learning rate, timing, each class's validation recall."""
+        from cnnlab import runs
+
+        path = self.path / runs.HISTORY
+        return _frame(runs.read_history(path) if path.is_file() else [])
+
+    @property
+    def summary(self) -> dict:
+        """The figures a study's summary.csv lists for this run (best validation macro-F1 and its epoch, gaps,
+        stability, speed), from its history and best checkpoint's epoch."""
+        from cnnlab import runs
+
+        if self._summary is not None:
+            return self._summary
+        history = runs.read_history(self.path / runs.HISTORY) if (self.path / runs.HISTORY).is_file() else []
+        if not history or not (self.path / runs.BEST).is_file():
+            raise UserError(f"{self.path} has no finished epoch with a best checkpoint yet")
+        return runs.summarize(history, runs.load_checkpoint(self.path / runs.BEST)["epoch"])
+
+    def plot(self, title: str | None = None):
+        """Loss and macro-F1 per epoch, train solid and validation dashed: a matplotlib Figure."""
+        from cnnlab.plots import overlay_figure
+
+        return _shown(overlay_figure({title or self.path.name: self.history.to_dict("records")}, title=title or ""))
+
+    def test(self, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
+             log=print) -> dict:
+        """Score the best checkpoint on the test split of `data` (default: the run's own data set) or on the images
+        a manifest lists, as `cnnlab test` does: the evaluation is counted in the run folder and a repeat warns.
+        Returns test.json's content (accuracy, macro_f1, per_class, confusion_matrix, ...)."""
+        from cnnlab.evaluate import test_run
+
+        return test_run(self.path, data, manifest, class_map, log=log)
+
+    def predict(self, images: str | Path | Iterable[str | Path]):
+        """Classify image files and folders of images: a DataFrame of path, label and one probability column a
+        class."""
+        from cnnlab.evaluate import predict
+
+        rows = predict(self.path, _paths(images))
+        return _frame([{"path": r["path"], "label": r["label"], **r["probs"]} for r in rows])
+
+    def explain(self, images: str | Path | Iterable[str | Path], out: str | Path, method: str = "gradcam",
+                target: str | None = None):
+        """Grad-CAM (or gradcam++) heatmaps of what drove each prediction, written to `out` as overlays and a
+        contact sheet; returns that sheet as an `Image` a notebook shows. Needs cnnlab[explain]."""
+        from cnnlab.explain import explain_images
+
+        explain_images(self.path, _paths(images), out, method, target)
+        return Image(Path(out) / "contact_sheet.png")
+
+    def resume(self, progress: bool = True, log=print) -> Run:
+        """Continue an interrupted run from its last finished epoch (a finished run is left as it is)."""
+        from cnnlab.training import resume
+
+        self._summary = resume(self.path, progress=progress, log=log)
+        return self
+
+
+def _paths(images) -> list[str]:
+    if isinstance(images, (str, Path)):
+        return [str(images)]
+    return [str(p) for p in images]
+
+
+def inspect(data: str | Path, out: str | Path | None = None, class_map: str | None = None,
+            cache_dir: str | None = None) -> dict:
+    """What a data set holds before anything trains: per split and class, counts, image sizes and modes, unusable
+    files; with `out`, a contact sheet per split (`report["contact_sheets"]`, show one with `Image`). `cnnlab data
+    inspect` prints the same report (`cnnlab.inspection.format_report`)."""
+    from cnnlab.inspection import inspect as inspect_data
+
+    return inspect_data(data, out=out, cache_dir=cache_dir, class_map=class_map)
+
+
+def load(path: str | Path) -> Run:
+    """The run in `path` (a folder `cnnlab train` or `cnnlab.training` wrote)."""
+    return Run(path)
+
+
+def default_out(cfg) -> Path:
+    return Path(f"runs/{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def train(data: str | Path | None = None, *, out: str | Path | None = None, config=None, progress: bool = True,
+          force: bool = False, log=print, **overrides) -> Run:
+    """Train one model from scratch into the run folder `out` (default runs/<model>-<time>) and return it.
+
+    `config` is a TOML file, a shipped recipe name (`assignment`, `mri`) or a Config; `data` and the keywords
+    override it, e.g. `train(data="ecl", model="simple-bn", epochs=10, image_size=64, lr=3e-4)`. `out` must be
+    new or empty (`force=True`: any folder that holds no run)."""
+    from cnnlab.training import fit
+
+    cfg = make_config(config, **{"data.path": None if data is None else str(data), **overrides})
+    out = Path(out or default_out(cfg))
+
+    summary = fit(cfg, out, progress=progress, log=log, force=force)
+    run = Run(out)
+    run._summary = summary
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- a study
+
+
+class Report:
+    """A study's report.html, shown inline by Jupyter; `path` is the file, `markdown` the report.md text."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def markdown(self) -> str:
+        return self.path.with_suffix(".md").read_text(encoding="utf-8")
+
+    def _repr_html_(self) -> str:
+        page = self.path.read_text(encoding="utf-8")  # the body only: the page's own style would restyle Jupyter
+        return page[page.index("<body>") + len("<body>"):page.rindex("</body>")]
+
+    def __repr__(self) -> str:
+        return f"Report({str(self.path)!r})"
+
+
+class Image:
+    """A PNG or GIF file that Jupyter shows inline."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _repr_png_(self):
+        return self.path.read_bytes() if self.path.suffix.lower() == ".png" else None
+
+    def _repr_html_(self) -> str | None:  # an animated GIF (a PNG is shown by _repr_png_, and stored once)
+        import base64
+
+        if self.path.suffix.lower() != ".gif":
+            return None
+        return (f"<img src='data:image/gif;base64,{base64.b64encode(self.path.read_bytes()).decode()}' "
+                f"alt='{self.path.name}'>")
+
+    def __repr__(self) -> str:
+        return f"Image({str(self.path)!r})"
+
+
+class StudyResults:
+    """A study folder: summary.csv (one row a run and seed), each run's folder, report.md and report.html. For the
+    assignment, the stages' summaries one after the other (column `study`) and the final test."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "report.html").is_file():
+            raise UserError(f"{self.path} holds no finished study (no report.html)")
+
+    def __repr__(self) -> str:
+        return f"StudyResults({str(self.path)!r})"
+
+    def _summary_rows(self) -> list[dict]:
+        """summary.csv's rows, `out` made a path that works from here (a study started from another directory lists
+        relative ones): the folder as written if it is there, else the same folder found under the study's."""
+        if (self.path / "summary.csv").is_file():
+            tables = [(self.path, {})]
+        else:
+            order = _assignment_order()
+            stages = sorted((p.parent for p in self.path.glob("*/summary.csv")),
+                            key=lambda p: (order.get(p.name, len(order)), p.name))
+            tables = [(stage, {"study": stage.name}) for stage in stages]
+        rows = []
+        for folder, extra in tables:
+            for r in _read_csv(folder / "summary.csv"):
+                rows.append({**extra, **r, "out": str(self._find(Path(r["out"])))})
+        return rows
+
+    def _find(self, out: Path) -> Path:
+        tails = [self.path.joinpath(*out.parts[k:]) for k in range(1, len(out.parts))]
+        return next((p for p in [out, *tails] if p.is_dir()), out)
+
+    @property
+    def summary(self):
+        """One row a run (and seed): its name, seed, folder and the figures of `Run.summary`."""
+        import pandas as pd
+
+        frame = _frame(self._summary_rows())
+        for column in frame.columns:  # the CSV's numbers back to numbers
+            if column not in ("study", "run", "out"):
+                frame[column] = pd.to_numeric(frame[column])
+        return frame
+
+    @property
+    def runs(self) -> dict[str, Run]:
+        """The runs by name (`study/run` in the assignment; with several seeds, `run#seed`)."""
+        rows = self._summary_rows()
+        seeds = len({r.get("seed") for r in rows}) > 1
+        return {("/".join(filter(None, [r.get("study"), r["run"]])) + (f"#{r['seed']}" if seeds else "")):
+                Run(r["out"]) for r in rows}
+
+    def _results(self) -> list[dict]:
+        """summary's rows as dicts; for the assignment, only the last stage's."""
+        rows = self.summary.to_dict("records")
+        return [r for r in rows if r.get("study") == rows[-1].get("study")]
+
+    @property
+    def best(self) -> str:
+        """The run with the best mean validation macro-F1 over its seeds: the one the assignment carries forward
+        (for the assignment, the last stage's)."""
+        from cnnlab.studies import mean_by_run
+
+        means = mean_by_run(self._results())
+        return max(means, key=means.get)
+
+    def conclusions(self, lang: str = "en") -> list[str]:
+        """The report's conclusions: sentences computed from the summary (winner and its margin against the noise,
+        overfitting, stability, convergence, speed); for the assignment, the last stage's."""
+        from cnnlab.report import aggregate, conclusions
+        from cnnlab.strings import check_lang
+
+        check_lang(lang)
+        return conclusions(aggregate(self._results()), lang)
+
+    @property
+    def tests(self) -> list[dict]:
+        """The assignment's final test scores (empty for a single study): test.json of each run that has one."""
+        folders = dict.fromkeys(run.path for run in self.runs.values())  # a reused run is listed in two stages
+        return [{"run": str(p), **json.loads((p / "test.json").read_text())} for p in folders
+                if (p / "test.json").is_file()]
+
+    def plot(self, title: str | None = None):
+        """Every run's curves on one figure (the first seed of each): a matplotlib Figure."""
+        from cnnlab.plots import overlay_figure
+
+        seen: dict[str, list[dict]] = {}
+        for name, run in self.runs.items():
+            seen.setdefault(name.split("#")[0], run.history.to_dict("records"))
+        return _shown(overlay_figure(seen, title=title or self.path.name))
+
+    def report(self) -> Report:
+        """The study's report (tables, figures, conclusions), shown inline in Jupyter."""
+        return Report(self.path / "report.html")
+
+
+def _assignment_order() -> dict[str, int]:
+    from cnnlab.studies import ASSIGNMENT_STAGES
+
+    return {name: i for i, name in enumerate(ASSIGNMENT_STAGES)}
+
+
+def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: int = 1, jobs: int = 1,
+          config: str | Path | None = None, param: str | None = None, executor: str = "local",
+          address: str | None = None, gpus_per_run: float = 0.25, lang: str = "en", log=print,
+          **overrides) -> StudyResults:
+    """Run (or resume) a comparison study and return its results.
+
+    `name`: regularization, optimizers, lr, overfitting, imbalance, architecture, activations, assignment (every
+    stage in order, each winner chosen on validation, then one test), or a study TOML file. The base config is
+    the assignment's recipe unless `config` names another; keywords override it for every run, e.g.
+    `study("regularization", data="ecl", out="runs/reg", epochs=20, image_size=64)`. `param="lr=0.1,0.01"` sweeps
+    one field instead; `jobs` runs that many at once; `executor="ray"` spreads them over a Ray cluster."""
+    from cnnlab.executors import make_executor
+    from cnnlab.strings import check_lang
+    from cnnlab.studies import load_study, run_assignment, run_study, sweep
+
+    if jobs < 1 or seeds < 1:
+        raise UserError("--jobs and --seeds must be at least 1")
+    check_lang(lang)
+    base = make_config(config, default="assignment", **{"data.path": None if data is None else str(data), **overrides})
+    if not base.data.path:
+        raise UserError("no dataset given: pass --data DIR")
+    if name == "assignment" and param:
+        raise UserError("--param applies to a single study, not to the assignment")
+    spec = None if name == "assignment" else load_study(name)
+    if param:
+        spec = sweep(spec, param)
+    out = Path(out)
+    runner = make_executor(executor, jobs, address, gpus_per_run, log=log)
+    try:
+        if spec is None:
+            run_assignment(base, out, seeds, runner, jobs=jobs, log=log, lang=lang)
+        else:
+            run_study(spec, base, out, seeds, runner, jobs=jobs, log=log, lang=lang)
+    finally:
+        runner.close()
+    return StudyResults(out)
