@@ -36,6 +36,10 @@ def test_assignment_notebook_runs_in_quick_mode(tmp_path):
              ("display_data", "execute_result")]
     assert sum("image/png" in o.get("data", {}) for o in shown) >= 8  # curves, sheets, paths: figures inline
     assert any("<img src='data:image/gif" in o.get("data", {}).get("text/html", "") for o in shown)
+    # Progress: tqdm's widgets, and no text bar or per-batch line in the cells' printed output.
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in shown)
+    printed = "".join(o.text for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream")
+    assert "step/s" not in printed and "it/s" not in printed and "img/s]" not in printed
 
 
 def test_committed_notebook_holds_a_full_run():

@@ -31,6 +31,20 @@ class Engine:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def describe(self, precision: str = "auto") -> str:
+        """One line of what this machine got: device, precision (and why, for auto), layout, threads."""
+        if self.device.type == "cuda":
+            where = f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        else:
+            where = f"cpu ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+        dtype = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.autocast_dtype]
+        why = ""
+        if precision == "auto":
+            why = (" (auto: native bf16 on this CPU)" if self.autocast_dtype is not None else
+                   " (auto: no native bf16 on this CPU)") if self.device.type == "cpu" else " (auto)"
+        layout = "channels_last" if self.train_input.channels_last else "NCHW"
+        return f"{where}, {dtype}{why}, {layout}"
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             out = self.model(x).float()

@@ -229,6 +229,8 @@ def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
     background (runs.RunWriter) while the next epoch trains."""
     writer, t = RunWriter(out, trainer.cfg.train.save_every), trainer.cfg.train
     board = TensorBoard(out) if t.tensorboard else None
+    if progress:
+        log(f"training on {trainer.eng.describe(t.precision)}")
     try:
         with _Sigterm():
             while not trainer.finished and trainer.epoch < t.epochs:
