@@ -6,7 +6,7 @@ Testing images whose label contradicts the figshare original they were copied fr
     python benchmarks/mri_patient_groups.py --copies AUDIT/against_copies.csv \
         --folds ../shared/datasets/figshare-brain-tumor/folds.csv --out GROUPS.csv
     python benchmarks/mri_patient_validation.py --data ../shared/datasets/brain-tumor-mri --groups GROUPS.csv \
-        --copies AUDIT/against_copies.csv --out OUT --seeds 0 1 2 [--jobs 2] [--json]
+        --copies AUDIT/against_copies.csv --out OUT --seeds 0 1 2 [--jobs 2] [--threads 1] [--json]
 
 For each seed, `cnnlab train --config mri --set split=groups --set group_file=GROUPS.csv` (resumed if
 interrupted), then one `cnnlab test` on the Testing folder (read back, never repeated, if the run already has
@@ -76,13 +76,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained at the same time (cores are divided)")
+    ap.add_argument("--threads", type=int, help="threads a run (default: the cores divided by --jobs)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(args.copies, newline="", encoding="utf-8") as f:
         conflicts = {r["path"] for r in csv.DictReader(f) if r["split"] == "test" and r["conflict"] == "1"}
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(lambda s: train_and_test(args.data, str(Path(args.groups).resolve()), out, s, threads),
                              args.seeds))
