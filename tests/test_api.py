@@ -39,6 +39,9 @@ def test_train_load_history_plot_test_predict(shapes, tmp_path):
     pred = again.predict(shapes / "test" / "circle")
     assert list(pred.columns) == ["path", "label", "circle", "square", "triangle"] and len(pred) == 4
     assert pred[["circle", "square", "triangle"]].sum(axis=1).round(5).eq(1).all()
+    pytest.importorskip("pytorch_grad_cam")
+    sheet = again.explain(shapes / "test" / "square", out=tmp_path / "cam")
+    assert sheet._repr_png_().startswith(b"\x89PNG") and len(list((tmp_path / "cam").glob("*.png"))) == 5
 
 
 def test_train_is_the_cli_code_path(shapes, tmp_path):
