@@ -3,6 +3,7 @@ train and eval input presets, and flip TTA at evaluation."""
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -60,8 +61,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# oneDNN instruction sets without native bf16 dot products: with ONEDNN_MAX_CPU_ISA capped to one of them, oneDNN
+# would emulate bf16 (slower than fp32), whatever the CPU has.
+_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_bf16() -> bool:
-    """Native bfloat16 matrix units (AVX-512 BF16 or AMX), where oneDNN runs bf16 about 2x faster than fp32."""
+    """Native bfloat16 matrix units (AVX-512 BF16 or AMX), where oneDNN runs bf16 about 2x faster than fp32, and
+    oneDNN allowed to use them (ONEDNN_MAX_CPU_ISA)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISAS_WITHOUT_BF16:
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
