@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnlab import data as data_mod
-from cnnlab.config import Config
+from cnnlab.config import Config, parse_sets
 from cnnlab.decode import Prep
 from cnnlab.images import load_images
 from cnnlab.models import build
@@ -135,6 +135,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=2, help="measured epochs per pipeline (after one warm-up)")
     ap.add_argument("--precision", default="auto", help="cnnlab precision: auto, fp32 or bf16")
     ap.add_argument("--skip-seed", action="store_true", help="time cnnlab only")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a cnnlab config override (e.g. channels_last=false), to compare settings")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -146,7 +148,7 @@ def main(argv=None) -> dict:
     labels = torch.tensor([s.label for s in samples])
     weights = class_weights(labels, n_classes)
     cfg = Config().update({"image_size": SIZE, "batch_size": BATCH, "precision": args.precision,
-                           "imbalance": "weights", "device": "cpu"})
+                           "imbalance": "weights", "device": "cpu", **parse_sets(args.sets)})
 
     seed_times = [] if args.skip_seed else seed_pipeline(train_dir, {str(s.path) for s in samples}, n_classes,
                                                          weights, args.epochs)
@@ -158,7 +160,7 @@ def main(argv=None) -> dict:
     s_ours = float(np.mean(ours["times"]))
     result = {
         "data": str(ds.root), "images": len(samples), "limit": args.limit, "epochs_measured": args.epochs,
-        "precision": args.precision, "threads": torch.get_num_threads(),
+        "precision": args.precision, "threads": torch.get_num_threads(), "sets": args.sets,
         "seed_s_per_epoch": float(np.mean(seed_times)) if seed_times else None,
         "cnnlab_s_per_epoch": s_ours,
         "ratio": float(np.mean(seed_times)) / s_ours if seed_times else None,
