@@ -16,7 +16,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from cnnlab.errors import UserError
@@ -504,6 +503,3 @@ def read_manifest(path: Path, root: Path, classes: list[str], split: str | None 
         raise UserError(f"manifest {path} lists no images")
     return out
 
-
-def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.bincount(np.asarray(labels), minlength=n_classes)

@@ -82,10 +82,6 @@ def build(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -
     return MODELS[cfg.model](cfg, in_channels, n_classes, image_size)
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ------------------------------------------------------------------------- the assignment's network
 
 
