@@ -19,20 +19,18 @@ from cnnlab.errors import UserError
 @click.option("--epochs", default=15, show_default=True, help="Maximum epochs per run.")
 def main(out, per_class, epochs):
     """Synthetic eclipses -> inspect -> regularization study -> report."""
-    from cnnlab.config import load_recipe
-    from cnnlab.inspection import format_report, inspect
-    from cnnlab.studies import STUDIES, run_study
+    import cnnlab
+    from cnnlab.inspection import format_report
     from cnnlab.synth import synth_eclipse
 
     out = Path(out)
     data = out / "eclipse"
     try:
         synth_eclipse(data, train_per_class=per_class, test_per_class=per_class // 3, size=96, seed=0)
-        click.echo(format_report(inspect(data, out=out / "inspect")))
-        base = load_recipe("assignment").update(
-            {"path": str(data), "image_size": 64, "batch_size": 32, "epochs": epochs, "patience": 5})
+        click.echo(format_report(cnnlab.inspect(data, out=out / "inspect")))
         click.echo("\nregularization study: the assignment's CNN plain, +BatchNorm, +Dropout, +both")
-        run_study(STUDIES["regularization"], base, out / "study", log=click.echo)
+        cnnlab.study("regularization", data, out=out / "study", image_size=64, batch_size=32, epochs=epochs,
+                      patience=5, log=click.echo)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
