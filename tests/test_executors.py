@@ -7,6 +7,7 @@ import csv
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from conftest import one_line_error, run_cli
 from cnnlab import runs
 from cnnlab.config import Config
 from cnnlab.errors import UserError
-from cnnlab.executors import Job, RayExecutor, run_job
+from cnnlab.executors import AUTO_JOBS_MAX, Job, RayExecutor, resolve_jobs, run_job
 
 # threads=1 in every run of both executors (the same threads, the same histories); cpu even where a GPU is.
 SMALL = ["--epochs", 2, "--set", "image_size=32", "--set", "batch_size=16", "--set", "threads=1",
@@ -102,6 +103,30 @@ def test_a_study_on_ray_matches_the_local_one_and_resumes(eclipse, tmp_path, loc
     # A user error raised on a worker (here: a changed setting) is one line, exit code 2, not retried.
     line = one_line_error(*study, "--out", "ray", "--executor", "ray", *SMALL, "--epochs", 3)
     assert "another config (epochs differ)" in line and "on Ray node" in line
+
+
+def test_runs_in_forked_workers_match_one_after_another_and_alone(eclipse, tmp_path):
+    # A fresh `cnnlab` process (no torch imported yet) forks its workers after importing torch once.
+    study = ["study", "regularization", "--data", str(eclipse), *map(str, SMALL)]
+    cmd = [sys.executable, "-m", "cnnlab.cli", *study, "--out", str(tmp_path / "forked"), "--jobs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "4 runs, 2 at a time in worker processes" in done.stdout and "report:" in done.stdout
+    run_cli(*study, "--out", tmp_path / "serial", "--jobs", 1)
+    assert _rows(tmp_path / "forked" / "summary.csv") == _rows(tmp_path / "serial" / "summary.csv")
+    # ...and a run trained alone from a worker's run config has the same history, to the last digit.
+    run = tmp_path / "forked" / "runs" / "simple-dropout"
+    run_cli("train", "--config", run / runs.CONFIG, "--out", tmp_path / "alone")
+    assert _rows(tmp_path / "alone" / runs.HISTORY) == _rows(run / runs.HISTORY)
+
+
+def test_jobs_auto_and_bad_jobs(eclipse, tmp_path):
+    assert resolve_jobs("auto") == max(1, min(AUTO_JOBS_MAX, os.cpu_count() or 1))
+    assert resolve_jobs("auto", "ray") == 1 and resolve_jobs("3") == 3
+    for bad, why in (("0", "at least 1"), ("many", "a number or auto")):
+        line = one_line_error("study", "regularization", "--data", eclipse, "--out", tmp_path / "S", "--jobs", bad)
+        assert why in line
+    assert not (tmp_path / "S").exists()
 
 
 def _flaky(job: Job) -> dict:

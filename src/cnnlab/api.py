@@ -335,7 +335,7 @@ def _assignment_order() -> dict[str, int]:
     return {name: i for i, name in enumerate(ASSIGNMENT_STAGES)}
 
 
-def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: int = 1, jobs: int = 1,
+def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: int = 1, jobs: int | str = "auto",
           config: str | Path | None = None, param: str | None = None, executor: str = "local",
           address: str | None = None, gpus_per_run: float = 0.25, lang: str = "en", log=print,
           **overrides) -> StudyResults:
@@ -345,14 +345,29 @@ def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: 
     stage in order, each winner chosen on validation, then one test), or a study TOML file. The base config is
     the assignment's recipe unless `config` names another; keywords override it for every run, e.g.
     `study("regularization", data="ecl", out="runs/reg", epochs=20, image_size=64)`. `param="lr=0.1,0.01"` sweeps
-    one field instead; `jobs` runs that many at once; `executor="ray"` spreads them over a Ray cluster."""
-    from cnnlab.executors import make_executor
+    one field instead; `jobs` runs that many at once (`auto`: one a core, up to 4; 1: in this process, with
+    progress bars); `executor="ray"` spreads them over a Ray cluster."""
+    from cnnlab.executors import make_executor, resolve_jobs
     from cnnlab.strings import check_lang
+
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    check_lang(lang)
+    jobs = resolve_jobs(jobs, executor)
+    # The executor first: its workers import torch while this process reads and checks the configs.
+    runner = make_executor(executor, jobs, address, gpus_per_run, log=log)
+    try:
+        _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overrides)
+    except BaseException:
+        runner.abort()
+        raise
+    runner.close()
+    return StudyResults(out)
+
+
+def _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overrides) -> None:
     from cnnlab.studies import load_study, run_assignment, run_study, sweep
 
-    if jobs < 1 or seeds < 1:
-        raise UserError("--jobs and --seeds must be at least 1")
-    check_lang(lang)
     base = make_config(config, default="assignment", **{"data.path": None if data is None else str(data), **overrides})
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
@@ -361,13 +376,8 @@ def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: 
     spec = None if name == "assignment" else load_study(name)
     if param:
         spec = sweep(spec, param)
-    out = Path(out)
-    runner = make_executor(executor, jobs, address, gpus_per_run, log=log)
-    try:
-        if spec is None:
-            run_assignment(base, out, seeds, runner, jobs=jobs, log=log, lang=lang)
-        else:
-            run_study(spec, base, out, seeds, runner, jobs=jobs, log=log, lang=lang)
-    finally:
-        runner.close()
+    if spec is None:
+        run_assignment(base, Path(out), seeds, runner, jobs=jobs, log=log, lang=lang)
+    else:
+        run_study(spec, base, Path(out), seeds, runner, jobs=jobs, log=log, lang=lang)
     return StudyResults(out)

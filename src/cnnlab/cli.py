@@ -345,9 +345,11 @@ def serve_cmd(run, port, host):
 def executor_options(f):
     """--jobs, --executor, --address and --gpus-per-run: where the runs of a study or a cross-validation train."""
     for option in reversed([
-        click.option("--jobs", default=1, show_default=True,
-                     help="Runs in parallel processes; cores are divided. With ray: only divides this machine's "
-                          "cores into each run's threads; Ray runs as many at once as the cluster's CPUs allow."),
+        click.option("--jobs", default="auto", show_default=True,
+                     help="Runs at once, each in a worker process, the cores divided among them; auto: one a core, "
+                          "up to 4; 1: one after another in this process, with progress bars. With ray: auto is 1, "
+                          "and jobs only divides this machine's cores into each run's threads; Ray runs as many at "
+                          "once as the cluster's CPUs allow."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray])."),
         click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: "
@@ -429,18 +431,20 @@ def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, ad
     """
     import shlex
 
-    from cnnlab.cv import run_cv
-    from cnnlab.executors import make_executor
+    from cnnlab.executors import make_executor, resolve_jobs
 
-    if jobs < 1:
-        raise UserError("--jobs must be at least 1")
-    base = build_config(config_file, {"data.path": data, "train.epochs": epochs}, sets)
-    runner = make_executor(executor, jobs, address, gpus_per_run, log=click.echo)
+    jobs = resolve_jobs(jobs, executor)
+    runner = make_executor(executor, jobs, address, gpus_per_run, log=click.echo)  # its workers start now
     try:
+        from cnnlab.cv import run_cv
+
+        base = build_config(config_file, {"data.path": data, "train.epochs": epochs}, sets)
         r = run_cv(base, Path(folds_csv), Path(out), runner, jobs, log=click.echo,
                    command=shlex.join(["cnnlab", *sys.argv[1:]]), lang=lang)
-    finally:
-        runner.close()
+    except BaseException:
+        runner.abort()
+        raise
+    runner.close()
     click.echo(f"{len(r['folds'])} folds: accuracy {r['mean_accuracy']:.4f} ± {r['std_accuracy']:.4f}, macro-F1 "
                f"{r['mean_macro_f1']:.4f} ± {r['std_macro_f1']:.4f}; report: {Path(out) / 'report.md'}")
 
@@ -457,5 +461,23 @@ def _register():
 _register()
 
 
+def entry():
+    """The `cnnlab` console script: `main`, then an immediate exit. Unloading torch at interpreter exit takes about
+    a second and nothing of cnnlab needs it: every file is written and closed, every worker stopped, by the time
+    a command returns. An unexpected exception still unwinds normally, with its traceback."""
+    import os
+
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, int | None):
+            print(e.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

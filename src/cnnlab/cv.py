@@ -28,7 +28,7 @@ from cnnlab.checks import validate
 from cnnlab.config import Config
 from cnnlab.errors import UserError
 from cnnlab.evaluate import test_run
-from cnnlab.executors import Executor, Job, LocalExecutor
+from cnnlab.executors import Executor, Job, given_or_local
 from cnnlab.files import output_folder, write_text
 from cnnlab.report import Doc, machine
 from cnnlab.strings import check_lang, text
@@ -111,8 +111,8 @@ def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None =
     all_jobs = _jobs(base, {k: out / "folds" / f"fold-{k}.csv" for k in folds}, out, study_threads(base, jobs))
     output_folder(out, [ds.root], "cross-validation folder")
     write_fold_manifests(folds, out)
-    executor = executor or LocalExecutor(jobs, log=log)
-    trained = executor.map(all_jobs)
+    with given_or_local(executor, jobs, log) as runner:
+        trained = runner.map(all_jobs)
     scored = []
     for job, summary in zip(all_jobs, trained, strict=True):
         done = Path(job.out) / "test.json"

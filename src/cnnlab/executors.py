@@ -4,25 +4,30 @@ A job is one run of a study (its validated config and its folder); `run_job` tra
 back its result when it has finished, so an executor may run a job again safely. `LocalExecutor` runs jobs on
 this machine; `RayExecutor` runs each as a Ray task on a cluster (Ray is optional: `pip install cnnlab[ray]`,
 imported only here, only when asked for).
+
+This module imports no torch: a command creates its executor first, so that its worker processes import torch
+while the command itself still reads and checks its configs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
+import os
 import socket
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cnnlab import runs
 from cnnlab.config import Config
 from cnnlab.errors import UserError
-from cnnlab.training import fit, resume
 
 EXECUTORS = ("local", "ray")
+AUTO_JOBS_MAX = 4  # --jobs auto: at most this many runs at once on one machine
 
 
 @dataclass
@@ -38,9 +43,14 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
+    def abort(self) -> None: ...
+
 
 def run_job(job: Job, progress: bool = False) -> dict:
     """Train one run, or resume it, or read its result if it has finished. Safe to call again."""
+    from cnnlab import runs
+    from cnnlab.training import fit, resume
+
     # A run folder's config.toml holds absolute paths: compare like with like, whatever the working directory.
     out, cfg, quiet = Path(job.out), job.config.absolute(), lambda *a: None
     if runs.is_run(out):
@@ -55,9 +65,25 @@ def run_job(job: Job, progress: bool = False) -> dict:
     return {"run": job.run, "seed": job.seed, "out": str(out), **summary}
 
 
+def resolve_jobs(jobs: int | str, kind: str = "local") -> int:
+    """--jobs as a number of parallel runs. `auto`: one run a core up to AUTO_JOBS_MAX on this machine (small
+    networks use one core each better than they share several: docs/results/throughput.md); with ray, 1 (Ray
+    decides how many run at once; jobs only divides this machine's cores into each run's threads)."""
+    if jobs == "auto":
+        return 1 if kind == "ray" else max(1, min(AUTO_JOBS_MAX, os.cpu_count() or 1))
+    try:
+        n = int(jobs)
+    except (TypeError, ValueError):
+        raise UserError(f"--jobs must be a number or auto, not '{jobs}'") from None
+    if n < 1:
+        raise UserError("--jobs must be at least 1")
+    return n
+
+
 def make_executor(kind: str = "local", jobs: int = 1, address: str | None = None, gpus_per_run: float = 0.25,
                   log=print) -> Executor:
-    """The executor the `study` command names: local (the default) or ray."""
+    """The executor the `study` command names: local (the default) or ray. A local one with jobs > 1 starts its
+    worker processes now."""
     if kind == "ray":
         return RayExecutor(address, gpus_per_run, log=log)
     if kind != "local":
@@ -67,42 +93,109 @@ def make_executor(kind: str = "local", jobs: int = 1, address: str | None = None
     return LocalExecutor(jobs, log=log)
 
 
+@contextlib.contextmanager
+def given_or_local(executor: Executor | None, jobs: int, log=print):
+    """`executor`, or a LocalExecutor of `jobs` for the duration (closed after, aborted on an error)."""
+    if executor is not None:
+        yield executor
+        return
+    local = LocalExecutor(jobs, log=log)
+    try:
+        yield local
+    except BaseException:
+        local.abort()
+        raise
+    local.close()
+
+
 def _done(log, r: dict) -> None:
     log(f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
         f"at epoch {r.get('best_epoch')} of {r.get('epochs')}")
 
 
 class LocalExecutor:
-    """Runs jobs here: in this process with jobs=1, else in `jobs` processes sharing the cores."""
+    """Runs jobs here: in this process with jobs=1, else in `jobs` long-lived worker processes sharing the cores.
+
+    The workers start when the executor is made, which a command does before it reads any config (see
+    `_worker_context`), and live until `close`: every stage of the assignment (one `map` each) uses the same
+    workers, which import torch once and keep the decoded images of their last data set in memory. Runs go to
+    the first free worker; results come back in job order."""
 
     def __init__(self, jobs: int = 1, log=print):
         self.jobs = max(1, jobs)
         self.log = log
+        self.pool = None
+        if self.jobs > 1:
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=_worker_context(), initializer=_worker_start)
+            for _ in range(self.jobs):  # a submit starts a worker: start them all now
+                self.pool.submit(int)
 
     def map(self, jobs: list[Job]) -> list[dict]:
-        if self.jobs == 1:
+        if self.pool is None:
             results = []
             for i, job in enumerate(jobs, 1):
                 self.log(f"[{i}/{len(jobs)}] {job.run} (seed {job.seed})")
                 results.append(run_job(job, progress=True))
                 _done(self.log, results[-1])
             return results
-        # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(run_job, job) for job in jobs]
-            results = []
-            try:
-                for f in futures:
-                    results.append(f.result())
-                    _done(self.log, results[-1])
-            except BaseException:  # an error or Ctrl-C: queued runs do not start (they resume on the next try)
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            return results
+        if jobs:
+            self.log(f"{len(jobs)} runs, {min(self.jobs, len(jobs))} at a time in worker processes")
+        futures = [self.pool.submit(run_job, job) for job in jobs]
+        results = []
+        try:
+            for f in futures:
+                results.append(f.result())
+                _done(self.log, results[-1])
+        except BaseException:  # an error or Ctrl-C: queued runs do not start (they resume on the next try)
+            for f in futures:
+                f.cancel()
+            self.pool.shutdown(wait=True)  # the runs going save their last epoch (they got the Ctrl-C too)
+            self.pool = None
+            raise
+        return results
 
     def close(self) -> None:
-        pass
+        """Stop the workers (each exits at once: see `_worker_start`)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def abort(self) -> None:
+        """Stop the workers now, whatever they do: the command failed before it handed them any run."""
+        if self.pool is not None:
+            procs = list((getattr(self.pool, "_processes", None) or {}).values())  # 3.14: terminate_workers()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.terminate()
+            self.pool = None
+
+
+def _imports() -> None:
+    """What every run imports: torch, torch._dynamo (torch's optimizers import it on first use: a second or two)
+    and matplotlib (curves.png)."""
+    import matplotlib.figure  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+
+def _worker_context():
+    """How workers start. Where this process has not imported torch yet (a `cnnlab` command, before it reads any
+    config), it imports what runs need once, then forks: the workers start with those imports done, in no time.
+    Forking after torch has run (a notebook, a test) could deadlock in OpenMP, and macOS and Windows lack a safe
+    fork: there, spawn, and each worker imports for itself, in parallel with this process."""
+    if sys.platform == "linux" and "torch" not in sys.modules:
+        _imports()
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _worker_start() -> None:
+    """A worker's first step: the imports (done already in a forked worker), and a quick exit. By the time a
+    worker exits, its results have been sent and its runs' files written and closed, so the interpreter's
+    teardown of torch (about a second) is skipped: atexit runs this handler first, as it is registered last."""
+    import atexit
+
+    _imports()
+    atexit.register(os._exit, 0)
 
 
 # ------------------------------------------------------------------------------------------ Ray
@@ -216,3 +309,5 @@ class RayExecutor:
         if self.started:
             self.ray.shutdown()
             self.started = False
+
+    abort = close

@@ -31,7 +31,7 @@ from cnnlab.config import Config, parse_sets, read_toml
 from cnnlab.data import find_splits
 from cnnlab.errors import UserError, nearest
 from cnnlab.evaluate import test_run
-from cnnlab.executors import Executor, Job, LocalExecutor
+from cnnlab.executors import Executor, Job, given_or_local
 from cnnlab.files import atomic_write, output_folder
 from cnnlab.report import assignment_report, study_report
 from cnnlab.strings import check_lang, translations
@@ -160,14 +160,14 @@ def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: E
     out = Path(out)
     all_jobs = make_jobs(study, base, out, seeds, study_threads(base, jobs))
     output_folder(out, [base.data.path], "study folder")
-    executor = executor or LocalExecutor(jobs, log=log)
     known = {} if known is None else known
     keys = [json.dumps(j.config.to_dict(), sort_keys=True) for j in all_jobs]
     todo = [j for j, k in zip(all_jobs, keys, strict=True) if k not in known]
     for j, k in zip(all_jobs, keys, strict=True):
         if k in known:
             log(f"  {j.run} seed {j.seed}: same config as {known[k]['out']}, reusing its result")
-    trained = iter(executor.map(todo))
+    with given_or_local(executor, jobs, log) as runner:
+        trained = iter(runner.map(todo))
     results = []
     for j, k in zip(all_jobs, keys, strict=True):
         r = {**known[k], "run": j.run} if k in known else next(trained)
@@ -205,17 +205,18 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
     stages = []
     current = base.copy()
     known: dict[str, dict] = {}
-    for name in ASSIGNMENT_STAGES:
-        study = STUDIES[name]
-        log(f"== stage {name}: {study.question}")
-        results = run_study(study, current, out / name, seeds, executor, jobs, log, known, lang)
-        means = mean_by_run(results)
-        winner = max(means, key=means.get)
-        for k, v in study.runs[winner].items():
-            if k in study.carries:
-                current.set(k, v)
-        stages.append({"study": name, "winner": winner, "mean_val_f1": means[winner], "results": results})
-        log(f"   winner by validation macro-F1: {winner} ({means[winner]:.4f})")
+    with given_or_local(executor, jobs, log) as runner:  # one set of workers for every stage
+        for name in ASSIGNMENT_STAGES:
+            study = STUDIES[name]
+            log(f"== stage {name}: {study.question}")
+            results = run_study(study, current, out / name, seeds, runner, jobs, log, known, lang)
+            means = mean_by_run(results)
+            winner = max(means, key=means.get)
+            for k, v in study.runs[winner].items():
+                if k in study.carries:
+                    current.set(k, v)
+            stages.append({"study": name, "winner": winner, "mean_val_f1": means[winner], "results": results})
+            log(f"   winner by validation macro-F1: {winner} ({means[winner]:.4f})")
     final = stages[-1]
     final_runs = [r for r in final["results"] if r["run"] == final["winner"]]
     tests = []
