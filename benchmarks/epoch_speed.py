@@ -154,6 +154,7 @@ def main(argv=None) -> dict:
                                                          weights, args.epochs)
     seed_rss = peak_rss_mb()
     reset_peak_rss()
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)  # --set threads=N times cnnlab on N threads
     ours = cnnlab_pipeline(cfg, ds, samples, args.epochs)
     ours_rss = peak_rss_mb()
     flop = flops_per_image(n_classes)
