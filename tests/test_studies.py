@@ -77,6 +77,8 @@ def test_every_run_of_a_study_is_checked_before_any_trains(eclipse, tmp_path):
     # The assignment's last stage adds a plateau scheduler, which refuses warm-up: found before stage one trains.
     line = one_line_error("study", "assignment", "--data", eclipse, "--out", out, "--set", "warmup_epochs=1")
     assert "overfitting" in line and "plateau" in line and not out.exists()
+    line = one_line_error("study", "regularization", "--data", tmp_path / "missing", "--out", out)
+    assert "dataset path does not exist" in line and not out.exists()
 
 
 def test_conclusions_say_when_a_difference_is_noise():

@@ -366,11 +366,13 @@ def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: 
 
 
 def _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overrides) -> None:
+    from cnnlab.data import check_root
     from cnnlab.studies import load_study, run_assignment, run_study, sweep
 
     base = make_config(config, default="assignment", **{"data.path": None if data is None else str(data), **overrides})
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
+    check_root(base.data.path)  # before the study folder is made
     if name == "assignment" and param:
         raise UserError("--param applies to a single study, not to the assignment")
     spec = None if name == "assignment" else load_study(name)
