@@ -18,7 +18,7 @@ from conftest import one_line_error, run_cli
 from cnnlab import runs
 from cnnlab.config import Config
 from cnnlab.errors import UserError
-from cnnlab.executors import AUTO_JOBS_MAX, Job, RayExecutor, resolve_jobs, run_job
+from cnnlab.executors import AUTO_JOBS_MAX, Job, LocalExecutor, RayExecutor, resolve_jobs, run_job
 
 # threads=1 in every run of both executors (the same threads, the same histories); cpu even where a GPU is.
 SMALL = ["--epochs", 2, "--set", "image_size=32", "--set", "batch_size=16", "--set", "threads=1",
@@ -127,6 +127,21 @@ def test_jobs_auto_and_bad_jobs(eclipse, tmp_path):
         line = one_line_error("study", "regularization", "--data", eclipse, "--out", tmp_path / "S", "--jobs", bad)
         assert why in line
     assert not (tmp_path / "S").exists()
+
+
+def _dies(job: Job, progress: bool = False) -> dict:
+    """A run whose worker process is killed (as by the kernel's out-of-memory killer)."""
+    if job.run == "killed":
+        os.kill(os.getpid(), 9)
+    return {"run": job.run, "seed": job.seed}
+
+
+def test_a_dead_worker_is_one_clear_error(tmp_path):
+    executor = LocalExecutor(2, log=lambda *a: None, task=_dies)
+    jobs = [Job(name, 0, Config(), str(tmp_path / name)) for name in ("fine", "killed")]
+    with pytest.raises(UserError, match="worker process died while training killed seed 0.*rerun the same command"):
+        executor.map(jobs)
+    executor.close()
 
 
 def _flaky(job: Job) -> dict:

@@ -19,6 +19,7 @@ import socket
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -121,9 +122,9 @@ class LocalExecutor:
     workers, which import torch once and keep the decoded images of their last data set in memory. Runs go to
     the first free worker; results come back in job order."""
 
-    def __init__(self, jobs: int = 1, log=print):
+    def __init__(self, jobs: int = 1, log=print, task: Callable[[Job], dict] = run_job):
         self.jobs = max(1, jobs)
-        self.log = log
+        self.log, self.task = log, task
         self.pool = None
         if self.jobs > 1:
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=_worker_context(), initializer=_worker_start)
@@ -135,16 +136,21 @@ class LocalExecutor:
             results = []
             for i, job in enumerate(jobs, 1):
                 self.log(f"[{i}/{len(jobs)}] {job.run} (seed {job.seed})")
-                results.append(run_job(job, progress=True))
+                results.append(self.task(job, progress=True))
                 _done(self.log, results[-1])
             return results
         if jobs:
             self.log(f"{len(jobs)} runs, {min(self.jobs, len(jobs))} at a time in worker processes")
-        futures = [self.pool.submit(run_job, job) for job in jobs]
+        futures = [self.pool.submit(self.task, job) for job in jobs]
         results = []
         try:
-            for f in futures:
-                results.append(f.result())
+            for job, f in zip(jobs, futures, strict=True):
+                try:
+                    results.append(f.result())
+                except BrokenProcessPool:
+                    raise UserError(f"a worker process died while training {job.run} seed {job.seed} (killed, or "
+                                    "out of memory?): rerun the same command to resume from the last finished "
+                                    "epochs, or use fewer --jobs") from None
                 _done(self.log, results[-1])
         except BaseException:  # an error or Ctrl-C: queued runs do not start (they resume on the next try)
             for f in futures:
