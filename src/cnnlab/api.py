@@ -347,21 +347,16 @@ def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: 
     `study("regularization", data="ecl", out="runs/reg", epochs=20, image_size=64)`. `param="lr=0.1,0.01"` sweeps
     one field instead; `jobs` runs that many at once (`auto`: one a core, up to 4; 1: in this process, with
     progress bars); `executor="ray"` spreads them over a Ray cluster."""
-    from cnnlab.executors import make_executor, resolve_jobs
+    from cnnlab.executors import make_executor, resolve_jobs, running
     from cnnlab.strings import check_lang
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
     check_lang(lang)
     jobs = resolve_jobs(jobs, executor)
-    # The executor first: its workers import torch while this process reads and checks the configs.
-    runner = make_executor(executor, jobs, address, gpus_per_run, log=log)
-    try:
+    # The executor first: its workers start while this process reads and checks the configs.
+    with running(make_executor(executor, jobs, address, gpus_per_run, log=log)) as runner:
         _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overrides)
-    except BaseException:
-        runner.abort()
-        raise
-    runner.close()
     return StudyResults(out)
 
 

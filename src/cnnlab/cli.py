@@ -431,20 +431,16 @@ def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, ad
     """
     import shlex
 
-    from cnnlab.executors import make_executor, resolve_jobs
+    from cnnlab.executors import make_executor, resolve_jobs, running
 
     jobs = resolve_jobs(jobs, executor)
-    runner = make_executor(executor, jobs, address, gpus_per_run, log=click.echo)  # its workers start now
-    try:
+    # The executor first: its workers start while this process reads and checks the config.
+    with running(make_executor(executor, jobs, address, gpus_per_run, log=click.echo)) as runner:
         from cnnlab.cv import run_cv
 
         base = build_config(config_file, {"data.path": data, "train.epochs": epochs}, sets)
         r = run_cv(base, Path(folds_csv), Path(out), runner, jobs, log=click.echo,
                    command=shlex.join(["cnnlab", *sys.argv[1:]]), lang=lang)
-    except BaseException:
-        runner.abort()
-        raise
-    runner.close()
     click.echo(f"{len(r['folds'])} folds: accuracy {r['mean_accuracy']:.4f} ± {r['std_accuracy']:.4f}, macro-F1 "
                f"{r['mean_macro_f1']:.4f} ± {r['std_macro_f1']:.4f}; report: {Path(out) / 'report.md'}")
 

@@ -95,18 +95,24 @@ def make_executor(kind: str = "local", jobs: int = 1, address: str | None = None
 
 
 @contextlib.contextmanager
+def running(executor: Executor):
+    """`executor` for the duration of a block: closed after it, aborted (workers stopped at once) if it fails."""
+    try:
+        yield executor
+    except BaseException:
+        executor.abort()
+        raise
+    executor.close()
+
+
+@contextlib.contextmanager
 def given_or_local(executor: Executor | None, jobs: int, log=print):
-    """`executor`, or a LocalExecutor of `jobs` for the duration (closed after, aborted on an error)."""
+    """`executor`, or a LocalExecutor of `jobs` for the duration (`running`)."""
     if executor is not None:
         yield executor
         return
-    local = LocalExecutor(jobs, log=log)
-    try:
+    with running(LocalExecutor(jobs, log=log)) as local:
         yield local
-    except BaseException:
-        local.abort()
-        raise
-    local.close()
 
 
 def _done(log, r: dict) -> None:
@@ -153,9 +159,8 @@ class LocalExecutor:
                                     "epochs, or use fewer --jobs") from None
                 _done(self.log, results[-1])
         except BaseException:  # an error or Ctrl-C: queued runs do not start (they resume on the next try)
-            for f in futures:
-                f.cancel()
-            self.pool.shutdown(wait=True)  # the runs going save their last epoch (they got the Ctrl-C too)
+            # The runs going save their last epoch (they got the Ctrl-C too).
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
             raise
         return results
