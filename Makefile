@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/python -m cnnlab.demo --out $(DEMO_DIR)
+	$(BIN)/python -m cnnlab.cli.demo --out $(DEMO_DIR)
 
 test: install
 	$(BIN)/python -m pytest

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.config import Config
-from cnnlab.runs import read_history
+from cnnlab.training.run_folder import read_history
 
 IGNORED = {"path", "threads", "cache_dir"}  # where and how fast, not what
 

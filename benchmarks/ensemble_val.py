@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from sklearn.metrics import f1_score
 
-from cnnlab.evaluate import load_run
-from cnnlab.loops import predict_logits
-from cnnlab.pipeline import prepare
+from cnnlab.evaluation.loading import load_run
+from cnnlab.training.loops import predict_logits
+from cnnlab.training.preparation import prepare_run_data
 
 
 def main(argv=None) -> int:
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+")
     args = ap.parse_args(argv)
     cfg, ckpt, _ = load_run(args.runs[0])
-    val = prepare(cfg, split_csv=Path(args.runs[0]) / "split.csv", classes=ckpt["classes"]).val
+    val = prepare_run_data(cfg, split_csv=Path(args.runs[0]) / "split.csv", classes=ckpt["classes"]).val
     y = val.labels.numpy()
     probs = []
     for run in args.runs:

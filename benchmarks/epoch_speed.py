@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab import data as data_mod
 from cnnlab.config import Config, parse_sets
-from cnnlab.decode import Prep
-from cnnlab.images import load_images
-from cnnlab.models import build
-from cnnlab.optimization import class_weights
-from cnnlab.pipeline import Prepared, channel_stats
-from cnnlab.training import Trainer
+from cnnlab.data.cache import load_images
+from cnnlab.data.decode import DecodeSettings
+from cnnlab.data.folders import Dataset, scan
+from cnnlab.training.models import build
+from cnnlab.training.optimization import class_weights
+from cnnlab.training.preparation import RunData, channel_stats
+from cnnlab.training.trainer import Trainer
 
 SIZE, BATCH = 128, 256
 
@@ -78,19 +78,19 @@ def seed_pipeline(train_dir: Path, keep: set[str], n_classes: int, weights: torc
     return times[1:]
 
 
-def cnnlab_pipeline(cfg: Config, ds: data_mod.Dataset, samples, epochs: int) -> dict:
+def cnnlab_pipeline(cfg: Config, ds: Dataset, samples, epochs: int) -> dict:
     """cnnlab's own pieces: the cache, then a Trainer built as `cnnlab train` builds it, timed epoch by epoch."""
     root = ds.root
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        images, _, stats = load_images(samples, root, Prep(SIZE, "squash", 3), cache)
+        images, _, stats = load_images(samples, root, DecodeSettings(SIZE, "squash", 3), cache)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _, _, second = load_images(samples, root, Prep(SIZE, "squash", 3), cache)
+        _, _, second = load_images(samples, root, DecodeSettings(SIZE, "squash", 3), cache)
         warm = time.perf_counter() - t0
     mean, std = channel_stats(images)
     # No validation is timed: the training images stand in for it.
-    trainer = Trainer.build(cfg, Prepared(data_mod.Dataset(root, ds.classes, {"train": samples}), images, images,
+    trainer = Trainer.build(cfg, RunData(Dataset(root, ds.classes, {"train": samples}), images, images,
                                           [], mean, std))
     times, waits = [], []
     for e in range(1, epochs + 2):
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(os.cpu_count() or 1)
-    ds = data_mod.scan(args.data)
+    ds = scan(args.data)
     train_dir = ds.splits["train"][0].path.parent.parent
     n_classes = len(ds.classes)
     samples = _subset(ds.splits["train"], n_classes, args.limit)

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from cnnlab.report import machine
+from cnnlab.studies.reports import machine
 
 # (stage, run in our study, the assignment's best validation macro-F1 for the same setting)
 ASSIGNMENT = [

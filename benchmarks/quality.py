@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from cnnlab.audit import audit
 from cnnlab.config import Config, parse_sets
-from cnnlab.evaluate import test_run
-from cnnlab.report import machine
-from cnnlab.training import fit, resume
+from cnnlab.datatools.audit import run_audit
+from cnnlab.evaluation.testing import test_run
+from cnnlab.studies.reports import machine
+from cnnlab.training.trainer import fit, resume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     leak_dir = out / "audit"
     if not (leak_dir / "leak_free_test.csv").is_file():
-        audit(args.data, out=leak_dir)
+        run_audit(args.data, out=leak_dir)
     manifest = leak_dir / "leak_free_test.csv"
 
     seeds = []

@@ -32,17 +32,19 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import f1_score, recall_score
 
-from cnnlab import data as data_mod
+from cnnlab.data.folders import Dataset, scan
+from cnnlab.data.manifest import read_manifest
 from cnnlab.errors import UserError
-from cnnlab.evaluate import load_run
-from cnnlab.loops import predict_logits
-from cnnlab.pipeline import equalize, prepare
-from cnnlab.runs import read_config
+from cnnlab.evaluation.loading import load_run
+from cnnlab.training.loops import predict_logits
+from cnnlab.training.preparation import prepare_run_data
+from cnnlab.training.presets import equalize
+from cnnlab.training.run_folder import read_config
 
 DOMINANT = 0.8  # a class has one main source when this share of its files has one size
 
 
-def off_source(ds: data_mod.Dataset) -> set[str]:
+def off_source(ds: Dataset) -> set[str]:
     """Relative paths of the training files whose size differs from their class's dominant size."""
     by_class: dict[int, list[tuple[str, tuple[int, int]]]] = {}
     for s in ds.splits["train"]:
@@ -64,8 +66,8 @@ def off_paths(manifest) -> set[str]:
 
 
 def write(args) -> int:
-    ds = data_mod.scan(args.data, warn=False)
-    listed = data_mod.read_manifest(Path(args.split_from), ds.root, ds.classes, split="val")
+    ds = scan(args.data, warn=False)
+    listed = read_manifest(Path(args.split_from), ds.root, ds.classes, split="val")
     off = off_source(ds)
     rows = {ds.rel(s.path): ds.classes[s.label] for s in ds.splits["train"] if ds.rel(s.path) in off}
     rows.update((ds.rel(s.path), ds.classes[s.label]) for s in listed)
@@ -98,7 +100,7 @@ def validation(run: Path, off: set[str]):
     cfg = read_config(run)
     key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True) + (run / "split.csv").read_text()
     if key not in _VALIDATION:
-        p = prepare(cfg, split_csv=run / "split.csv")
+        p = prepare_run_data(cfg, split_csv=run / "split.csv")
         is_off = np.array([p.dataset.rel(s.path) in off for s in p.val.samples])
         _VALIDATION[key] = (p.val, p.dataset.classes, is_off)
     return _VALIDATION[key]

@@ -16,8 +16,9 @@ import sys
 import numpy as np
 import torch
 
-from cnnlab import data as data_mod
-from cnnlab.audit import duplicate_groups, thumbnails
+from cnnlab.data.duplicates import duplicate_groups, thumbnails
+from cnnlab.data.folders import scan
+from cnnlab.data.splits import block_split_groups, natural_key, split_train_val
 
 
 def main(argv=None) -> int:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, nargs="+", default=[10, 20, 40, 80])
     args = ap.parse_args(argv)
 
-    full = data_mod.scan(args.data, warn=False)
+    full = scan(args.data, warn=False)
     samples = full.splits["train"]
     thumbs, good = thumbnails(samples, full.root, None)
     row = {full.rel(samples[j].path): i for i, j in enumerate(good)}
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     for label, name in enumerate(full.classes):
         rels = sorted((full.rel(s.path) for s in samples if s.label == label and full.rel(s.path) in row),
-                      key=lambda r: data_mod.natural_key(os.path.basename(r)))
+                      key=lambda r: natural_key(os.path.basename(r)))
         idx = torch.tensor([row[r] for r in rels])
         near = (flat[idx[1:]] - flat[idx[:-1]]).abs().mean(1)
         pairs = torch.from_numpy(rng.choice(len(idx), (1000, 2)))
@@ -50,9 +51,9 @@ def main(argv=None) -> int:
     print("\n| split | validation images | nearest training image: median distance | share under 0.03 |")
     print("|---|---|---|---|")
     for size in [0, *args.blocks]:
-        ds = data_mod.scan(args.data, warn=False)
-        groups = dups if size == 0 else data_mod.block_split_groups(ds, size, dups)
-        data_mod.split_train_val(ds, args.fraction, args.split_seed, groups)
+        ds = scan(args.data, warn=False)
+        groups = dups if size == 0 else block_split_groups(ds, size, dups)
+        split_train_val(ds, args.fraction, args.split_seed, groups)
         tr = torch.tensor([row[ds.rel(s.path)] for s in ds.splits["train"] if ds.rel(s.path) in row])
         va = torch.tensor([row[ds.rel(s.path)] for s in ds.splits["val"] if ds.rel(s.path) in row])
         nearest = torch.cdist(flat[va], flat[tr], p=1).min(1).values / flat.shape[1]

@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from cnnlab.synth import synth_eclipse
+    from cnnlab.data.synthetic import synth_eclipse
 
     with tempfile.TemporaryDirectory() as tmp:
         data, out = Path(tmp) / "eclipse", Path(tmp) / "study"

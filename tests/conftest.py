@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from cnnlab.cli import main
+from cnnlab.cli.main import main
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def shapes(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def eclipse(tmp_path_factory) -> Path:
     """The embedded synthetic eclipse set, small: 16 train and 4 test images per class at 48 px."""
-    from cnnlab.synth import synth_eclipse
+    from cnnlab.data.synthetic import synth_eclipse
 
     out = tmp_path_factory.mktemp("eclipse") / "ecl"
     synth_eclipse(out, train_per_class=16, test_per_class=4, size=48, seed=1)

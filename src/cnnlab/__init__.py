@@ -1,11 +1,38 @@
 """cnnlab: train CNN image classifiers from scratch, compare training choices, teach optimizers.
 
-The Python API (docs/api.md): `inspect`, `train`, `load`, `study`, and the `Run` and `StudyResults` they
+The Python API (docs/api.md): `inspect`, `train`, `load`, `study`, `cv`, and the `Run` and `StudyResults` they
 return; every user mistake raises `UserError` with a one-line message. Importing cnnlab imports no torch.
+
+The packages, in the order they depend on one another (docs/ARCHITECTURE.md): `reporting` (log lines, progress,
+figures, the report language), `data` (finding, splitting, decoding and caching images), `training` (everything
+one run needs), `evaluation` (the once-only test, predictions, class activation maps), `explain`, `export`,
+`serve`, `datatools` (inspect and audit a data set), `studies` (many runs: executors, studies, cross-validation,
+reports), `teach` (optimizers from scratch on 2-D functions) and `cli` (the `cnnlab` command).
 """
 
-from cnnlab.api import Image, Report, Run, StudyResults, inspect, load, study, train
+from __future__ import annotations
+
+import importlib
+
+from cnnlab.api import Image, Report, Run, StudyResults, cv, inspect, load, study, train
 from cnnlab.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["Image", "Report", "Run", "StudyResults", "UserError", "inspect", "load", "study", "train"]
+__all__ = ["Image", "Report", "Run", "StudyResults", "UserError", "cv", "inspect", "load", "study", "train"]
+
+
+def lazy_face(package: str, exports: dict[str, str]):
+    """The `__getattr__` and `__dir__` of a package face (PEP 562): each public name is imported from its module on
+    first use, so importing a package imports nothing heavy (`cnnlab predict FILE.onnx` never imports torch).
+
+    exports: public name -> the module of `package` that defines it."""
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__

@@ -23,25 +23,25 @@ from pathlib import Path
 
 from cnnlab.errors import UserError
 
-__all__ = ["Image", "Report", "Run", "StudyResults", "inspect", "load", "make_config", "study", "train"]
+__all__ = ["Image", "Report", "Run", "StudyResults", "cv", "inspect", "load", "make_config", "study", "train"]
 
 
 def make_config(config=None, default: str | None = None, **overrides):
     """The checked `Config` of a run: `config` (a Config, or the TOML file or recipe it names; else `default`, else
     `cnnlab train`'s defaults), then `overrides` in order; None values are skipped."""
-    from cnnlab.checks import validate
     from cnnlab.config import Config, load_recipe
+    from cnnlab.training.checks import check_config
 
     name = config or default
     cfg = name.copy() if isinstance(name, Config) else load_recipe(name) if name else Config()
     cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return validate(cfg)
+    return check_config(cfg)
 
 
 def _shown(fig):
     """`fig`, which Jupyter shows inline when a cell returns it. cnnlab draws on plain matplotlib Figures, never
     through pyplot, so the inline backend may never have been loaded: register its PNG formatter for them."""
-    from cnnlab.progress import in_notebook
+    from cnnlab.reporting.progress import in_notebook
 
     if in_notebook():
         from IPython import get_ipython
@@ -71,11 +71,11 @@ class Run:
     """A run folder (see `cnnlab.runs`): its config, history, checkpoints and scores."""
 
     def __init__(self, path: str | Path):
-        from cnnlab import runs
+        from cnnlab.training import run_folder
 
         self.path = Path(path)
-        if not runs.is_run(self.path):
-            raise UserError(f"{self.path} is not a cnnlab run folder (no {runs.CONFIG})")
+        if not run_folder.is_run(self.path):
+            raise UserError(f"{self.path} is not a cnnlab run folder (no {run_folder.CONFIG})")
         self._summary: dict | None = None  # as training returned it, when this object trained the run
 
     def __repr__(self) -> str:
@@ -84,34 +84,34 @@ class Run:
     @property
     def config(self):
         """The run's resolved `Config`."""
-        from cnnlab import runs
+        from cnnlab.training import run_folder
 
-        return runs.read_config(self.path)
+        return run_folder.read_config(self.path)
 
     @property
     def history(self):
         """One row an epoch: losses, macro-F1, accuracy, learning rate, timing, each class's validation recall."""
-        from cnnlab import runs
+        from cnnlab.training import run_folder
 
-        path = self.path / runs.HISTORY
-        return _frame(runs.read_history(path) if path.is_file() else [])
+        path = self.path / run_folder.HISTORY
+        return _frame(run_folder.read_history(path) if path.is_file() else [])
 
     @property
     def summary(self) -> dict:
         """The figures a study's summary.csv lists for this run (best validation macro-F1 and its epoch, gaps,
         stability, speed), from its history and best checkpoint's epoch."""
-        from cnnlab import runs
+        from cnnlab.training import run_folder
 
         if self._summary is not None:
             return self._summary
-        history = runs.read_history(self.path / runs.HISTORY) if (self.path / runs.HISTORY).is_file() else []
-        if not history or not (self.path / runs.BEST).is_file():
+        history = run_folder.read_history(self.path / run_folder.HISTORY) if (self.path / run_folder.HISTORY).is_file() else []
+        if not history or not (self.path / run_folder.BEST).is_file():
             raise UserError(f"{self.path} has no finished epoch with a best checkpoint yet")
-        return runs.summarize(history, runs.load_checkpoint(self.path / runs.BEST)["epoch"])
+        return run_folder.summarize_history(history, run_folder.load_checkpoint(self.path / run_folder.BEST)["epoch"])
 
     def plot(self, title: str | None = None):
         """Loss and macro-F1 per epoch, train solid and validation dashed: a matplotlib Figure."""
-        from cnnlab.plots import overlay_figure
+        from cnnlab.reporting.figures import overlay_figure
 
         return _shown(overlay_figure({title or self.path.name: self.history.to_dict("records")}, title=title or ""))
 
@@ -120,30 +120,30 @@ class Run:
         """Score the best checkpoint on the test split of `data` (default: the run's own data set) or on the images
         a manifest lists, as `cnnlab test` does: the evaluation is counted in the run folder and a repeat warns.
         Returns test.json's content (accuracy, macro_f1, per_class, confusion_matrix, ...)."""
-        from cnnlab.evaluate import test_run
+        from cnnlab.evaluation.testing import test_run
 
         return test_run(self.path, data, manifest, class_map, log=log)
 
     def predict(self, images: str | Path | Iterable[str | Path]):
         """Classify image files and folders of images: a DataFrame of path, label and one probability column a
         class."""
-        from cnnlab.evaluate import predict
+        from cnnlab.evaluation.prediction import predict_files
 
-        rows = predict(self.path, _paths(images))
+        rows = predict_files(self.path, _paths(images))
         return _frame([{"path": r["path"], "label": r["label"], **r["probs"]} for r in rows])
 
     def explain(self, images: str | Path | Iterable[str | Path], out: str | Path, method: str = "gradcam",
                 target: str | None = None):
         """Grad-CAM (or gradcam++) heatmaps of what drove each prediction, written to `out` as overlays and a
         contact sheet; returns that sheet as an `Image` a notebook shows. Needs cnnlab[explain]."""
-        from cnnlab.explain import explain_images
+        from cnnlab.explain.heatmaps import explain_images
 
         explain_images(self.path, _paths(images), out, method, target)
         return Image(Path(out) / "contact_sheet.png")
 
     def resume(self, progress: bool = True, log=print) -> Run:
         """Continue an interrupted run from its last finished epoch (a finished run is left as it is)."""
-        from cnnlab.training import resume
+        from cnnlab.training.trainer import resume
 
         self._summary = resume(self.path, progress=progress, log=log)
         return self
@@ -160,9 +160,9 @@ def inspect(data: str | Path, out: str | Path | None = None, class_map: str | No
     """What a data set holds before anything trains: per split and class, counts, image sizes and modes, unusable
     files; with `out`, a contact sheet per split (`report["contact_sheets"]`, show one with `Image`). `cnnlab data
     inspect` prints the same report (`cnnlab.inspection.format_report`)."""
-    from cnnlab.inspection import inspect as inspect_data
+    from cnnlab.datatools.inspection import inspect_dataset
 
-    return inspect_data(data, out=out, cache_dir=cache_dir, class_map=class_map)
+    return inspect_dataset(data, out=out, cache_dir=cache_dir, class_map=class_map)
 
 
 def load(path: str | Path) -> Run:
@@ -181,7 +181,7 @@ def train(data: str | Path | None = None, *, out: str | Path | None = None, conf
     `config` is a TOML file, a shipped recipe name (`assignment`, `mri`) or a Config; `data` and the keywords
     override it, e.g. `train(data="ecl", model="simple-bn", epochs=10, image_size=64, lr=3e-4)`. `out` must be
     new or empty (`force=True`: any folder that holds no run)."""
-    from cnnlab.training import fit
+    from cnnlab.training.trainer import fit
 
     cfg = make_config(config, **{"data.path": None if data is None else str(data), **overrides})
     out = Path(out or default_out(cfg))
@@ -294,7 +294,7 @@ class StudyResults:
     def best(self) -> str:
         """The run with the best mean validation macro-F1 over its seeds: the one the assignment carries forward
         (for the assignment, the last stage's)."""
-        from cnnlab.studies import mean_by_run
+        from cnnlab.studies.definitions import mean_by_run
 
         means = mean_by_run(self._results())
         return max(means, key=means.get)
@@ -302,8 +302,8 @@ class StudyResults:
     def conclusions(self, lang: str = "en") -> list[str]:
         """The report's conclusions: sentences computed from the summary (winner and its margin against the noise,
         overfitting, stability, convergence, speed); for the assignment, the last stage's."""
-        from cnnlab.report import aggregate, conclusions
-        from cnnlab.strings import check_lang
+        from cnnlab.reporting.strings import check_lang
+        from cnnlab.studies.reports import aggregate, conclusions
 
         check_lang(lang)
         return conclusions(aggregate(self._results()), lang)
@@ -317,7 +317,7 @@ class StudyResults:
 
     def plot(self, title: str | None = None):
         """Every run's curves on one figure (the first seed of each): a matplotlib Figure."""
-        from cnnlab.plots import overlay_figure
+        from cnnlab.reporting.figures import overlay_figure
 
         seen: dict[str, list[dict]] = {}
         for name, run in self.runs.items():
@@ -330,7 +330,7 @@ class StudyResults:
 
 
 def _assignment_order() -> dict[str, int]:
-    from cnnlab.studies import ASSIGNMENT_STAGES
+    from cnnlab.studies.definitions import ASSIGNMENT_STAGES
 
     return {name: i for i, name in enumerate(ASSIGNMENT_STAGES)}
 
@@ -347,8 +347,8 @@ def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: 
     `study("regularization", data="ecl", out="runs/reg", epochs=20, image_size=64)`. `param="lr=0.1,0.01"` sweeps
     one field instead; `jobs` runs that many at once (`auto`: one a core, up to 4; 1: in this process, with
     progress bars); `executor="ray"` spreads them over a Ray cluster."""
-    from cnnlab.executors import make_executor, resolve_jobs, running
-    from cnnlab.strings import check_lang
+    from cnnlab.reporting.strings import check_lang
+    from cnnlab.studies.executors import make_executor, resolve_jobs, running
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
@@ -361,8 +361,8 @@ def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: 
 
 
 def _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overrides) -> None:
-    from cnnlab.data import check_root
-    from cnnlab.studies import load_study, run_assignment, run_study, sweep
+    from cnnlab.data.folders import check_root
+    from cnnlab.studies.definitions import load_study, run_assignment, run_study, sweep
 
     base = make_config(config, default="assignment", **{"data.path": None if data is None else str(data), **overrides})
     if not base.data.path:
@@ -378,3 +378,23 @@ def _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overr
     else:
         run_study(spec, base, Path(out), seeds, runner, jobs=jobs, log=log, lang=lang)
     return StudyResults(out)
+
+
+def cv(data: str | Path, folds: str | Path, *, out: str | Path, config: str | Path | None = None,
+       jobs: int | str = "auto", executor: str = "local", address: str | None = None, gpus_per_run: float = 0.25,
+       lang: str = "en", log=print, command: str = "", **overrides) -> dict:
+    """Cross-validate on a data set's own folds (or resume) and return the contents of `out/cv.json`.
+
+    `folds`: a CSV with the columns path (relative to `data`), class and fold, e.g. patient-wise folds. Each fold is
+    scored once, by a run trained on the other folds and validated on the next one; `config` is a TOML file or a
+    recipe (default: `cnnlab train`'s defaults), keywords override it. `jobs`, `executor`, `address` and
+    `gpus_per_run` are `study`'s. `cnnlab cv` is this function."""
+    from cnnlab.studies.executors import make_executor, resolve_jobs, running
+
+    jobs = resolve_jobs(jobs, executor)
+    # The executor first: its workers start while this process reads and checks the config.
+    with running(make_executor(executor, jobs, address, gpus_per_run, log=log)) as runner:
+        from cnnlab.studies.cross_validation import run_cv
+
+        base = make_config(config, **{"data.path": str(data), **overrides})
+        return run_cv(base, Path(folds), Path(out), runner, jobs, log=log, command=command, lang=lang)

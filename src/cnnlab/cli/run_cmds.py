@@ -1,0 +1,156 @@
+"""The `cnnlab` command line. Heavy imports (torch) happen inside commands so `--help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cnnlab.errors import UserError
+
+# ------------------------------------------------------------------------------------- training
+
+
+def build_config(config_file, flags: dict, sets, default=None):
+    """The config of a command: the file or recipe (else `default`, else cnnlab's defaults), then the flags, then
+    --set; every value checked before the command does anything."""
+    from cnnlab.api import make_config
+    from cnnlab.config import parse_sets
+
+    return make_config(config_file, default, **{**flags, **parse_sets(sets)})  # --set wins
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(),
+              help="TOML config, or a shipped recipe by name (assignment, mri); flags and --set override it.")
+@click.option("--data", help="Dataset root (train/test or Training/Testing split folders, or a class tree).")
+@click.option("--model", help="simple, simple-bn, simple-dropout, simple-bn-dropout, mlp, adaptive, resnet.")
+@click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
+@click.option("--image-size", type=int, help="Input side in pixels.")
+@click.option("--batch-size", type=int)
+@click.option("--optimizer", help="sgd, adam, adamw, rmsprop, adagrad.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--device", help="auto (default), cpu, cuda, cuda:N.")
+@click.option("--dedupe", is_flag=True, default=None, help="Keep duplicate groups on one side of the split.")
+@click.option("--strict", is_flag=True, default=None, help="Unusable files are an error, not a warning.")
+@click.option("--class-map", help="test_name=train_name,... when test folders are named differently.")
+@click.option("--cache-dir", help="Decode cache folder (default: the user cache).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field (repeatable).")
+@click.option("--out", type=click.Path(), help="Run folder (default runs/<model>-<time>).")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last epoch.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("--force", is_flag=True, help="Write into an existing non-empty --out that holds no run.")
+def train(config_file, data, model, epochs, image_size, batch_size, optimizer, lr, device, dedupe, strict,
+          class_map, cache_dir, sets, out, resume, quiet, force):
+    """Train one model from scratch; writes config.toml, split.csv, history.csv, curves.png, checkpoints.
+
+    \b
+    Examples:
+      cnnlab train --data /tmp/ecl --model simple-bn-dropout --image-size 64 --epochs 10 --out runs/r1
+      cnnlab train --config recipes/mri.toml --data ../shared/datasets/brain-tumor-mri --set seed=1 --out R
+      cnnlab train --resume runs/r1        # after Ctrl-C, SIGTERM or kill -9
+    """
+    from cnnlab import api
+
+    flags = {"data.path": data, "model.model": model, "train.epochs": epochs, "data.image_size": image_size,
+             "train.batch_size": batch_size, "optim.optimizer": optimizer, "optim.lr": lr, "train.device": device,
+             "data.dedupe": dedupe, "data.strict": strict, "data.class_map": class_map,
+             "data.cache_dir": cache_dir}
+    if resume:
+        ctx = click.get_current_context()
+        given = [max(p.opts, key=len) for p in ctx.command.params if p.name not in ("resume", "quiet")
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise UserError(f"--resume continues a run exactly as it was configured: {', '.join(given)} cannot "
+                            "change it (start a new run with --out to train differently)")
+        out = Path(resume)
+        run = lambda: api.load(out).resume(progress=not quiet, log=click.echo)  # noqa: E731
+    else:
+        cfg = build_config(config_file, flags, sets)
+        out = Path(out or api.default_out(cfg))
+        run = lambda: api.train(config=cfg, out=out, progress=not quiet, log=click.echo, force=force)  # noqa: E731
+    try:
+        summary = run().summary
+    except KeyboardInterrupt:
+        click.echo(_interrupted_advice(out), err=True)
+        sys.exit(130)
+    click.echo(f"run {out}: best val macro-F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']} "
+               f"of {summary['epochs']}; curves in {out / 'curves.png'}")
+
+
+def _interrupted_advice(out: Path) -> str:
+    from cnnlab.training import run_folder
+
+    if run_folder.is_run(out):
+        return f"interrupted; continue with: cnnlab train --resume {out}"
+    return "interrupted before the run started: nothing was written; run the same command again to start it"
+
+
+@click.command("test")
+@click.argument("run", type=click.Path())
+@click.option("--data", help="Dataset root (default: the run's own).")
+@click.option("--manifest", type=click.Path(), help="Score only the images listed (CSV: path,class[,split]).")
+@click.option("--class-map", help="test_name=train_name,... when test folders are named differently.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def test_cmd(run, data, manifest, class_map, as_json):
+    """Score a run's best checkpoint once on the test split (or a manifest); writes test.json.
+
+    Use it once, for the final choice: every evaluation is counted in the run folder, and a repeat warns.
+
+    \b
+    Example:
+      cnnlab test runs/r1 --data /tmp/ecl
+      cnnlab test runs/r1 --data DATA --manifest audit/leak_free_test.csv
+    """
+    from cnnlab.evaluation.testing import test_run
+
+    r = test_run(Path(run), data, manifest, class_map)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{r['split']}: {r['n_images']} images  macro-F1 {r['macro_f1']:.4f}  accuracy {r['accuracy']:.4f}"
+               f"  (evaluation #{r['evaluation_number']} of this split)")
+    width = max(len(c) for c in r["per_class"])
+    click.echo(f"  {'class':<{width}}  precision  recall     f1  support")
+    for c, m in r["per_class"].items():
+        click.echo(f"  {c:<{width}}  {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:8d}")
+    click.echo(f"wrote {Path(run) / (r['split'] + '.json')}")
+
+
+@click.command()
+@click.argument("run", type=click.Path())
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, label, probs}.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV: path, label, one probability column per class.")
+def predict(run, paths, as_json, as_csv):
+    """Classify images or folders of images with a run's best checkpoint, or with a FILE.onnx from
+    `cnnlab export` (on onnxruntime alone: no torch needed).
+
+    \b
+    Example:
+      cnnlab predict runs/r1 photo.jpg more_photos/ --json
+      cnnlab predict model.onnx photo.jpg --csv
+    """
+    if run.lower().endswith(".onnx") and not Path(run).is_dir():  # before anything imports torch
+        from cnnlab.export.onnx_runtime import predict_onnx
+
+        rows = predict_onnx(Path(run), list(paths))
+    else:
+        from cnnlab.evaluation.prediction import predict_files
+
+        rows = predict_files(Path(run), list(paths))
+    classes = list(rows[0]["probs"])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif as_csv:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "label", *classes])
+        for r in rows:
+            w.writerow([r["path"], r["label"], *(f"{r['probs'][c]:.6f}" for c in classes)])
+    else:
+        for r in rows:
+            click.echo(f"{r['label']:<24} {r['probs'][r['label']]:.3f}  {r['path']}")

@@ -1,0 +1,85 @@
+"""The input pipeline: a dataset prepared once as uint8 tensors, an epoch's order and batches, and the train and
+eval presets that turn a uint8 batch into the network's input.
+
+`prepare` scans and splits a dataset for a new run, or reads back a run's own `split.csv` (resume and every
+later command), then decodes through the cache. The presets are a pair, as in torchvision's classification
+references: `EvalInput` normalises; `TrainInput` augments from the epoch's generator, then normalises the same
+way and adds noise. Every random draw comes from a generator seeded by (seed, epoch), so a run resumed at an
+epoch boundary continues exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cnnlab.data.cache import ImageSet
+
+IMBALANCE_MODES = ("none", "weights", "oversample", "undersample")  # weights: in the loss (optimization.py)
+
+
+# --------------------------------------------------------------------------------------- batching
+
+
+def epoch_indices(labels: torch.Tensor, n_classes: int, imbalance: str,
+                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample indices of one epoch, shuffled, and a mask of which are oversampling copies."""
+    if imbalance in ("oversample", "undersample"):
+        counts = torch.bincount(labels, minlength=n_classes)
+        target = int(counts.max() if imbalance == "oversample" else counts[counts > 0].min())
+        idx, copy = [], []
+        for c in range(n_classes):
+            members = (labels == c).nonzero().flatten()
+            if len(members) == 0:
+                continue
+            perm = members[torch.randperm(len(members), generator=g)]
+            if imbalance == "undersample":
+                idx.append(perm[:target])
+                copy.append(torch.zeros(target, dtype=torch.bool))
+            else:
+                extra = members[torch.randint(len(members), (target - len(members),), generator=g)]
+                idx += [members, extra]
+                copy += [torch.zeros(len(members), dtype=torch.bool), torch.ones(len(extra), dtype=torch.bool)]
+        idx_t, copy_t = torch.cat(idx), torch.cat(copy)
+    else:
+        idx_t, copy_t = torch.arange(len(labels)), torch.zeros(len(labels), dtype=torch.bool)
+    order = torch.randperm(len(idx_t), generator=g)
+    return idx_t[order], copy_t[order]
+
+
+def batches(images: ImageSet, order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Positions into `order`, one tensor a batch. Variable-size images are grouped by size (buckets)."""
+    positions = torch.arange(len(order))
+    if isinstance(images.images, torch.Tensor):
+        groups = [positions]
+    else:
+        buckets: dict[tuple, list[int]] = {}
+        for pos, i in enumerate(order.tolist()):
+            buckets.setdefault(tuple(images.images[i].shape), []).append(pos)
+        groups = [torch.tensor(members) for members in buckets.values()]
+    out = []
+    for members in groups:
+        parts = list(members.split(batch_size))
+        if len(parts) > 1 and len(parts[-1]) == 1:  # BatchNorm cannot train on a batch of one
+            parts[-2:] = [torch.cat(parts[-2:])]
+        out += parts
+    return sorted(out, key=lambda b: int(b[0]))  # interleave buckets deterministically
+
+
+def steps_per_epoch(images: ImageSet, n_classes: int, imbalance: str, batch_size: int) -> int:
+    order = epoch_indices(images.labels, n_classes, imbalance, torch.Generator().manual_seed(0))[0]
+    return len(batches(images, order, batch_size))
+
+
+def gather(images: ImageSet, idx: torch.Tensor) -> torch.Tensor:
+    if isinstance(images.images, torch.Tensor):
+        return images.images[idx.to(images.images.device)]  # indexing keeps channels_last strides
+    return torch.stack([images.images[i] for i in idx.tolist()])
+
+
+def place(images: ImageSet, device: torch.device, channels_last: bool) -> ImageSet:
+    """Store a fixed-size set the way the model reads it: channels_last (batches then need no layout copy),
+    and on the GPU when there is one (140 MB of uint8 for the whole MRI set at 128 px)."""
+    if isinstance(images.images, torch.Tensor):
+        x = images.images.to(device)
+        images.images = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return images

@@ -1,0 +1,100 @@
+"""Where and how a model runs: the device, the precision (bf16 autocast where it pays), the memory layout, the
+train and eval input presets, and flip TTA at evaluation."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnnlab.config import Config
+from cnnlab.training.presets import EvalInput, TrainInput
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class Engine:
+    """Everything the loops need: the model on its device, its precision and its two input presets."""
+
+    model: nn.Module
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    train_input: TrainInput
+    eval_input: EvalInput
+    tta: bool = False
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self, precision: str = "auto") -> str:
+        """One line of what this machine got: device, precision (and why, for auto), layout, threads."""
+        if self.device.type == "cuda":
+            where = f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        else:
+            where = f"cpu ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+        dtype = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.autocast_dtype]
+        why = ""
+        if precision == "auto":
+            why = (" (auto: native bf16 on this CPU)" if self.autocast_dtype is not None else
+                   " (auto: no native bf16 on this CPU)") if self.device.type == "cpu" else " (auto)"
+        layout = "channels_last" if self.train_input.channels_last else "NCHW"
+        return f"{where}, {dtype}{why}, {layout}"
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            out = self.model(x).float()
+            if self.tta:
+                out = (out.softmax(1) + self.model(x.flip(-1)).float().softmax(1)).div(2).log()
+        return out
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: the GPU when there is one. Names are checked in cnnlab.checks before any work."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# oneDNN instruction sets without native bf16 dot products: with ONEDNN_MAX_CPU_ISA capped to one of them, oneDNN
+# would emulate bf16 (slower than fp32), whatever the CPU has.
+_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 matrix units (AVX-512 BF16 or AMX), where oneDNN runs bf16 about 2x faster than fp32, and
+    oneDNN allowed to use them (ONEDNN_MAX_CPU_ISA)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISAS_WITHOUT_BF16:
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 autocast on a GPU, and on a CPU with native bf16 (docs/results/speed.md shows the
+    validation score unchanged); fp32 elsewhere."""
+    if name == "fp32" or (name == "auto" and device.type == "cpu" and not cpu_has_bf16()):
+        return None
+    if name == "fp16":
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> Engine:
+    t, d = cfg.train, cfg.data
+    device = pick_device(t.device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.to(device)
+    return Engine(model, device, pick_precision(t.precision, device),
+                  TrainInput(mean, std, d.normalize, device, t.channels_last, cfg.augment),
+                  EvalInput(mean, std, d.normalize, device, t.channels_last), t.tta)

@@ -1,0 +1,277 @@
+"""Training a run: `fit` starts one, `resume` continues one from its folder, `Trainer` is the run in memory.
+
+A `Trainer` is built from a config and prepared data (`Trainer.build`), runs one epoch at a time
+(`run_epoch`, or its halves `train_epoch` and `validate`), and saves and restores its whole state
+(`state_dict`, `load_state_dict`); a `RunWriter` (cnnlab.runs) writes what each epoch leaves, in the background.
+Every epoch reseeds its own RNGs from (seed, epoch), so a run resumed from any epoch boundary continues exactly
+as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cnnlab.config import Config
+from cnnlab.data.cache import ImageSet
+from cnnlab.errors import UserError
+from cnnlab.files import LOCK, FolderLock, output_folder
+from cnnlab.training import run_folder
+from cnnlab.training.batching import place, steps_per_epoch
+from cnnlab.training.checks import check_config
+from cnnlab.training.engine import Engine, make_engine
+from cnnlab.training.loops import train_one_epoch, validate_epoch
+from cnnlab.training.models import build
+from cnnlab.training.optimization import Optimization, class_weights
+from cnnlab.training.preparation import RunData, prepare_run_data
+from cnnlab.training.run_folder import RunWriter, TensorBoard
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+@dataclass
+class Best:
+    """Early stopping's bookkeeping: the best monitored value, its epoch, and epochs since it."""
+
+    monitor: str
+    value: float | None = None
+    epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        if self.value is None or math.isnan(self.value):
+            improved = not math.isnan(value)
+        else:
+            improved = value < self.value if self.monitor == "val_loss" else value > self.value
+        if improved:
+            self.value, self.epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    classes: list[str]
+    eng: Engine
+    opt: Optimization
+    train: ImageSet
+    val: ImageSet
+    mean: torch.Tensor
+    std: torch.Tensor
+    steps: int  # optimizer steps an epoch
+    history: list[dict] = field(default_factory=list)
+    best: Best = None
+    epoch: int = 0  # the last finished epoch
+    finished: bool = False
+    diverged: bool = False
+
+    @classmethod
+    def build(cls, cfg: Config, p: RunData) -> Trainer:
+        """The model (initialised from the config's seed), its engine, and its optimization, on `p`'s data."""
+        n_classes = len(p.classes)
+        torch.manual_seed(cfg.train.seed)
+        eng = make_engine(cfg, build(cfg.model, cfg.data.channels, n_classes, cfg.data.image_size), p.mean, p.std)
+        for images in (p.train, p.val):
+            place(images, eng.device, cfg.train.channels_last)
+        weight = class_weights(p.train.labels, n_classes) if cfg.data.imbalance == "weights" else None
+        steps = steps_per_epoch(p.train, n_classes, cfg.data.imbalance, cfg.train.batch_size)
+        opt = Optimization.build(eng.model, cfg, steps, weight, eng.autocast_dtype == torch.float16)
+        return cls(cfg, list(p.classes), eng, opt, p.train, p.val, p.mean, p.std, steps,
+                   best=Best(cfg.train.monitor))
+
+    # ------------------------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int, progress=None) -> dict:
+        """The training half of `epoch`, seeded from (seed, epoch): dropout through torch's global RNG, the
+        order and the augmentation through the epoch's generator."""
+        torch.manual_seed(epoch_seed(self.cfg.train.seed, epoch))
+        g = torch.Generator().manual_seed(epoch_seed(self.cfg.train.seed, epoch) + 1)
+        return train_one_epoch(self.eng, self.train, self.opt, len(self.classes), self.cfg, g, progress)
+
+    def validate(self) -> dict:
+        eng = dataclasses.replace(self.eng, model=self.opt.eval_model)
+        return validate_epoch(eng, self.val, self.opt.criterion, len(self.classes), self.cfg.train.eval_batch_size)
+
+    def run_epoch(self, progress: bool = False) -> tuple[dict, bool]:
+        """Train and validate the next epoch; -> (its history row, whether the monitored score improved)."""
+        from cnnlab.reporting.progress import progress_bar
+
+        epoch, t = self.epoch + 1, self.cfg.train
+        t0 = time.perf_counter()
+        bar = progress_bar(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", unit="step", enabled=progress)
+        tr = self.train_epoch(epoch, bar)
+        bar.close()
+        self.opt.sync_ema_buffers()
+        ev = self.validate()
+        recall = ev.pop("val_recall")
+        lr = self.opt.lr
+        self.opt.step_scheduler(ev[t.monitor])
+        dt = time.perf_counter() - t0
+        row = {"epoch": epoch, **{k: tr[k] for k in ("train_loss", "train_f1", "train_acc")}, **ev, "lr": lr,
+               "epoch_s": dt, "images_per_s": tr["seen"] / dt, "data_wait_s": tr["data_wait_s"],
+               **{run_folder.recall_column(c): r for c, r in zip(self.classes, recall, strict=True)}}
+        self.history.append(row)
+        self.diverged = not math.isfinite(tr["train_loss"])
+        improved = not self.diverged and self.best.update(ev[t.monitor], epoch)  # never a diverged best.pt
+        self.epoch = epoch
+        stop = (t.patience and self.best.bad_epochs >= t.patience) or epoch == t.epochs
+        self.finished = bool(stop or self.diverged)
+        return row, improved
+
+    # ---------------------------------------------------------------------------------------- state
+
+    def meta(self) -> dict:
+        """What every checkpoint holds beside its weights: enough to score it with nothing else."""
+        return {"format": run_folder.CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "classes": self.classes,
+                "mean": self.mean, "std": self.std}
+
+    def summary(self) -> dict:
+        return run_folder.summarize_history(self.history, self.best.epoch)
+
+    def state_dict(self) -> dict:
+        state = {**self.meta(), "model": self.eng.model.state_dict(), **self.opt.state_dict(),
+                 "epoch": self.epoch, "history": self.history, "best_value": self.best.value,
+                 "best_epoch": self.best.epoch, "bad_epochs": self.best.bad_epochs,
+                 "rng_cpu": torch.get_rng_state(), "finished": self.finished}
+        if self.finished:
+            state["summary"] = self.summary()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.eng.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state)
+        self.history = state["history"]
+        self.best.value, self.best.epoch, self.best.bad_epochs = (state["best_value"], state["best_epoch"],
+                                                                  state["bad_epochs"])
+        self.epoch = state["epoch"]
+        torch.set_rng_state(state["rng_cpu"])
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def fit(cfg: Config, out: Path, progress: bool = True, log=print, force: bool = False) -> dict:
+    """Train a new run into `out`: check the config and the folder, prepare the data, write the run folder, train.
+
+    `out` must be new or empty (or, with `force`, any folder that does not hold a run); while the run trains,
+    no other process can write into it. Interrupted before its config is written, it leaves nothing behind."""
+    cfg = check_config(cfg.absolute())
+    out = output_folder(out, [cfg.data.path], "run folder", create=False)
+    created = not out.exists()
+    output_folder(out, [cfg.data.path], "run folder")
+    try:
+        with FolderLock(out):
+            if run_folder.is_run(out):
+                raise UserError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
+            others = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+            if others and not force:
+                raise UserError(f"{out} is not empty ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
+                                "and holds no cnnlab run: choose a new --out, or pass --force to write into it")
+            return _start(cfg, out, progress, log)
+    except BaseException:
+        if created and not run_folder.is_run(out):  # nothing of the run was written: leave no empty folder
+            (out / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def resume(out: Path, progress: bool = True, log=print) -> dict:
+    """Continue the run in `out` from its last.pt, on the images its split.csv lists (checked unchanged); a
+    finished run's summary is returned as it is. A run interrupted before its first epoch starts again."""
+    out = Path(out)
+    cfg = check_config(run_folder.read_config(out))
+    with FolderLock(out):
+        last = out / run_folder.LAST
+        state = run_folder.load_checkpoint(last, hint=f"; best.pt or an epoch-NNN.pt of {out} can still be tested, "
+                                                "but resuming needs last.pt") if last.is_file() else None
+        if state is not None and state.get("finished"):
+            log(f"run {out} is already finished ({state['epoch']} epochs)")
+            return state["summary"]
+        if not (out / run_folder.SPLIT).is_file():
+            return _start(cfg, out, progress, log)
+        _threads(cfg)
+        p = prepare_run_data(cfg, progress=progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"])
+        trainer = Trainer.build(cfg, p)
+        if state is not None:
+            trainer.load_state_dict(state)
+            log(f"resuming {out} at epoch {trainer.epoch + 1}")
+        return _train(trainer, out, progress, log)
+
+
+def _start(cfg: Config, out: Path, progress: bool, log) -> dict:
+    _threads(cfg)
+    p = prepare_run_data(cfg, progress=progress)
+    trainer = Trainer.build(cfg, p)
+    cfg.save(out / run_folder.CONFIG)
+    run_folder.write_split(p.dataset, out)
+    run_folder.write_skipped(p.skipped, out)
+    return _train(trainer, out, progress, log)
+
+
+def _threads(cfg: Config) -> None:
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+
+
+def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
+    """Epochs until the last, early stopping or divergence; after each, the run's files are written in the
+    background (runs.RunWriter) while the next epoch trains."""
+    writer, t = RunWriter(out, trainer.cfg.train.save_every), trainer.cfg.train
+    board = TensorBoard(out) if t.tensorboard else None
+    if progress:
+        log(f"training on {trainer.eng.describe(t.precision)}")
+    try:
+        with _Sigterm():
+            while not trainer.finished and trainer.epoch < t.epochs:
+                row, improved = trainer.run_epoch(progress)
+                writer.epoch_done(trainer.epoch, trainer.meta(), trainer.opt.eval_model.state_dict(),
+                                  trainer.state_dict(), trainer.best.value, improved, trainer.history)
+                if board is not None:
+                    board.epoch(row)
+                if progress:
+                    log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} f1 {row['train_f1']:.3f}  "
+                        f"val loss {row['val_loss']:.4f} f1 {row['val_f1']:.3f} acc {row['val_acc']:.3f}  "
+                        f"{row['epoch_s']:.1f}s {row['images_per_s']:.0f} img/s{'  *' if improved else ''}")
+                if trainer.diverged:
+                    log(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
+    finally:
+        try:
+            writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
+        finally:
+            if board is not None:
+                board.close()
+    if trainer.finished and trainer.epoch < t.epochs and not trainer.diverged:
+        log(f"early stop at epoch {trainer.epoch}: no {t.monitor} improvement for {t.patience} epochs")
+    return trainer.summary()
+
+
+class _Sigterm:
+    """SIGTERM behaves like Ctrl-C: the last finished epoch's checkpoint is kept, the run resumes."""
+
+    def __enter__(self):
+        self.old = None
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread (e.g. inside a study worker thread)
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
