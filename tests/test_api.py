@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +12,7 @@ import pandas as pd
 import pytest
 
 import cnnlab
-from tests.conftest import run_cli
+from tests.conftest import make_shapes, run_cli
 
 
 def test_import_is_light_and_exports_the_api():
@@ -33,7 +36,9 @@ def test_train_load_history_plot_test_predict(shapes, tmp_path):
     assert len(fig.axes) == 2 and fig.axes[0].lines
     score = again.test(log=lambda *a: None)
     assert score["evaluation_number"] == 1 and 0 <= score["accuracy"] <= 1
-    rows = pd.read_csv(again.path / "test_predictions.csv")  # each image of that one evaluation
+    (name, listed), = again.tests.items()  # RUN/tests/NAME/: the data set's name, a hash of its images
+    assert listed == score and name.startswith("shapes-")
+    rows = pd.read_csv(again.path / "tests" / name / "test_predictions.csv")  # each image of that one evaluation
     assert len(rows) == score["n_images"] == 12 and rows["path"].str.startswith("test/").all()
     assert (rows["class"] == rows["predicted"]).mean() == pytest.approx(score["accuracy"])
     pred = again.predict(shapes / "test" / "circle")
@@ -42,6 +47,40 @@ def test_train_load_history_plot_test_predict(shapes, tmp_path):
     pytest.importorskip("pytorch_grad_cam")
     sheet = again.explain(shapes / "test" / "square", out=tmp_path / "cam")
     assert sheet._repr_png_().startswith(b"\x89PNG") and len(list((tmp_path / "cam").glob("*.png"))) == 5
+
+
+def test_tests_on_other_data_sets_keep_their_own_results(shapes, tmp_path):
+    from cnnlab.evaluation.testing import find_test
+
+    run = cnnlab.train(data=shapes, model="mlp", epochs=1, image_size=16, batch_size=8, out=tmp_path / "r",
+                       progress=False, log=lambda *a: None)
+    other = make_shapes(tmp_path / "elsewhere" / "shapes", seed=5)  # another data set of the same folder name
+    manifest = tmp_path / "few.csv"
+    manifest.write_text("path,class\ntest/circle/img 000.png,circle\ntest/square/img 001.png,square\n")
+    first = run_cli("test", run.path, "--data", shapes).output
+    second = json.loads(run_cli("test", run.path, "--data", other, "--json").output)
+    third = run.test(data=str(shapes), manifest=str(manifest), log=lambda *a: None)
+    tests = run.tests
+    assert len(tests) == 3 and all(re.fullmatch(r"shapes(-few)?-[0-9a-f]{8}", name) for name in tests)
+    own = next(n for n, t in tests.items() if t["data"] == str(shapes.resolve()) and t["n_images"] == 12)
+    assert f"wrote {run.path / 'tests' / own / 'test.json'}" in first
+    assert tests[own]["split"] == "test" and tests[own]["evaluation_number"] == 1
+    assert [t for t in tests.values() if t["data"] == str(other.resolve())] == [second]
+    assert tests[next(n for n in tests if "-few-" in n)] == third and third["split"] == "test-few"
+    for name in tests:  # every evaluation's files, none overwritten by another
+        assert {p.name for p in (run.path / "tests" / name).iterdir()} == {
+            "test.json", "test_predictions.csv", "test_confusion.png", "test_errors.png"}
+    assert not (run.path / "test.json").exists()
+    # The same images again: counted, in the same folder.
+    run_cli("test", run.path, "--data", shapes)
+    assert set(run.tests) == set(tests) and run.tests[own]["evaluation_number"] == 2
+    assert len(json.loads((run.path / "evaluations.json").read_text())) == 4
+    assert find_test(run.path, other) == second and find_test(run.path, shapes, str(manifest)) == third
+    # A run folder from before tests/: its top-level test.json is still read.
+    for name in tests:
+        shutil.rmtree(run.path / "tests" / name)
+    (run.path / "test.json").write_text(json.dumps(second))
+    assert run.tests == {"test": second} and find_test(run.path, shapes) == second
 
 
 def test_train_is_the_cli_code_path(shapes, tmp_path):

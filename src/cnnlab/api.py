@@ -16,7 +16,6 @@ line prints. Nothing here imports torch until it is needed, so `import cnnlab` s
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,14 +27,11 @@ __all__ = ["Image", "Report", "Run", "StudyResults", "cv", "inspect", "load", "m
 
 def make_config(config=None, default: str | None = None, **overrides):
     """The checked `Config` of a run: `config` (a Config, or the TOML file or recipe it names; else `default`, else
-    `cnnlab train`'s defaults), then `overrides` in order; None values are skipped."""
-    from cnnlab.config import Config, load_recipe
-    from cnnlab.training.checks import check_config
+    `cnnlab train`'s defaults), then `overrides` (config fields, bare or qualified); None values are skipped.
+    This is `cnnlab.training.make_config`, the one path every command and function takes."""
+    from cnnlab.training import checks
 
-    name = config or default
-    cfg = name.copy() if isinstance(name, Config) else load_recipe(name) if name else Config()
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return check_config(cfg)
+    return checks.make_config(config, overrides, default=default)
 
 
 def _shown(fig):
@@ -68,7 +64,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 class Run:
-    """A run folder (see `cnnlab.runs`): its config, history, checkpoints and scores."""
+    """A run folder (see training/run_folder.py): its config, history, checkpoints and scores."""
 
     def __init__(self, path: str | Path):
         from cnnlab.training import run_folder
@@ -104,7 +100,8 @@ class Run:
 
         if self._summary is not None:
             return self._summary
-        history = run_folder.read_history(self.path / run_folder.HISTORY) if (self.path / run_folder.HISTORY).is_file() else []
+        path = self.path / run_folder.HISTORY
+        history = run_folder.read_history(path) if path.is_file() else []
         if not history or not (self.path / run_folder.BEST).is_file():
             raise UserError(f"{self.path} has no finished epoch with a best checkpoint yet")
         return run_folder.summarize_history(history, run_folder.load_checkpoint(self.path / run_folder.BEST)["epoch"])
@@ -119,10 +116,23 @@ class Run:
              log=print) -> dict:
         """Score the best checkpoint on the test split of `data` (default: the run's own data set) or on the images
         a manifest lists, as `cnnlab test` does: the evaluation is counted in the run folder and a repeat warns.
-        Returns test.json's content (accuracy, macro_f1, per_class, confusion_matrix, ...)."""
+        Its files go to a folder of its own, RUN/tests/NAME/ (see `tests`). Returns test.json's content (accuracy,
+        macro_f1, per_class, confusion_matrix, ...)."""
         from cnnlab.evaluation.testing import test_run
 
         return test_run(self.path, data, manifest, class_map, log=log)
+
+    @property
+    def tests(self) -> dict[str, dict]:
+        """Every test of the run, {NAME: test.json's content}, in name order. NAME is the folder RUN/tests/NAME/
+        that holds that evaluation's test.json, test_predictions.csv, test_confusion.png and test_errors.png: the
+        data set folder's name, the manifest's stem if one chose the images, and 8 characters of the images' hash
+        (e.g. `ecl-1f3a9c0d`, `ecl-leak_free_test-77b2e410`), so each data set keeps its own results and the same
+        images tested again reuse theirs. A run tested before tests/ existed lists its top-level test.json as
+        `test` (and test-MANIFEST.json by its stem). Empty if the run was never tested."""
+        from cnnlab.evaluation.testing import read_test, result_files
+
+        return {name: read_test(path) for name, path in result_files(self.path).items()}
 
     def predict(self, images: str | Path | Iterable[str | Path]):
         """Classify image files and folders of images: a DataFrame of path, label and one probability column a
@@ -143,9 +153,10 @@ class Run:
 
     def resume(self, progress: bool = True, log=print) -> Run:
         """Continue an interrupted run from its last finished epoch (a finished run is left as it is)."""
+        from cnnlab.reporting.reporter import Reporter
         from cnnlab.training.trainer import resume
 
-        self._summary = resume(self.path, progress=progress, log=log)
+        self._summary = resume(self.path, Reporter(log=log, progress=progress))
         return self
 
 
@@ -159,7 +170,7 @@ def inspect(data: str | Path, out: str | Path | None = None, class_map: str | No
             cache_dir: str | None = None) -> dict:
     """What a data set holds before anything trains: per split and class, counts, image sizes and modes, unusable
     files; with `out`, a contact sheet per split (`report["contact_sheets"]`, show one with `Image`). `cnnlab data
-    inspect` prints the same report (`cnnlab.inspection.format_report`)."""
+    inspect` prints the same report (`cnnlab.datatools.format_report`)."""
     from cnnlab.datatools.inspection import inspect_dataset
 
     return inspect_dataset(data, out=out, cache_dir=cache_dir, class_map=class_map)
@@ -181,12 +192,13 @@ def train(data: str | Path | None = None, *, out: str | Path | None = None, conf
     `config` is a TOML file, a shipped recipe name (`assignment`, `mri`) or a Config; `data` and the keywords
     override it, e.g. `train(data="ecl", model="simple-bn", epochs=10, image_size=64, lr=3e-4)`. `out` must be
     new or empty (`force=True`: any folder that holds no run)."""
+    from cnnlab.reporting.reporter import Reporter
     from cnnlab.training.trainer import fit
 
     cfg = make_config(config, **{"data.path": None if data is None else str(data), **overrides})
     out = Path(out or default_out(cfg))
 
-    summary = fit(cfg, out, progress=progress, log=log, force=force)
+    summary = fit(cfg, out, Reporter(log=log, progress=progress), force=force)
     run = Run(out)
     run._summary = summary
     return run
@@ -310,10 +322,10 @@ class StudyResults:
 
     @property
     def tests(self) -> list[dict]:
-        """The assignment's final test scores (empty for a single study): test.json of each run that has one."""
+        """The assignment's final test scores (empty for a single study): each test of each run that has one
+        (`Run.tests`), with the run's folder."""
         folders = dict.fromkeys(run.path for run in self.runs.values())  # a reused run is listed in two stages
-        return [{"run": str(p), **json.loads((p / "test.json").read_text())} for p in folders
-                if (p / "test.json").is_file()]
+        return [{"run": str(p), **result} for p in folders for result in Run(p).tests.values()]
 
     def plot(self, title: str | None = None):
         """Every run's curves on one figure (the first seed of each): a matplotlib Figure."""

@@ -4,7 +4,7 @@ Field names are unique across sections, so a key may be written bare (`seed=3`, 
 qualified (`train.seed=3`, `data.dedupe=true`). TOML files use the sections. The defaults below are
 `cnnlab train`'s; a recipe (`recipes/*.toml`, e.g. `assignment`, the base of `cnnlab study`) is a TOML file of
 overrides. Types are checked here, as values are set; every check on the values themselves is in
-`cnnlab.checks.validate`, which runs before any work.
+`cnnlab.training.check_config` (training/checks.py), which runs before any work.
 """
 
 from __future__ import annotations
@@ -170,7 +170,11 @@ class Config:
         return self
 
     def copy(self) -> Config:
-        return Config.from_dict(self.to_dict())
+        """A deep copy; a config already checked (`make_config`) stays known as checked."""
+        cfg = Config.from_dict(self.to_dict())
+        if hasattr(self, "_checked"):
+            cfg._checked = self._checked
+        return cfg
 
     # ---------------------------------------------------------------- io
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -16,7 +18,7 @@ from PIL import Image
 
 from cnnlab.data.cache import ImageCache, load_images
 from cnnlab.data.decode import BadImage, DecodeSettings, decode
-from cnnlab.data.folders import SPLIT_ALIASES, scan
+from cnnlab.data.folders import SPLIT_ALIASES, scan, scored_split
 from cnnlab.data.manifest import read_manifest, write_manifest
 from cnnlab.data.splits import block_groups, block_split_groups, merge_groups, split_by_manifest, split_train_val
 from cnnlab.errors import UserError
@@ -55,6 +57,134 @@ def test_class_tree_one_folder_down_is_train(tmp_path):
     shutil.copy(tmp_path / "images/circle/img 000.png", tmp_path / "images/loose.png")
     with pytest.raises(UserError, match="only one class"):
         scan(tmp_path)
+
+
+# Archives unzipped one or two folders deep, any split folder names: the split folders are found, and said.
+@pytest.mark.parametrize("wrap, names", [("archive/inner", ("train", "test")),
+                                         ("archive/inner", ("Training", "Testing")),
+                                         ("archive/a/b", ("train", "valid", "test")),
+                                         ("archive/x/y/z", ("TRAIN", "val"))])
+def test_split_folders_a_few_folders_down_are_used_and_said(tmp_path, wrap, names):
+    make_shapes(tmp_path / wrap, splits=tuple((n, 2) for n in names), classes=("cat", "dog"))
+    (tmp_path / "archive" / "readme.txt").write_text("unzipped")  # files beside the wrapper do not count
+    with pytest.warns(UserWarning) as seen:
+        ds = scan(tmp_path / "archive")
+    assert ds.classes == ["cat", "dog"] and list(ds.splits) == sorted({SPLIT_ALIASES[n.lower()] for n in names},
+                                                                      key=["train", "val", "test"].index)
+    assert ds.root == (tmp_path / "archive").resolve()
+    assert ds.rel(ds.splits["train"][0].path) == f"{wrap[len('archive/'):]}/{names[0]}/cat/img 000.png"
+    shown = " and ".join(f"{n}/" for n in names) if len(names) == 2 else "train/, valid/ and test/"
+    assert [str(w.message) for w in seen] == [f"using {tmp_path / wrap} (its {shown} split folders)"]
+
+
+def test_class_tree_read_through_a_wrapper_is_said(tmp_path):
+    make_shapes(tmp_path / "images", splits=(("", 2),))
+    with pytest.warns(UserWarning, match=r"using .*/images \(its 3 class folders\)"):
+        assert scan(tmp_path).classes == ["circle", "square", "triangle"]
+
+
+def _layout(root: Path, kind: str) -> Path:
+    """Layouts that read naively would turn a split folder's name into a class (or hide one)."""
+    two = ("cat", "dog")
+    if kind == "class named like a split":  # train/{cat,dog,test}
+        make_shapes(root, splits=(("train", 2), ("test", 1)), classes=two)
+        make_shapes(root / "train", splits=(("", 2),), classes=("test",))
+    elif kind == "class folders beside split folders":  # cat/, dog/, test/{cat,dog}
+        make_shapes(root, splits=(("", 2),), classes=two)
+        make_shapes(root, splits=(("test", 1),), classes=two)
+    elif kind == "a class called test beside classes":  # cat/, dog/, test/ all of images
+        make_shapes(root, splits=(("", 2),), classes=(*two, "test"))
+    elif kind == "split folder without class folders":  # train/{cat,dog}, test/*.png
+        make_shapes(root, splits=(("train", 2),), classes=two)
+        make_shapes(root, splits=(("", 2),), classes=("test",))
+    elif kind == "split folders inside class folders":  # cat/{train,test}, dog/{train,test}
+        for c in two:
+            make_shapes(root / c, splits=(("train", 2), ("test", 1)), classes=("x",))
+    elif kind == "a data set beside another folder":  # inner/{train,test}, docs/
+        make_shapes(root / "inner", splits=(("train", 2), ("test", 1)), classes=two)
+        (root / "docs").mkdir()
+        (root / "docs" / "notes.md").write_text("x")
+    elif kind == "images beside labels":  # images/*.png, labels/*.txt (YOLO)
+        make_shapes(root, splits=(("", 2),), classes=("images",))
+        (root / "labels").mkdir()
+        (root / "labels" / "img 000.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    elif kind == "images beside masks, per split":  # train/{images,masks}, val/{images,masks}
+        make_shapes(root, splits=(("train", 2), ("val", 1)), classes=("images", "masks"))
+    return root
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("class named like a split", r"class folder .*/train/test is named like a split folder"),
+    ("class folders beside split folders", r"holds split folders \(test/\) and also class folders beside them "
+                                           r"\(cat/, dog/\)"),
+    ("a class called test beside classes", r"holds split folders \(test/\) and also class folders"),
+    ("split folder without class folders", r"split folder .*/test holds images but no class folders"),
+    ("split folders inside class folders", r"folder .*/cat holds split folders \(test/, train/\), so it is not a "
+                                           r"class folder"),
+    ("a data set beside another folder", r"folder .*/inner holds split folders \(test/, train/\)"),
+    ("images beside labels", r"holds images/ beside labels/: images and their annotations"),
+    ("images beside masks, per split", r"/train holds images/ beside masks/"),
+])
+def test_a_split_folder_name_never_becomes_a_class(tmp_path, kind, message):
+    root = _layout(tmp_path / "data", kind)
+    with pytest.raises(UserError, match=message):
+        scan(root)
+    if kind not in ("class named like a split", "images beside masks, per split"):  # those are wrong in train/,
+        with pytest.raises(UserError, match=message):  # which `cnnlab test` never reads; the rest, it finds too
+            scored_split(root, ["cat", "dog"])
+    assert re.search(message, one_line_error("data", "inspect", root))
+
+
+def test_folders_of_images_beside_split_folders_are_ignored_and_said(tmp_path):
+    make_shapes(tmp_path, splits=(("train", 2), ("test", 1)))
+    make_shapes(tmp_path / "extra", splits=(("", 1),), classes=("unsorted",))
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "classes.txt").write_text("circle\n")  # no images: nothing to say
+    with pytest.warns(UserWarning, match=r"ignored folder\(s\) beside the split folders of .*: extra/ \(only"):
+        ds = scan(tmp_path)
+    assert list(ds.splits) == ["train", "test"] and ds.classes == ["circle", "square", "triangle"]
+
+
+def test_train_and_test_on_an_archive_unzipped_a_folder_deep(tmp_path):
+    """The newcomer's case: `--data archive` with archive/inner/{train,test}/<class>/: trains on the classes."""
+    archive = tmp_path / "archive"
+    make_shapes(archive / "inner", splits=(("train", 6), ("test", 2)))
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", archive, "--model", "mlp", "--image-size", 16, "--epochs", 1,
+                     "--batch-size", 8, "--out", out, "-q")
+    assert f"warning: using {archive / 'inner'} (its train/ and test/ split folders)" in result.output
+    with open(out / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["class"] for r in rows} == {"circle", "square", "triangle"} and len(rows) == 18
+    assert all(r["path"].startswith("inner/train/") for r in rows)
+    tested = run_cli("test", out, "--data", archive)
+    assert "using" in tested.output and "Traceback" not in tested.output
+    # Inspect says it too, and counts each split's skipped files under the right split.
+    (archive / "inner" / "test" / "circle" / "notes.txt").write_text("x")
+    looked = run_cli("data", "inspect", archive, "--json")
+    r = json.loads(looked.stdout)
+    assert r["notes"] == [f"using {archive / 'inner'} (its train/ and test/ split folders)"]
+    assert [k["reason"] for k in r["splits"]["test"]["skipped"]] == ["not an image file"]
+    assert r["splits"]["train"]["skipped"] == []
+
+
+def test_a_file_it_may_not_read_is_skipped_by_the_scan(shapes, monkeypatch):
+    """Found while scanning (`cannot read: permission denied`), so no reader after the scan ever opens it."""
+    real_access = os.access  # root reads everything: deny the way os.access reports it
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: "img 001" not in str(p) and real_access(p, mode, **kw))
+    with pytest.warns(UserWarning, match=r"skipped 6 unusable file\(s\): .*img 001.png \(cannot read: permission "
+                                         r"denied\)"):
+        ds = scan(shapes)
+    assert len(ds.skipped) == 6 and all(why == "cannot read: permission denied" for _, why in ds.skipped)
+    assert not any("img 001" in str(s.path) for split in ds.splits.values() for s in split)
+
+
+def test_a_file_gone_since_the_scan_is_a_bad_file_not_a_crash(shapes):
+    ds = scan(shapes)
+    gone = ds.splits["train"][0].path
+    gone.unlink()
+    images, bad, _ = load_images(ds.splits["train"], ds.root, DecodeSettings(16))
+    assert bad == [(str(gone), "cannot read: No such file or directory")] and len(images) == 35
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".JPG", ".jpeg", ".png", ".bmp", ".tif", ".webp"])

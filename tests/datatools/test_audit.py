@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ import torch
 from conftest import make_shapes, one_line_error, run_cli, tree_hash
 from PIL import Image
 
+import cnnlab
 from cnnlab.data.duplicates import close_pairs, duplicate_groups
 from cnnlab.data.folders import scan
 from cnnlab.data.manifest import MANIFEST_FIELDS, read_manifest
@@ -280,7 +285,7 @@ def test_cli_against(two_sets, tmp_path):
     dir_root, other = two_sets
     result = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP, "--json",
                      "--out", tmp_path / "o")
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)  # stderr: "warning: using .../other/images (its 4 class folders)"
     assert r["against_copies"] == 5 and r["against_label_conflicts"] == 1
     text = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP).output
     assert "images here with a copy there: 5 (2 byte-identical) of 33; label conflicts: 1" in text
@@ -318,3 +323,72 @@ def test_unreadable_files_do_not_stop_the_audit(two_sets, tmp_path):
     assert (tmp_path / "o" / "gallery_against_conflicts.png").is_file()  # an unreadable file is a black tile
     plain = run_cli("data", "audit", dir_root, "--out", tmp_path / "p")
     assert "unreadable images (exact comparison only): 2" in plain.output
+
+
+# ------------------------------------------------------------------------------------ files it may not read
+
+
+def _deny(monkeypatch, name: str) -> None:
+    """Permission denied on the files whose path holds `name`, the way os.access reports it (root reads all)."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: name not in str(p) and real_access(p, mode, **kw))
+
+
+def test_audit_skips_a_file_it_may_not_read(two_sets, monkeypatch):
+    dir_root, other = two_sets
+    shutil.copy(dir_root / "train/circle/img 000.png", dir_root / "test/circle/locked.png")  # would be a leak
+    shutil.copy(dir_root / "train/circle/img 000.png", other / "images/circ/locked too.png")
+    _deny(monkeypatch, "locked")
+    result = run_cli("data", "audit", dir_root, "--json")
+    assert "warning: skipped 1 unusable file(s): " in result.output and "Traceback" not in result.output
+    assert "locked.png (cannot read: permission denied)" in result.output
+    r = json.loads(result.stdout)
+    assert r["skipped"] == 1 and r["images"] == {"train": 24, "test": 9} and r["test_exact_in_train"] == 0
+    text = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP).output
+    assert "skipped files (unusable, not audited): 1" in text and "(train 21, 1 skipped)" in text
+    assert "locked too.png (cannot read: permission denied)" in text and "Traceback" not in text
+
+
+def test_a_file_that_cannot_be_hashed_is_named_not_a_traceback(shapes, monkeypatch):
+    """Unreadable after the scan (or by a check os.access cannot see): hashed as nobody's copy, and said."""
+    from cnnlab.data import duplicates
+
+    shutil.copy(shapes / "train/circle/img 000.png", shapes / "test/circle/copy.png")
+
+    def denying_open(path, *args, **kwargs):
+        if "copy.png" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(duplicates, "open", denying_open, raising=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 unusable file\(s\): .*copy.png \(cannot read: Permission"):
+        r = run_audit(shapes)
+    assert r["test_exact_in_train"] == 0 and r["test_near_in_train"] == 1  # still compared by its pixels
+
+
+def test_a_file_chmod_000_for_a_user_who_may_not_read_it(shapes, tmp_path):
+    """A real unreadable file: the audit (and --against) run as a process without the right to read every file
+    (root: setpriv drops the capabilities that let it): a warning, exit code 0, no traceback."""
+    locked = shapes / "train/circle/img 001.png"
+    os.chmod(locked, 0)
+    other = make_shapes(tmp_path / "other", splits=(("train", 3),), seed=3)
+    os.chmod(other / "train/square/img 002.png", 0)
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: root reads every file")
+        caps = "-dac_override,-dac_read_search"
+        prefix = [shutil.which("setpriv"), "--bounding-set", caps, "--inh-caps", caps]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(cnnlab.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(locked)!r}, 'rb')"], capture_output=True,
+                           text=True, env=env)
+    if "PermissionError" not in probe.stderr:
+        pytest.skip(f"cannot run as a user who may not read the file here: {probe.stderr.strip()[-200:]}")
+    for args in ([], ["--against", str(other)]):
+        done = subprocess.run([*prefix, sys.executable, "-m", "cnnlab", "data", "audit", str(shapes), *args],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "img 001.png (cannot read: permission denied)" in done.stderr
+        assert "skipped files (unusable, not audited): 1" in done.stdout
+    assert "img 002.png (cannot read: permission denied)" in done.stderr and ", 1 skipped)" in done.stdout

@@ -160,7 +160,8 @@ def test_test_writes_both_confusion_panels_and_the_error_gallery_once(eclipse, t
     for name in ("simple", "mlp"):  # an MLP's gallery: the images without heatmaps
         run = _train(eclipse, tmp_path / name, "--model", name)
         run_cli("test", run, "--data", eclipse)
-        assert (run / "test_confusion.png").is_file() and (run / "test_errors.png").is_file()
+        folder, = (run / "tests").iterdir()
+        assert (folder / "test_confusion.png").is_file() and (folder / "test_errors.png").is_file()
         assert len(json.loads((run / "evaluations.json").read_text())) == 1
 
 

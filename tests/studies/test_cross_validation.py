@@ -7,6 +7,8 @@ import json
 
 from conftest import make_shapes, one_line_error, run_cli, tree_hash
 
+import cnnlab
+
 
 def _folds(root, n_folds=3):
     """A class tree one folder down (images/<class>/) and a folds file assigning files to folds in turn."""
@@ -35,7 +37,7 @@ def test_cv_scores_each_fold_once_on_a_run_that_never_saw_it(tmp_path):
             seen = {row["path"]: row["split"] for row in csv.DictReader(f)}
         assert {fold_of[p] for p, s in seen.items() if s == "val"} == {val}  # the next fold validates
         assert k not in {fold_of[p] for p in seen}  # the scored fold is never trained or validated on
-        test = json.loads((out / f"fold-{k}" / "test.json").read_text())
+        (test,) = cnnlab.load(out / f"fold-{k}").tests.values()
         assert test["n_images"] == sum(1 for f in fold_of.values() if f == k)
     assert (out / "report.md").is_file() and (out / "confusion.png").is_file()
     # A rerun reads every fold's single test back.

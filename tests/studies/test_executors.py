@@ -64,14 +64,16 @@ def test_gpu_shares_follow_the_device_and_the_cluster():
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """A Ray on 2 CPUs for this module, its session files in a pytest tmp folder, shut down at the end."""
+    """A Ray on this machine's CPUs (2 at least: a study's runs with --jobs auto fit on it) for this module, its
+    session files in a pytest tmp folder, shut down at the end."""
     ray = pytest.importorskip("ray")
     temp = tmp_path_factory.mktemp("ray")
     if len(str(temp)) > 40:  # Ray's sockets, temp/session_<40 chars>/sockets/plasma_store, must fit in 107 bytes
         temp = Path(tempfile.mkdtemp(prefix="cnnlab-ray-", dir="/tmp"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("ray-cache")))  # the workers' decode cache
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=str(temp), logging_level=logging.WARNING)
+        ray.init(num_cpus=max(2, os.cpu_count() or 1), num_gpus=0, include_dashboard=False, _temp_dir=str(temp),
+                 logging_level=logging.WARNING)
         # Ray pickles a function of an importable module by reference; its workers cannot import this one.
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
         try:
@@ -82,27 +84,38 @@ def local_ray(tmp_path_factory):
 
 
 def test_a_study_on_ray_matches_the_local_one_and_resumes(eclipse, tmp_path, local_ray, monkeypatch):
+    # The same command, threads not set: each run's threads come from --jobs (auto) alone, whatever the executor,
+    # so both give every run the same config and the same summary, to the last digit. (device=cpu: this Ray has no
+    # GPU, where this machine may.)
+    case = ["--epochs", 2, "--set", "image_size=32", "--set", "device=cpu"]
     monkeypatch.chdir(tmp_path)  # relative paths, which Ray's workers (started elsewhere) get made absolute
     study = ["study", "regularization", "--data", os.path.relpath(eclipse, tmp_path)]
-    run_cli(*study, "--out", "local", *SMALL)
-    result = run_cli(*study, "--out", "ray", "--executor", "ray", *SMALL)
+    run_cli(*study, "--out", "local", *case)
+    result = run_cli(*study, "--out", "ray", "--executor", "ray", *case)
     assert "ray: 4 runs" in result.output
     local, on_ray = _rows(tmp_path / "local" / "summary.csv"), _rows(tmp_path / "ray" / "summary.csv")
     assert [r["run"] for r in on_ray] == ["simple", "simple-bn", "simple-dropout", "simple-bn-dropout"]
     assert on_ray == local
+    configs = [run_folder.read_config(tmp_path / e / "runs" / "simple-bn") for e in ("local", "ray")]
+    assert configs[0] == configs[1] and configs[0].train.threads == resolve_threads()
     assert (tmp_path / "ray" / "report.html").is_file()
 
     # Rerunning reads finished runs back under either executor: the local study, rerun here (its config.toml holds
     # absolute paths, the command relative ones) and on Ray, trains nothing.
     stamp = (tmp_path / "local" / "runs" / "simple" / "last.pt").stat().st_mtime_ns
-    run_cli(*study, "--out", "local", *SMALL)
-    run_cli(*study, "--out", "local", "--executor", "ray", *SMALL)
+    run_cli(*study, "--out", "local", *case)
+    run_cli(*study, "--out", "local", "--executor", "ray", *case)
     assert (tmp_path / "local" / "runs" / "simple" / "last.pt").stat().st_mtime_ns == stamp
     assert _rows(tmp_path / "local" / "summary.csv") == local
 
     # A user error raised on a worker (here: a changed setting) is one line, exit code 2, not retried.
-    line = one_line_error(*study, "--out", "ray", "--executor", "ray", *SMALL, "--epochs", 3)
+    line = one_line_error(*study, "--out", "ray", "--executor", "ray", *case, "--epochs", 3)
     assert "another config (epochs differ)" in line and "on Ray node" in line
+
+
+def resolve_threads() -> int:
+    """A run's threads in a study with --jobs auto: this machine's cores shared among the runs at once."""
+    return max(1, (os.cpu_count() or 1) // resolve_jobs("auto"))
 
 
 def test_runs_in_forked_workers_match_one_after_another_and_alone(eclipse, tmp_path):
@@ -122,7 +135,7 @@ def test_runs_in_forked_workers_match_one_after_another_and_alone(eclipse, tmp_p
 
 def test_jobs_auto_and_bad_jobs(eclipse, tmp_path):
     assert resolve_jobs("auto") == max(1, min(AUTO_JOBS_MAX, os.cpu_count() or 1))
-    assert resolve_jobs("auto", "ray") == 1 and resolve_jobs("3") == 3
+    assert resolve_jobs("auto", "ray") == resolve_jobs("auto") and resolve_jobs("3") == 3
     for bad, why in (("0", "at least 1"), ("many", "a number or auto")):
         line = one_line_error("study", "regularization", "--data", eclipse, "--out", tmp_path / "S", "--jobs", bad)
         assert why in line
@@ -133,14 +146,23 @@ def _dies(job: Job, progress: bool = False) -> dict:
     """A run whose worker process is killed (as by the kernel's out-of-memory killer)."""
     if job.run == "killed":
         os.kill(os.getpid(), 9)
+    if job.run == "exits":  # a crash that ends the process after a line on stderr
+        print("RuntimeError: CUDA error: out of memory", file=sys.stderr, flush=True)
+        os._exit(3)
     return {"run": job.run, "seed": job.seed}
 
 
 def test_a_dead_worker_is_one_clear_error(tmp_path):
     executor = LocalExecutor(2, log=lambda *a: None, task=_dies)
-    jobs = [Job(name, 0, Config(), str(tmp_path / name)) for name in ("fine", "killed")]
-    with pytest.raises(UserError, match="worker process died while training killed seed 0.*rerun the same command"):
-        executor.map(jobs)
+    jobs = [Job(name, 0, Config(), str(tmp_path / name)) for name in ("fine", "killed", "fine", "exits")]
+    with pytest.raises(UserError, match=r"worker process died while training killed seed 0 \(killed by SIGKILL\): "
+                                        "rerun the same command"):
+        executor.map(jobs[:2])
+    executor.close()
+    executor = LocalExecutor(2, log=lambda *a: None, task=_dies)
+    with pytest.raises(UserError, match=r"died while training exits seed 0 \(exit code 3; its last line: "
+                                        r"RuntimeError: CUDA error: out of memory\)"):
+        executor.map(jobs[2:])
     executor.close()
 
 

@@ -1,4 +1,4 @@
-"""cnnlab.optim2d: gradients, torch.optim agreement, stopping rules, and the `optim` CLI."""
+"""cnnlab.teach: gradients, torch.optim agreement, stopping rules, and the `optim` CLI."""
 
 import json
 import warnings
@@ -62,7 +62,7 @@ _TORCH_FUNCTIONS = {
 
 
 def _torch_optimizer(name, params, p):
-    """torch.optim configured to our update rule (the conventions in optim2d's docstring)."""
+    """torch.optim configured to our update rule (the conventions in teach's docstring)."""
     lr = p["lr"]
     build = {
         "sgd": lambda: torch.optim.SGD(params, lr=lr),

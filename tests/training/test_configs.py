@@ -9,6 +9,7 @@ from conftest import one_line_error, tree_hash
 
 from cnnlab.config import Config, load_recipe
 from cnnlab.errors import UserError
+from cnnlab.reporting.reporter import Reporter
 from cnnlab.training import run_folder
 from cnnlab.training.checks import check_config
 from cnnlab.training.trainer import fit, resume
@@ -66,7 +67,7 @@ def test_the_assignment_recipe_differs_from_the_train_defaults_only_in_imbalance
 def test_resume_reads_the_run_split_and_never_splits_again(shapes, tmp_path, monkeypatch):
     cfg = Config().update({"path": str(shapes), "model": "simple-bn", "image_size": 32, "batch_size": 8,
                            "epochs": 3, "seed": 2, "precision": "fp32", "threads": 1})
-    fit(cfg.copy(), tmp_path / "whole", progress=False)
+    fit(cfg.copy(), tmp_path / "whole", Reporter.quiet())
 
     real_write = run_folder.write_history
 
@@ -77,7 +78,7 @@ def test_resume_reads_the_run_split_and_never_splits_again(shapes, tmp_path, mon
 
     monkeypatch.setattr(run_folder, "write_history", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg.copy(), tmp_path / "cut", progress=False)
+        fit(cfg.copy(), tmp_path / "cut", Reporter.quiet())
     monkeypatch.setattr(run_folder, "write_history", real_write)
     assert len(run_folder.read_history(tmp_path / "cut" / "history.csv")) == 2
     split = (tmp_path / "cut" / "split.csv").read_text()
@@ -85,7 +86,7 @@ def test_resume_reads_the_run_split_and_never_splits_again(shapes, tmp_path, mon
     for d in (shapes / "train").iterdir():
         for f in sorted(d.iterdir())[:3]:
             shutil.copy(f, d / f"new {f.name}")
-    resume(tmp_path / "cut", progress=False)
+    resume(tmp_path / "cut", Reporter.quiet())
     assert (tmp_path / "cut" / "split.csv").read_text() == split
     strip = [{k: v for k, v in r.items() if k not in run_folder.TIMING_COLUMNS}
              for r in run_folder.read_history(tmp_path / "whole" / "history.csv")]
@@ -95,7 +96,7 @@ def test_resume_reads_the_run_split_and_never_splits_again(shapes, tmp_path, mon
 
 def test_resume_says_which_checkpoint_is_damaged(eclipse, tmp_path):
     cfg = Config().update({"path": str(eclipse), "image_size": 32, "batch_size": 8, "epochs": 1})
-    fit(cfg, tmp_path / "r", progress=False)
+    fit(cfg, tmp_path / "r", Reporter.quiet())
     last = tmp_path / "r" / "last.pt"
     last.write_bytes(last.read_bytes()[:200])
     line = one_line_error("train", "--resume", tmp_path / "r")

@@ -17,6 +17,7 @@ from sklearn.metrics import f1_score
 
 from cnnlab.config import Config, parse_sets
 from cnnlab.errors import UserError
+from cnnlab.reporting.reporter import Reporter
 from cnnlab.training.metrics import confusion, scores
 from cnnlab.training.models import MODELS, build
 from cnnlab.training.optimization import ema_decay
@@ -112,17 +113,17 @@ def _cfg(data: Path, **over) -> Config:
 
 
 def test_same_config_and_seed_give_the_same_history(eclipse, tmp_path):
-    a = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3), tmp_path / "a", progress=False)
-    b = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3), tmp_path / "b", progress=False)
+    a = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3), tmp_path / "a", Reporter.quiet())
+    b = fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3), tmp_path / "b", Reporter.quiet())
     assert a["best_val_f1"] == b["best_val_f1"]
     ha, hb = read_history(tmp_path / "a" / "history.csv"), read_history(tmp_path / "b" / "history.csv")
     assert _strip_timing(ha) == _strip_timing(hb)
-    fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3, seed=4), tmp_path / "c", progress=False)
+    fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3, seed=4), tmp_path / "c", Reporter.quiet())
     assert _strip_timing(read_history(tmp_path / "c" / "history.csv")) != _strip_timing(ha)
 
 
 def test_weight_ema_follows_every_step(eclipse, tmp_path):
-    fit(_cfg(eclipse, epochs=2, ema=0.9), tmp_path / "r", progress=False)
+    fit(_cfg(eclipse, epochs=2, ema=0.9), tmp_path / "r", Reporter.quiet())
     ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     n_train = sum(1 for line in (tmp_path / "r" / "split.csv").read_text().splitlines() if ",train," in line)
     steps = n_train // 8 + (n_train % 8 > 1)  # a last batch of one joins the one before it
@@ -158,14 +159,14 @@ def test_run_folder_explains_itself(eclipse, tmp_path):
     {"model": "mlp", "hidden": 32, "precision": "bf16"},
 ])
 def test_training_options_run(eclipse, tmp_path, over):
-    summary = fit(_cfg(eclipse, epochs=2, **over), tmp_path / "r", progress=False)
+    summary = fit(_cfg(eclipse, epochs=2, **over), tmp_path / "r", Reporter.quiet())
     assert summary["epochs"] == 2 and 0 <= summary["best_val_f1"] <= 1
 
 
 def test_save_every_keeps_loadable_epoch_checkpoints(eclipse, tmp_path):
     from cnnlab.evaluation.loading import load_run
 
-    fit(_cfg(eclipse, epochs=4, save_every=2, ema=0.9), tmp_path / "r", progress=False)
+    fit(_cfg(eclipse, epochs=4, save_every=2, ema=0.9), tmp_path / "r", Reporter.quiet())
     assert sorted(p.name for p in (tmp_path / "r").glob("epoch-*.pt")) == ["epoch-002.pt", "epoch-004.pt"]
     _, ckpt, _ = load_run(tmp_path / "r", "epoch-004")
     assert ckpt["epoch"] == 4
@@ -174,14 +175,14 @@ def test_save_every_keeps_loadable_epoch_checkpoints(eclipse, tmp_path):
 
 
 def test_early_stopping_keeps_the_best_epoch(eclipse, tmp_path):
-    summary = fit(_cfg(eclipse, epochs=30, patience=2, lr=1e-6), tmp_path / "r", progress=False)
+    summary = fit(_cfg(eclipse, epochs=30, patience=2, lr=1e-6), tmp_path / "r", Reporter.quiet())
     assert summary["epochs"] < 30 and summary["epochs"] - summary["best_epoch"] == 2
     assert torch.load(tmp_path / "r" / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
 
 
 def test_fixed_size_model_refuses_variable_size_input(eclipse, tmp_path):
     with pytest.raises(UserError, match="needs a fixed input size"):
-        fit(_cfg(eclipse, resize="keep"), tmp_path / "r", progress=False)
+        fit(_cfg(eclipse, resize="keep"), tmp_path / "r", Reporter.quiet())
 
 
 @pytest.mark.slow
@@ -213,10 +214,12 @@ def test_test_once_then_predict(eclipse, tmp_path):
     res = json.loads(run_cli("test", out, "--data", eclipse, "--json").output)
     assert {"macro_f1", "accuracy", "per_class", "confusion_matrix"} <= set(res)
     assert sum(map(sum, res["confusion_matrix"])) == res["n_images"] == 12
-    assert (out / "test.json").is_file() and (out / "test_confusion.png").is_file()
+    folder, = (out / "tests").iterdir()  # RUN/tests/NAME/, NAME from the data set and its images
+    assert (folder / "test.json").is_file() and (folder / "test_confusion.png").is_file()
     again = run_cli("test", out, "--data", eclipse)
     assert "already evaluated 1 time" in again.output
     assert len(json.loads((out / "evaluations.json").read_text())) == 2
+    assert list((out / "tests").iterdir()) == [folder]  # the same test split again: its own folder reused
 
     img = next((eclipse / "test").rglob("*.jpeg"))
     rows = json.loads(run_cli("predict", out, img, "--json").output)
@@ -229,7 +232,7 @@ def test_test_once_then_predict(eclipse, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_path_with_amp_and_channels_last(eclipse, tmp_path):
-    summary = fit(_cfg(eclipse, device="cuda", epochs=2, hflip=True, rotate=5), tmp_path / "r", progress=False)
+    summary = fit(_cfg(eclipse, device="cuda", epochs=2, hflip=True, rotate=5), tmp_path / "r", Reporter.quiet())
     assert summary["epochs"] == 2
     res = run_cli("test", tmp_path / "r", "--data", eclipse, "--json").output
     assert 0 <= json.loads(res)["macro_f1"] <= 1
@@ -282,7 +285,7 @@ def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
 
 
 def test_history_logs_validation_recall_per_class_and_tensorboard(eclipse, tmp_path):
-    fit(_cfg(eclipse, epochs=2, tensorboard=True), tmp_path / "r", progress=False)
+    fit(_cfg(eclipse, epochs=2, tensorboard=True), tmp_path / "r", Reporter.quiet())
     history = read_history(tmp_path / "r" / "history.csv")
     classes = sorted(p.name for p in (eclipse / "train").iterdir())
     assert [k for k in history[0] if k.startswith("val_recall_")] == [f"val_recall_{c}" for c in classes]

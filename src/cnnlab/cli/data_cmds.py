@@ -1,4 +1,5 @@
-"""The `cnnlab` command line. Heavy imports (torch) happen inside commands so `--help` stays fast."""
+"""`cnnlab data`: `inspect`, `synth-eclipse` and `audit` (with `--against`), over the datatools and data packages.
+Heavy imports (torch) happen inside commands so `--help` stays fast."""
 
 from __future__ import annotations
 

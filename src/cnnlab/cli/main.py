@@ -1,4 +1,5 @@
-"""The `cnnlab` command line. Heavy imports (torch) happen inside commands so `--help` stays fast."""
+"""The `cnnlab` group (`main`), which turns every UserError into one line and exit code 2, the registration of every
+command, and the console script (`entry`), which ends the process with `os._exit` once a command has returned."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The `cnnlab` command line. Heavy imports (torch) happen inside commands so `--help` stays fast."""
+"""`cnnlab explain` (heatmaps, and `--boxes` localisation), `cnnlab export` (ONNX) and `cnnlab serve` (a Gradio page)
+for a trained run. Heavy imports (torch, grad-cam, onnx, gradio) happen inside commands so `--help` stays fast."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import click
 
 from cnnlab.errors import UserError, nearest
 
-# Kept in sync with cnnlab.optim2d by a test; repeated here so `--help` does not import numpy.
+# Kept in sync with cnnlab.teach.ASSIGNMENT_OPTIMIZERS by a test; repeated here so `--help` does not import numpy.
 _ASSIGNMENT_OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 

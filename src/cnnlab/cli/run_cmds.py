@@ -1,4 +1,5 @@
-"""The `cnnlab` command line. Heavy imports (torch) happen inside commands so `--help` stays fast."""
+"""`cnnlab train` (and `--resume`), `cnnlab test` and `cnnlab predict` (a run, or a FILE.onnx on onnxruntime alone).
+Heavy imports (torch) happen inside commands so `--help` stays fast."""
 
 from __future__ import annotations
 
@@ -11,15 +12,6 @@ import click
 from cnnlab.errors import UserError
 
 # ------------------------------------------------------------------------------------- training
-
-
-def build_config(config_file, flags: dict, sets, default=None):
-    """The config of a command: the file or recipe (else `default`, else cnnlab's defaults), then the flags, then
-    --set; every value checked before the command does anything."""
-    from cnnlab.api import make_config
-    from cnnlab.config import parse_sets
-
-    return make_config(config_file, default, **{**flags, **parse_sets(sets)})  # --set wins
 
 
 @click.command()
@@ -68,7 +60,10 @@ def train(config_file, data, model, epochs, image_size, batch_size, optimizer, l
         out = Path(resume)
         run = lambda: api.load(out).resume(progress=not quiet, log=click.echo)  # noqa: E731
     else:
-        cfg = build_config(config_file, flags, sets)
+        from cnnlab.config import parse_sets
+        from cnnlab.training.checks import make_config
+
+        cfg = make_config(config_file, flags, parse_sets(sets))  # --set wins over the flags
         out = Path(out or api.default_out(cfg))
         run = lambda: api.train(config=cfg, out=out, progress=not quiet, log=click.echo, force=force)  # noqa: E731
     try:
@@ -95,7 +90,7 @@ def _interrupted_advice(out: Path) -> str:
 @click.option("--class-map", help="test_name=train_name,... when test folders are named differently.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def test_cmd(run, data, manifest, class_map, as_json):
-    """Score a run's best checkpoint once on the test split (or a manifest); writes test.json.
+    """Score a run's best checkpoint once on the test split (or a manifest); writes RUN/tests/NAME/test.json.
 
     Use it once, for the final choice: every evaluation is counted in the run folder, and a repeat warns.
 
@@ -104,9 +99,9 @@ def test_cmd(run, data, manifest, class_map, as_json):
       cnnlab test runs/r1 --data /tmp/ecl
       cnnlab test runs/r1 --data DATA --manifest audit/leak_free_test.csv
     """
-    from cnnlab.evaluation.testing import test_run
+    from cnnlab.evaluation.testing import RESULT, run_test
 
-    r = test_run(Path(run), data, manifest, class_map)
+    r, folder = run_test(Path(run), data, manifest, class_map)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
@@ -116,7 +111,7 @@ def test_cmd(run, data, manifest, class_map, as_json):
     click.echo(f"  {'class':<{width}}  precision  recall     f1  support")
     for c, m in r["per_class"].items():
         click.echo(f"  {c:<{width}}  {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:8d}")
-    click.echo(f"wrote {Path(run) / (r['split'] + '.json')}")
+    click.echo(f"wrote {folder / RESULT}, test_predictions.csv, test_confusion.png and test_errors.png")
 
 
 @click.command()

@@ -1,4 +1,5 @@
-"""The `cnnlab` command line. Heavy imports (torch) happen inside commands so `--help` stays fast."""
+"""`cnnlab study` and `cnnlab cv`, thin layers over `api.study` and `api.cv`, and the executor options they share
+(`--jobs`, `--executor`, `--address`, `--gpus-per-run`). Heavy imports happen inside commands."""
 
 from __future__ import annotations
 

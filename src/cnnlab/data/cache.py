@@ -1,10 +1,11 @@
-"""Decode images once into uint8 tensors, and keep them in a cache outside the dataset.
+"""The decode cache: images decoded once into uint8 tensors (`load_images`, `ImageSet`), kept outside the dataset.
 
 Decoding and resizing full-size JPEGs every epoch dominated the assignment's run time. Here each file is
 decoded once per preprocessing setting (JPEG draft mode decodes large files at a reduced scale), on all
 cores, and stored in a cache keyed by the file's path, size and mtime and by the preprocessing settings:
-a second run opens no image, and a changed file or setting re-decodes exactly what it affects. How one file is
-decoded (`DecodeSettings`, `decode`) is in decode.py, which imports no torch; its names stay importable from here.
+a second run opens no image, and a changed file or setting re-decodes exactly what it affects. While the cache
+file is unchanged it is also kept in the process's memory, so a study's runs share it. How one file is decoded
+(`DecodeSettings`, `decode`) is in data/decode.py, which imports no torch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cnnlab.files import output_folder, torch_save
 
 
 def default_cache_dir() -> Path:
+    """The decode cache folder: $CNNLAB_CACHE, else the user cache folder (platformdirs) for cnnlab."""
     env = os.environ.get("CNNLAB_CACHE")
     if env:
         return Path(env)
@@ -120,22 +122,32 @@ class ImageCache:
     def load(self, samples: list[Sample], progress: bool = False) -> tuple[ImageSet, list[tuple[str, str]]]:
         """Decode (or fetch) every sample; returns the images of the good ones and the (path, reason) of bad."""
         t0 = time.perf_counter()
-        keys = [file_key(s.path) for s in samples]
+        keys, gone = [], {}
+        for s in samples:
+            try:
+                keys.append(file_key(s.path))
+            except OSError as e:  # removed or moved since the scan: unusable, like a corrupt file
+                gone[str(s.path)] = f"cannot read: {e.strerror or e}"
+                keys.append(None)
         store = self._read()
-        missing = [i for i, k in enumerate(keys) if k not in store["entries"] and k not in store["bad"]]
+        missing = [i for i, k in enumerate(keys)
+                   if k is not None and k not in store["entries"] and k not in store["bad"]]
         if missing:
             output_folder(self.dir, [self.root], "cache folder")
             with _locked(self.dir / "lock"):
                 store = self._read()  # another process may have filled it meanwhile
-                missing = [i for i, k in enumerate(keys) if k not in store["entries"] and k not in store["bad"]]
+                missing = [i for i, k in enumerate(keys)
+                           if k is not None and k not in store["entries"] and k not in store["bad"]]
                 self._decode_into(store, [samples[i].path for i in missing], [keys[i] for i in missing], progress)
                 self._write(store)
         self.stats.decoded = len(missing)
-        self.stats.hits = len(samples) - len(missing)
+        self.stats.hits = len(samples) - len(missing) - len(gone)
 
         good, bad = [], []
         for s, k in zip(samples, keys, strict=True):
-            if k in store["bad"]:
+            if k is None:
+                bad.append((str(s.path), gone[str(s.path)]))
+            elif k in store["bad"]:
                 bad.append((str(s.path), store["bad"][k]))
             else:
                 good.append((s, store["entries"][k]))
@@ -175,6 +187,10 @@ class ImageCache:
 
 def load_images(samples: list[Sample], root: Path, prep: DecodeSettings, cache_dir=None, progress=False,
                 strict=False) -> tuple[ImageSet, list[tuple[str, str]], CacheStats]:
+    """Decode `samples` (paths under `root`) with `prep` through the cache, each file once per setting.
+
+    Returns (ImageSet of the usable ones, (path, reason) of the unusable ones, CacheStats); with `strict`, an
+    unusable file is a UserError instead."""
     cache = ImageCache(root, prep, cache_dir)
     images, bad = cache.load(samples, progress=progress)
     if bad and strict:

@@ -1,4 +1,5 @@
-"""How one file becomes a C x H x W uint8 array (`DecodeSettings`, `decode`), and which files a prediction reads.
+"""How one file becomes a C x H x W uint8 array: `DecodeSettings` (size, resize, channels, crop; part of the cache
+key), `decode`, and `decode_with_geometry` (with the `Geometry` that maps boxes into the decoded array).
 
 No torch here: `cnnlab predict FILE.onnx` decodes with it on onnxruntime alone, exactly as training decoded.
 """
@@ -21,8 +22,9 @@ CACHE_VERSION = 1  # part of the decode cache's key: raise it when decoding chan
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """How a file becomes a tensor: part of the cache key. A run's comes from its config (`DecodeSettings.of`); its values
-    are checked with the rest of the config (cnnlab.checks), before anything is decoded."""
+    """How a file becomes a tensor: part of the cache key. A run's comes from its config (`DecodeSettings.of`);
+    its values are checked with the rest of the config (`cnnlab.training.check_config`), before anything is
+    decoded."""
 
     image_size: int = 128
     resize: str = "squash"  # squash to a square | pad (keep aspect, pad) | keep (variable size, bucketed)

@@ -1,4 +1,5 @@
-"""Duplicates and train/test leakage: exact copies by content hash, near copies by pixel distance.
+"""Exact and near copies among a data set's images: content hashes (`file_hashes`), all pairs within a pixel
+distance (`close_pairs`), and the duplicate groups a split keeps on one side (`duplicate_groups`).
 
 Near copy: the mean absolute difference between the two images' 64x64 gray thumbnails (squashed, the
 decode cache's `DecodeSettings(64, "squash", 1)`) is at most `threshold` (default 4/255). On the brain-MRI set the
@@ -23,7 +24,7 @@ import torch
 
 from cnnlab.data.cache import load_images
 from cnnlab.data.decode import DecodeSettings
-from cnnlab.data.folders import Dataset, Sample
+from cnnlab.data.folders import Dataset, Sample, report_skipped
 
 THUMB = DecodeSettings(64, "squash", 1)
 SIDE = 64
@@ -33,18 +34,30 @@ DEFAULT_THRESHOLD = 4 / 255
 # ------------------------------------------------------------------------------------------ hashes
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path) -> str | OSError:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:  # unreadable since the scan (which skips the files it may not read)
+        return e
     return h.hexdigest()
 
 
 def file_hashes(paths: list[Path]) -> list[str]:
-    """SHA-256 of each file's bytes (threads: hashing releases the GIL)."""
+    """SHA-256 of each file's bytes (threads: hashing releases the GIL).
+
+    A file that cannot be read gets a key of its own that equals no other ("unreadable: PATH", never a hex
+    digest), so it is nobody's byte-identical copy; the files are named in one warning, as the scan names its
+    skipped ones."""
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(_sha256, paths))
+        results = list(pool.map(_sha256, paths))
+    failed = [(str(p), f"cannot read: {r.strerror or r}") for p, r in zip(paths, results, strict=True)
+              if isinstance(r, OSError)]
+    if failed:
+        report_skipped(failed, strict=False)
+    return [f"unreadable: {p}" if isinstance(r, OSError) else r for p, r in zip(paths, results, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------- distances

@@ -1,14 +1,10 @@
-"""Procedural solar-eclipse photographs: cnnlab's built-in 3-class dataset.
+"""One procedural solar-eclipse photograph (`render_eclipse`; `CLASSES`: annular, partial, total), and the
+Keras-style augmentation (`augment_keras_style`) the real set's images went through.
 
-The real "Solar Eclipse Classification" set is not shipped, so this module renders look-alikes in its
-layout (``train/<class>/``, ``test/<class>/``, Keras-augmented JPEGs at quality 75).  Each image is a
-small physical scene: a limb-darkened Sun, the Moon in front of it, corona and prominences during
-totality, then the camera: solar filter tint, exposure, glare, thin clouds, a horizon silhouette, blur
-and sensor noise.  A fixed share of every class is deliberately hard (deep partials that look
-annular, thin broken rings, blown-out totals) so that a small CNN cannot score 100%.
-
-Everything is deterministic: each image draws from its own ``numpy`` Generator seeded by
-(seed, split, class, index), so worker count and scheduling never change a byte of the output.
+Each image is a small physical scene: a limb-darkened Sun, the Moon in front of it, corona and prominences during
+totality, then the camera: solar filter tint, exposure, glare, thin clouds, a horizon silhouette, blur and sensor
+noise. A fixed share of every class is deliberately hard (deep partials that look annular, thin broken rings,
+blown-out totals) so that a small CNN cannot score 100%. Pure numpy and scipy, from the generator it is given.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""Finding a folder-per-class dataset, validating it, and splitting train/validation without moving files.
+"""Finding a folder-per-class dataset (`scan`, `Dataset`, `Sample`) and the images to score a run on (`scored_split`).
 
-A dataset root either holds split folders (`train`/`training`, `val`/`validation`, `test`/`testing`, any
-case), each with one folder per class, or is itself a class-folder tree (then it has no test split).
-Nothing here ever writes into the dataset.
+A dataset root either holds split folders (`train`/`training`, `val`/`valid`/`validation`, `test`/`testing`,
+any case), each with one folder per class, or is itself a class-folder tree (then it has no test split). A root
+that only wraps the data set (`archive/inner/train/...`, `archive/images/<class>/...`, a few levels at most) is
+read through to the folder below, and the scan says which folder it used. A split folder's name never becomes
+a class: layouts that would read that way (a class folder named `test`, split folders inside class folders,
+class folders beside split folders, `images/` beside `labels/`) stop with one line.
+Unusable files are skipped with a reason (`report_skipped`). Nothing here ever writes into the dataset.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from cnnlab.errors import UserError
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 IGNORED_DIRS = {"__pycache__", "__MACOSX"}
+MAX_WRAPPING = 3  # folders holding nothing but one folder, read through down to the data set
+# A folder of images beside a folder of annotations: a detection or segmentation layout, not classes.
+IMAGE_DIR_NAMES = {"images", "image", "imgs", "img", "jpegimages", "pictures", "photos"}
+LABEL_DIR_NAMES = {"labels", "label", "annotations", "annotation", "masks", "mask", "segmentationclass", "gt",
+                   "groundtruth", "ground_truth", "targets"}
 
 
 def image_extensions() -> set[str]:
@@ -30,6 +39,9 @@ def image_extensions() -> set[str]:
 
 @dataclass
 class Sample:
+    """One image file of a dataset: its absolute path, class index, split (train, val or test) and duplicate group
+    (-1 when unknown or alone)."""
+
     path: Path  # absolute
     label: int
     split: str  # train | val | test
@@ -44,6 +56,8 @@ class Dataset:
     classes: list[str]
     splits: dict[str, list[Sample]]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    folders: dict[str, Path] = field(default_factory=dict)  # split -> its folder (root itself for a class tree)
+    notes: list[str] = field(default_factory=list)  # how the layout was read ("using archive/inner ..."), said once
 
     def counts(self, split: str) -> dict[str, int]:
         c = Counter(s.label for s in self.splits.get(split, []))
@@ -62,12 +76,15 @@ def _subdirs(path: Path, skipped: list | None = None) -> list[Path]:
         dirs = sorted(p for p in path.iterdir() if p.is_dir())
     except PermissionError as e:
         raise UserError(f"cannot read folder {path}: permission denied") from e
+    except OSError as e:
+        raise UserError(f"cannot read folder {path}: {e.strerror or e}") from e
     if skipped is not None:
         skipped += [(str(p), "hidden folder") for p in dirs if _is_hidden(p.name)]
     return [p for p in dirs if not _is_hidden(p.name)]
 
 
 def check_root(root: Path) -> Path:
+    """The dataset root, resolved; raises UserError when it does not exist, is not a folder or cannot be read."""
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(f"dataset path does not exist: {root}")
@@ -78,34 +95,113 @@ def check_root(root: Path) -> Path:
     return root.resolve()
 
 
+@dataclass
+class Layout:
+    """Where a data set's images are: `folder` (the root, or the folder it wraps) holds split folders
+    (kind "splits") or is a tree of class folders (kind "classes", its one split "train")."""
+
+    folder: Path
+    splits: dict[str, Path]
+    kind: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _has_images(folder: Path, exts: set[str]) -> bool:
+    """Whether `folder` holds an image file of its own (not in a sub-folder)."""
+    try:
+        return any(p.suffix.lower() in exts and not _is_hidden(p.name) and p.is_file() for p in folder.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot read folder {folder}: {e.strerror or e}") from e
+
+
+def _names(dirs: list[Path]) -> str:
+    return ", ".join(f"{printable(d.name)}/" for d in dirs)
+
+
 def _wrapped_class_tree(root: Path) -> Path | None:
-    """The class tree one folder down (`root/images/<class>/...`, files such as folds.csv beside it), or None.
+    """The class tree one or more folders down (`root/images/<class>/...`, files such as folds.csv beside it),
+    or None: the folder `find_layout` reads through to, when it holds class folders rather than split folders."""
+    layout = find_layout(root)
+    return layout.folder if layout.kind == "classes" and layout.folder != Path(root) else None
 
-    Only when `root`'s one non-hidden sub-folder is not a split folder, holds two or more class folders and no
-    image file of its own: read as a class tree, such a root would have a single class and be refused anyway.
-    """
-    subdirs = _subdirs(root)
-    if len(subdirs) != 1 or subdirs[0].name.lower() in SPLIT_ALIASES:
+
+def _wrapper_child(folder: Path, exts: set[str]) -> Path | None:
+    """The one folder inside `folder`, when `folder` only wraps it: no image of its own, one non-hidden
+    sub-folder that is itself no class folder (it holds folders, not images). Else None."""
+    subs = _subdirs(folder)
+    if len(subs) != 1 or _has_images(folder, exts):
         return None
-    tree = subdirs[0]
-    exts = image_extensions()
-    if any(p.is_file() and p.suffix.lower() in exts for p in tree.iterdir()) or len(_subdirs(tree)) < 2:
-        return None
-    return tree
+    child = subs[0]
+    if _has_images(child, exts) or not _subdirs(child):
+        return None  # a class folder (of a one-class tree, refused later), or an empty one
+    return child
 
 
-def find_splits(root: Path) -> dict[str, Path]:
-    """Map normalised split names to folders; a plain class tree (or one a single folder down) is 'train'."""
+def _split_folders(folder: Path, subs: list[Path], exts: set[str]) -> tuple[dict[str, Path], list[str]]:
+    """The split folders among `subs` (the sub-folders of `folder`), checked; and a note on ignored folders."""
     found: dict[str, Path] = {}
-    for d in _subdirs(root):
+    for d in subs:
         split = SPLIT_ALIASES.get(d.name.lower())
         if split is None:
             continue
         if split in found:
-            raise UserError(f"two folders name the {split} split in {root}: {found[split].name}, {d.name}")
+            raise UserError(f"two folders name the {split} split in {folder}: {found[split].name}, {d.name}")
         found[split] = d
+    named = list(found.values())
+    others = [d for d in subs if d not in named]
+    class_like = [d for d in others if _has_images(d, exts)]
+    if class_like:
+        raise UserError(f"{printable(folder)} holds split folders ({_names(named)}) and also class folders beside "
+                        f"them ({_names(class_like)}): cannot tell which are the classes; expected only split "
+                        "folders (train/, val/, test/), each holding one folder per class, or only class folders")
+    for d in named:
+        if not _subdirs(d) and _has_images(d, exts):
+            raise UserError(f"split folder {printable(d)} holds images but no class folders: a split folder holds "
+                            f"one folder per class (and a class may not be named {d.name})")
+    notes = []
+    ignored = [d for d in others if any(_has_images(c, exts) for c in _subdirs(d))]
+    if ignored:
+        notes.append(f"ignored folder(s) beside the split folders of {printable(folder)}: {_names(ignored)} "
+                     "(only train/, val/ and test/ folders are read)")
     order = ["train", "val", "test"]
-    return {k: found[k] for k in order if k in found} or {"train": _wrapped_class_tree(root) or root}
+    return {k: found[k] for k in order if k in found}, notes
+
+
+def find_layout(root: Path) -> Layout:
+    """How the data set under `root` is laid out: its split folders, or its class tree, at `root` or read
+    through up to MAX_WRAPPING folders that hold nothing but one folder (an archive unzipped a level deep)."""
+    root = Path(root)
+    exts = image_extensions()
+    folder = root
+    for _ in range(MAX_WRAPPING + 1):
+        subs = _subdirs(folder)
+        if any(d.name.lower() in SPLIT_ALIASES for d in subs):
+            splits, notes = _split_folders(folder, subs, exts)
+            return Layout(folder, splits, "splits", notes)
+        child = _wrapper_child(folder, exts)
+        if child is None:
+            break
+        folder = child
+    return Layout(folder, {"train": folder}, "classes")
+
+
+def _layout_notes(layout: Layout, root: Path, given) -> list[str]:
+    """What to tell the user about how `layout` was read: the folder used when it is not the root itself."""
+    notes = list(layout.notes)
+    if layout.folder != root:
+        shown = printable(Path(os.path.expanduser(str(given))) / layout.folder.relative_to(root))
+        if layout.kind == "splits":
+            names = [f"{printable(d.name)}/" for d in layout.splits.values()]
+            what = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            notes.insert(0, f"using {shown} (its {what} split folder{'s' if len(names) > 1 else ''})")
+        else:
+            notes.insert(0, f"using {shown} (its {len(_subdirs(layout.folder))} class folders)")
+    return notes
+
+
+def find_splits(root: Path) -> dict[str, Path]:
+    """Map normalised split names to folders; a plain class tree (or one a few wrapping folders down) is 'train'."""
+    return find_layout(Path(root)).splits
 
 
 def printable(path) -> str:
@@ -127,6 +223,8 @@ def _unusable(p: Path, exts: set[str]) -> str | None:
         size = p.stat().st_size  # follows links: a dangling link or a link loop fails here
     except OSError as e:
         return "broken link" if p.is_symlink() else f"cannot read: {e.strerror or e}"
+    if not os.access(p, os.R_OK):  # found here, not halfway through hashing or decoding it
+        return "cannot read: permission denied"
     return "empty file" if size == 0 else None
 
 
@@ -168,10 +266,12 @@ def parse_class_map(spec: str | dict | None) -> dict[str, str]:
 
 def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Dataset:
     """Scan a dataset root; raise UserError for anything that makes it unusable."""
+    given = root
     root = check_root(Path(root))
     exts = image_extensions()
     mapping = parse_class_map(class_map)
-    split_dirs = find_splits(root)
+    layout = find_layout(root)
+    split_dirs = layout.splits
     skipped: list[tuple[str, str]] = []
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split, sdir in split_dirs.items():
@@ -180,7 +280,9 @@ def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Datas
     ref_split = "train" if "train" in per_split else next(iter(per_split))
     classes = sorted(per_split[ref_split])
     if len(classes) < 2:
-        raise UserError(f"only one class ({classes[0]}) in {split_dirs[ref_split]}: need at least two")
+        hint = (f" ({classes[0]}/ holding the image files themselves is not a tree of class folders)"
+                if classes[0].lower() in IMAGE_DIR_NAMES else "")
+        raise UserError(f"only one class ({classes[0]}) in {split_dirs[ref_split]}: need at least two{hint}")
     for split, names in per_split.items():
         if sorted(names) != classes:
             extra = sorted(set(names) - set(classes))
@@ -191,7 +293,10 @@ def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Datas
 
     splits = {split: [Sample(p, classes.index(name), split) for name in classes for p in names[name]]
               for split, names in per_split.items()}
-    ds = Dataset(root, classes, splits, skipped)
+    ds = Dataset(root, classes, splits, skipped, folders=dict(split_dirs), notes=_layout_notes(layout, root, given))
+    if warn:
+        for note in ds.notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
     report_skipped(ds.skipped, strict, warn)
     return ds
 
@@ -201,6 +306,24 @@ def _class_files(folder: Path, exts: set[str], skipped: list, mapping: dict[str,
     class_dirs = _subdirs(folder, skipped)
     if not class_dirs:
         raise UserError(f"no class folders in {folder}: expected one sub-folder per class")
+    lower = {d.name.lower(): d for d in class_dirs}
+    images, labels = sorted(set(lower) & IMAGE_DIR_NAMES), sorted(set(lower) & LABEL_DIR_NAMES)
+    if images and labels:
+        raise UserError(f"{printable(folder)} holds {_names([lower[images[0]]])} beside {_names([lower[labels[0]]])}: "
+                        "images and their annotations (a detection or segmentation layout), not one folder per class")
+    for cdir in class_dirs:
+        if cdir.name.lower() in SPLIT_ALIASES:
+            raise UserError(f"class folder {printable(cdir)} is named like a split folder: a split folder's name is "
+                            "never read as a class (expected <split>/<class>/ folders)")
+        try:  # names first: a class folder of 10,000 files costs no stat
+            with os.scandir(cdir) as entries:
+                inner = sorted(e.name for e in entries if e.name.lower() in SPLIT_ALIASES and e.is_dir())
+        except OSError as e:
+            raise UserError(f"cannot read class folder {cdir}: {e.strerror or e}") from e
+        if inner:  # class/split/, or a data set beside other folders: its test images would be trained on
+            raise UserError(f"folder {printable(cdir)} holds split folders ({', '.join(f'{n}/' for n in inner)}), so "
+                            "it is not a class folder: expected <split>/<class>/ folders (or give that folder itself "
+                            "as the data set)")
     names: dict[str, list[Path]] = {}
     for cdir in class_dirs:
         files = _scan_class_dir(cdir, exts, skipped)
@@ -214,11 +337,15 @@ def scored_split(root, classes: list[str], class_map=None, strict: bool = False)
     """The images on which to score a model of `classes`, from any data set: its test folder, or a bare tree of
     class folders, whole. Folder names are mapped by `class_map` (theirs=ours); a data set's other splits (its
     own training data, under other names) are not looked at. -> (folder, samples, skipped)."""
+    given = root
     root = check_root(Path(root))
-    splits = find_splits(root)
+    layout = find_layout(root)
+    for note in _layout_notes(layout, root, given):
+        warnings.warn(note, UserWarning, stacklevel=2)
+    splits = layout.splits
     folder = splits.get("test")
     if folder is None:
-        if set(splits) != {"train"} or (splits["train"] != root and splits["train"].name.lower() in SPLIT_ALIASES):
+        if layout.kind != "classes":
             raise UserError(f"no test split in {root}: expected a test/ or testing/ folder, or a folder of class "
                             "folders to score whole")
         folder = splits["train"]
@@ -233,6 +360,8 @@ def scored_split(root, classes: list[str], class_map=None, strict: bool = False)
 
 
 def report_skipped(skipped: list[tuple[str, str]], strict: bool, warn: bool = True, first: int = 3) -> None:
+    """Say which files were unusable (`skipped`: (path, reason) pairs; the `first` few named): a UserError with
+    `strict`, else one warning (none when `warn` is false)."""
     if not skipped:
         return
     listed = "; ".join(f"{printable(p)} ({why})" for p, why in skipped[:first])

@@ -1,7 +1,5 @@
-"""How one file becomes a C x H x W uint8 array (`DecodeSettings`, `decode`), and which files a prediction reads.
-
-No torch here: `cnnlab predict FILE.onnx` decodes with it on onnxruntime alone, exactly as training decoded.
-"""
+"""The files a prediction reads: paths and folders expanded to image files (`expand_paths`), decoded
+(`read_images`), and grouped into batches of one shape (`shape_batches`). No torch here either."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Finding a folder-per-class dataset, validating it, and splitting train/validation without moving files.
-
-A dataset root either holds split folders (`train`/`training`, `val`/`validation`, `test`/`testing`, any
-case), each with one folder per class, or is itself a class-folder tree (then it has no test split).
-Nothing here ever writes into the dataset.
-"""
+"""The manifest CSV (`path,class,split,group`, e.g. a run's split.csv): written (`write_manifest`), read back as
+samples (`read_manifest`), and checked against the files it lists (`check_sizes`)."""
 
 from __future__ import annotations
 

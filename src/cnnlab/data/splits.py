@@ -1,9 +1,5 @@
-"""Finding a folder-per-class dataset, validating it, and splitting train/validation without moving files.
-
-A dataset root either holds split folders (`train`/`training`, `val`/`validation`, `test`/`testing`, any
-case), each with one folder per class, or is itself a class-folder tree (then it has no test split).
-Nothing here ever writes into the dataset.
-"""
+"""Splitting train/validation without moving a file, in memory: random (`split_train_val`), in blocks of files in
+name order, by a groups file, or from a manifest (`split_by_manifest`); duplicate groups never straddle the split."""
 
 from __future__ import annotations
 

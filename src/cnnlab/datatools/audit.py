@@ -1,14 +1,8 @@
-"""Duplicates and train/test leakage: exact copies by content hash, near copies by pixel distance.
+"""`cnnlab data audit` (`run_audit`): exact and near duplicates within and across splits, label conflicts, and
+test leakage (test images with a copy in train/val), on data/duplicates.py's hashes, thumbnails and `close_pairs`.
 
-Near copy: the mean absolute difference between the two images' 64x64 gray thumbnails (squashed, the
-decode cache's `DecodeSettings(64, "squash", 1)`) is at most `threshold` (default 4/255). On the brain-MRI set the
-nearest Training image of each Testing image is either at most 3.3/255 away (259 images: the same slice,
-re-encoded or resized) or at least 10/255 away: a wide gap, and 4/255 sits inside it.
-
-Finding every pair within the threshold is exact, not approximate: block sums of the thumbnails at 8x8,
-16x16 and 32x32 give lower bounds of the full L1 distance (|sum(a - b)| <= sum|a - b| over each block), so
-all pairs are compared cheaply at 8x8 and only the survivors of each level are compared at the next one.
-Groups are the connected components of the "exact or near copy" graph. Nothing is written into the dataset.
+With an output folder it writes audit.json, leak_free_test.csv (the test images without a copy in train/val, as a
+manifest), distance_hist.png and galleries of the copy groups; `format_audit` is the text the command prints.
 """
 
 from __future__ import annotations
@@ -204,7 +198,7 @@ def run_audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=No
     `threshold`: near-copy distance, mean absolute difference on the 0-1 scale. With `out`, writes
     audit.json, leak_free_test.csv (test images without an exact or near copy in train/val, manifest
     format), distance_hist.png and the galleries. `extend(ds, idx, out_dir) -> (keys, files written)` adds
-    to the report before audit.json is written (`cnnlab.crossaudit` uses it for `--against`).
+    to the report before audit.json is written (`cnnlab.datatools.audit_against` uses it for `--against`).
     """
     t0 = time.perf_counter()
     if not 0 <= threshold < 1:
@@ -219,6 +213,7 @@ def run_audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=No
         "classes": ds.classes,
         "images": {split: len(v) for split, v in ds.splits.items()},
         "unreadable": int((~idx.readable).sum()),
+        "skipped": len(ds.skipped),  # unusable files the scan left out (not images, unreadable, empty ...)
         "threshold": threshold,
         "threshold_gray": round(threshold * 255, 4),
         "method": "near copy: mean |difference| <= threshold between 64x64 gray thumbnails (squash resize), "
@@ -282,7 +277,7 @@ def _write_outputs(report, ds, idx: _Index, leak_free, group_id, out_dir: Path) 
 
 
 def gallery_rows(root: Path, groups: list[dict], what: str = "group") -> list[tuple[str, list]]:
-    """`plots.group_gallery` rows: each group's first members, decoded, captioned split/class/file name.
+    """`reporting.group_gallery` rows: each group's first members, decoded, captioned split/class/file name.
 
     A member's path is relative to `root`, or absolute (a member of another data set)."""
     prep = DecodeSettings(96, "pad", 1)
@@ -334,6 +329,8 @@ def format_audit(r: dict, extra: list[str] | tuple[str, ...] = ()) -> str:
                      f"{r['val_near_in_train']} exact or near, of {r['images']['val']}")
     if r["unreadable"]:
         lines.append(f"unreadable images (exact comparison only): {r['unreadable']}")
+    if r.get("skipped"):
+        lines.append(f"skipped files (unusable, not audited): {r['skipped']}")
     lines += extra
     if r.get("written"):
         lines.append("wrote " + ", ".join(r["written"]))

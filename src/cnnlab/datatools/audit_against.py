@@ -1,9 +1,10 @@
 """`cnnlab data audit DIR --against OTHER`: the images of DIR that have a copy in another data set, and the
 label conflicts among them (the same picture filed under different classes).
 
-The definitions are the audit's (cnnlab.audit): an exact copy has the same bytes (SHA-256); a near copy's 64x64
-gray thumbnail (`THUMB`, through the decode cache) is within the threshold of the image's. Only the DIR x OTHER
-pairs are compared (`close_pairs(..., other=...)`); the pairs inside each set are the plain audit's business.
+The definitions are the audit's (datatools/audit.py, on data/duplicates.py): an exact copy has the same bytes
+(SHA-256); a near copy's 64x64 gray thumbnail (`THUMB`, through the decode cache) is within the threshold of the
+image's. Only the DIR x OTHER pairs are compared (`close_pairs(..., other=...)`); the pairs inside each set are the
+plain audit's business.
 
 Classes: an OTHER class becomes a DIR class through the class map (`other_name=dir_name`), or by having a DIR
 class's name. A copy in an OTHER class with no counterpart in DIR cannot conflict, since different names alone
@@ -118,6 +119,7 @@ def _summary(ds, idx, other: _Other, copies: list[_Copy], found, threshold: floa
         "against": str(other.ds.root),
         "against_images": {split: len(v) for split, v in other.ds.splits.items()},
         "against_unreadable": len(other.samples) - len(other.good),
+        "against_skipped": len(other.ds.skipped),
         "against_classes": dict(zip(other.ds.classes, other.classes_as, strict=True)),
         "against_copies": int(copied.sum()),
         "against_exact_copies": int(exact.sum()),
@@ -146,7 +148,7 @@ def _by_folder(ds, idx, copied: np.ndarray, conflicted: np.ndarray) -> dict:
 
 def audit_against(root, other, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None,
                   class_map=None) -> dict:
-    """The audit of `root` (`cnnlab.datatools.audit.run_audit`) plus its copies in the data set `other` and their labels.
+    """The audit of `root` (`run_audit`) plus its copies in the data set `other` and their labels.
 
     `class_map` (`name=dir_name,...`) maps `other`'s class names to `root`'s, and `root`'s own test folders as
     without `other`. With `out`, also writes against_copies.csv and the label conflicts' gallery.
@@ -223,6 +225,7 @@ def format_against(r: dict) -> list[str]:
     """The summary's lines for --against (`format_audit(report, extra=...)`)."""
     n_other = sum(r["against_images"].values())
     unreadable = f", {r['against_unreadable']} unreadable" if r["against_unreadable"] else ""
+    unreadable += f", {r['against_skipped']} skipped" if r.get("against_skipped") else ""
     mapped = [f"{k} -> {v}" for k, v in r["against_classes"].items() if v is not None]
     lines = ["", f"against {r['against']}: {n_other} images ("
              + ", ".join(f"{k} {v}" for k, v in r["against_images"].items()) + f"{unreadable})",

@@ -6,6 +6,7 @@ truncated or corrupt files are found here too, and a later look costs no decodin
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -32,10 +33,15 @@ def _size_stats(sizes: list[tuple[int, int]]) -> dict:
 
 
 def inspect_dataset(root, out: Path | None = None, cache_dir=None, class_map=None, per_class: int = 8) -> dict:
-    ds = scan(root, class_map=class_map, warn=False)
+    """Look at a data set before training: per split and class, the image count, sizes and colour modes, and the
+    unusable files (with why). Decodes 96 px thumbnails through the decode cache; with `out`, writes a contact sheet
+    per split (`per_class` images of each class). Returns the report as a JSON-ready dict."""
+    ds = scan(root, class_map=class_map, warn=False)  # the report lists the skipped files itself
+    for note in ds.notes:  # which folder was read, when `root` only wraps it
+        warnings.warn(note, UserWarning, stacklevel=2)
     if out is not None:
         output_folder(out, [ds.root], create=False)  # before the slow part: a bad --out fails at once
-    report: dict = {"root": str(ds.root), "classes": ds.classes, "splits": {}}
+    report: dict = {"root": str(ds.root), "classes": ds.classes, "notes": ds.notes, "splits": {}}
     sheets = {}
     for split, samples in ds.splits.items():
         images, bad, _ = load_images(samples, ds.root, THUMB, cache_dir)
@@ -65,11 +71,15 @@ def inspect_dataset(root, out: Path | None = None, cache_dir=None, class_map=Non
 
 
 def _split_of(ds: Dataset, path: Path) -> str | None:
+    for split, folder in ds.folders.items():  # the split folders may lie below the root (`archive/inner/train`)
+        if path.is_relative_to(folder):
+            return split
     first = path.relative_to(ds.root).parts[0].lower()
     return SPLIT_ALIASES.get(first, "train" if len(ds.splits) == 1 else None)
 
 
 def format_report(r: dict) -> str:
+    """`inspect_dataset`'s report as the text `cnnlab data inspect` prints."""
     lines = [f"dataset {r['root']}  ({len(r['classes'])} classes)"]
     for split, s in r["splits"].items():
         sz = s["sizes"]

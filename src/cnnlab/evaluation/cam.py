@@ -1,7 +1,8 @@
 """Class activation maps on a loaded engine (`explain_arrays`): Grad-CAM and Grad-CAM++ from the grad-cam package
 (pytorch-grad-cam, imported only here, inside functions), on the layer the model registry names.
 
-Below `evaluate` (whose test gallery uses it) and `explain` (which adds run loading, files and box scores).
+Below evaluation/testing.py (whose test gallery uses it) and the explain package (which adds run loading, files
+and box scores).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def class_index(name: str, classes: list[str]) -> int:
 
 def explain_arrays(eng: Engine, arrays: list[np.ndarray], classes: list[str], method: str = "gradcam",
                    target: str | None = None, *, model_name: str, batch_size: int = 32) -> list[dict]:
-    """Heatmaps for decoded images, e.g. an upload the web demo decoded with `decode.read_images`.
+    """Heatmaps for decoded images, e.g. an upload the web demo decoded with `data.read_images`.
 
-    eng: a loaded run's engine (`evaluate.load_run(run)[2]`); arrays: C x H x W uint8 arrays as `decode.decode`
+    eng: a loaded run's engine (`evaluation.load_run(run)[2]`); arrays: C x H x W uint8 arrays as `data.decode`
     returns them; classes: the run's class names (`ckpt["classes"]`); method: gradcam | gradcam++; target: the class
     to explain (default: each image's predicted class); model_name: the run's `cfg.model.model`, whose registry
     entry names the layer. Returns one dict an image: label, prob, probs ({class: prob}), target, heatmap (H x W

@@ -1,10 +1,5 @@
-"""The single test of a chosen run, and prediction on any images.
-
-Every test evaluation is counted in the run folder (evaluations.json): scoring the same split twice warns,
-because a test split used for choices stops being a test split. A test writes NAME.json (the scores),
-NAME_predictions.csv (each image's class, prediction and probabilities: any subset's figures come from this one
-evaluation, never from another), NAME_confusion.png and NAME_errors.png.
-"""
+"""A trained run loaded for scoring (`load_run`): one of its checkpoints as an engine in eval mode, in fp32, with the
+checkpoint's own config, classes and normalisation statistics."""
 
 from __future__ import annotations
 

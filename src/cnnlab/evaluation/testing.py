@@ -1,15 +1,19 @@
-"""The single test of a chosen run, and prediction on any images.
+"""The single test of a chosen run (`test_run`), and its gallery of errors (`error_gallery`).
 
 Every test evaluation is counted in the run folder (evaluations.json): scoring the same split twice warns,
-because a test split used for choices stops being a test split. A test writes NAME.json (the scores),
-NAME_predictions.csv (each image's class, prediction and probabilities: any subset's figures come from this one
-evaluation, never from another), NAME_confusion.png and NAME_errors.png.
+because a test split used for choices stops being a test split. Each evaluation has a folder of its own,
+RUN/tests/NAME/ (`folder_name`: the data set, the manifest, a short hash of the images), so a test on another data
+set never overwrites an earlier one: test.json (the scores), test_predictions.csv (each image's class, prediction
+and probabilities: any subset's figures come from this one evaluation, never from another), test_confusion.png and
+test_errors.png. `result_files`, `read_test` and `find_test` read them back (and a run folder's top-level test.json
+from before tests/).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +30,9 @@ from cnnlab.evaluation.loading import load_run
 from cnnlab.files import atomic_write, write_text
 from cnnlab.training.engine import Engine
 from cnnlab.training.loops import predict_logits
+from cnnlab.training.metrics import confusion, macro_f1, per_class
+
+EVALUATIONS = "evaluations.json"
 
 
 def _split_id(samples) -> str:
@@ -60,19 +67,92 @@ def _evaluations(path: Path) -> list[dict]:
                     "without it (restore it from a backup; deleting it would hide earlier evaluations)")
 
 
+TESTS = "tests"  # RUN/tests/NAME/: one folder an evaluation
+RESULT = "test.json"  # in each: the scores; beside it test_predictions.csv, test_confusion.png, test_errors.png
+_HASH = re.compile(r"[0-9a-f]{8}")
+
+
+def folder_name(root: Path, manifest: str | None, content_id: str) -> str:
+    """The folder of an evaluation in RUN/tests/: the data set folder's name, then the manifest's stem, then the
+    first 8 characters of the content id (so two data sets of one name never share a folder, and the same images
+    tested again reuse theirs), e.g. `ecl-1f3a9c0d`, `ecl-leak_free_test-77b2e410`."""
+    return "-".join([*(_safe(p) for p in (root.name, *([Path(manifest).stem] if manifest else []))),
+                     content_id[:8]])
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("._-")[:40] or "data"
+
+
+def result_files(run: Path) -> dict[str, Path]:
+    """Each test.json of the run by NAME, in name order: RUN/tests/NAME/test.json, then, from a run folder of
+    before tests/, its top-level test.json or test-MANIFEST.json (NAME: the file's stem)."""
+    run = Path(run)
+    found = {p.parent.name: p for p in sorted((run / TESTS).glob(f"*/{RESULT}")) if p.is_file()}
+    old = [run / RESULT, *sorted(run.glob("test-*.json"))]
+    return {**found, **{p.stem: p for p in old if p.is_file() and p.stem not in found}}
+
+
+def read_test(path: Path) -> dict:
+    """A test.json's content; a damaged one is a UserError."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(result, dict):
+            return result
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    raise UserError(f"{path} is damaged or not a cnnlab test result")
+
+
+def find_test(run: Path, data: str | Path, manifest: str | None = None) -> dict | None:
+    """The run's test on data set `data` (and `manifest`), read back, or None: from RUN/tests/, the newest of its
+    folders for that data set; else, in a run folder of before tests/, the top-level test.json."""
+    run, root = Path(run), Path(data).expanduser().resolve()
+    prefix = folder_name(root, manifest, "")  # ends in "-"
+    mine = [p for p in (run / TESTS).glob(f"*/{RESULT}") if p.parent.name.startswith(prefix)
+            and _HASH.fullmatch(p.parent.name[len(prefix):]) and read_test(p).get("data") == str(root)]
+    if mine:
+        return read_test(max(mine, key=lambda p: p.stat().st_mtime_ns))
+    return read_test(run / RESULT) if (run / RESULT).is_file() else None
+
+
 def test_run(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
              log=print, name: str | None = None) -> dict:
     """Score the run's best checkpoint on a test folder (or the images a manifest lists), once: the evaluation is
-    counted in evaluations.json, and a repeat warns. Writes NAME.json and NAME_confusion.png into the run
-    (NAME: `test`, or `test-MANIFEST` for a manifest, unless given)."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-    from sklearn.metrics import confusion_matrix as sk_confusion
+    counted in evaluations.json, and a repeat warns. Writes test.json and the rest into RUN/tests/NAME/
+    (`folder_name`); `name` labels the split in them (default `test`, or `test-MANIFEST` for a manifest).
+    Returns test.json's content."""
+    return run_test(run, data, manifest, class_map, log, name)[0]
 
-    from cnnlab.reporting.figures import confusion_panels
 
+def run_test(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
+             log=print, name: str | None = None) -> tuple[dict, Path]:
+    """`test_run`, and the folder it wrote: choose the images, count the evaluation, predict, score, write the
+    files, record the evaluation, draw the gallery of errors."""
     run = Path(run)
     cfg, ckpt, eng = load_run(run)
     classes = list(ckpt["classes"])
+    root, images, skipped, split = _choose_images(cfg, classes, data, manifest, class_map, name)
+    # Count before scoring: a repeated evaluation is reported even if this one is interrupted.
+    split_id, content_id = _split_id(images.samples), _content_id(images.samples, classes)
+    history, earlier = _earlier_evaluations(run, split_id, content_id)
+    logits = predict_logits(eng, images, cfg.train.eval_batch_size)
+    cm, scored = _score(images.labels, logits.argmax(1), classes)
+    result = {"run": str(run), "data": str(root), "split": split, "n_images": int(len(images.labels)), **scored,
+              "classes": classes, "best_epoch": int(ckpt["epoch"]), "evaluation_number": earlier + 1,
+              "skipped": skipped}
+    folder = run / TESTS / folder_name(root, manifest, content_id)
+    _write_files(folder, result, cm, images, root, logits)
+    _record_evaluation(run, history, split_id, content_id, result)
+    # After the count: the gallery reuses this evaluation's logits and is no further evaluation.
+    error_gallery(cfg, eng, images, logits, classes, folder / "test_errors.png", title=split)
+    return result, folder
+
+
+def _choose_images(cfg: Config, classes: list[str], data: str | None, manifest: str | None, class_map: str | None,
+                   name: str | None) -> tuple[Path, ImageSet, int, str]:
+    """The images to score: a manifest's, else the test split of `data` (default: the run's own data set), decoded
+    as the run was trained; -> the data set's root, the images, how many were skipped, and the split's label."""
     root = check_root(Path(data or cfg.data.path))
     if manifest:
         samples = read_manifest(Path(manifest), root, classes, split="test")
@@ -81,47 +161,60 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
         own = root == check_root(Path(cfg.data.path)) if cfg.data.path and Path(cfg.data.path).is_dir() \
             else not data
         _, samples, _ = scored_split(root, classes, class_map or (cfg.data.class_map if own else None),
-                                              cfg.data.strict)
+                                     cfg.data.strict)
         name = name or "test"
     images, bad, _ = load_images(samples, root, DecodeSettings.of(cfg.data), cfg.data.cache_dir or None)
     if bad:
         report_skipped(bad, strict=cfg.data.strict)
+    return root, images, len(bad), name
 
-    # Count before scoring: a repeated evaluation is reported even if this one is interrupted.
-    split_id, content_id = _split_id(images.samples), _content_id(images.samples, classes)
-    log_path = run / "evaluations.json"
-    history = _evaluations(log_path)
+
+def _earlier_evaluations(run: Path, split_id: str, content_id: str) -> tuple[list[dict], int]:
+    """evaluations.json's entries, and how many of them evaluated these images (by content; by paths for entries
+    from before content ids): warns when any did."""
+    history = _evaluations(run / EVALUATIONS)
     earlier = [e for e in history if (e["content_id"] == content_id if "content_id" in e
                                       else e.get("split_id") == split_id)]
     if earlier:
         warnings.warn(f"this test split was already evaluated {len(earlier)} time(s) for {run}: a test score "
-                      "reused for choices is no longer a fair estimate", UserWarning, stacklevel=2)
+                      "reused for choices is no longer a fair estimate", UserWarning, stacklevel=3)
+    return history, len(earlier)
 
-    logits = predict_logits(eng, images, cfg.train.eval_batch_size)
-    pred = logits.argmax(1).numpy()
-    y = images.labels.numpy()
-    labels = list(range(len(classes)))
-    p, r, f, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    cm = sk_confusion(y, pred, labels=labels)
-    result = {
-        "run": str(run), "data": str(root), "split": name, "n_images": int(len(y)),
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "accuracy": float(accuracy_score(y, pred)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                          "support": int(sup[i])} for i, c in enumerate(classes)},
-        "confusion_matrix": cm.tolist(), "classes": classes, "best_epoch": int(ckpt["epoch"]),
-        "evaluation_number": len(earlier) + 1, "skipped": len(bad),
-    }
-    write_text(run / f"{name}.json", json.dumps(result, indent=2))
-    _write_predictions(run / f"{name}_predictions.csv", images.samples, root, y, pred, logits.softmax(1), classes)
-    confusion_panels(cm, classes, run / f"{name}_confusion.png",
-                     title=f"{name}: macro-F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}")
-    history.append({"content_id": content_id, "split_id": split_id, "split": name, "n_images": int(len(y)),
-                    "time": time.time(), "macro_f1": result["macro_f1"]})
-    write_text(log_path, json.dumps(history, indent=2))
-    # After the count: the gallery reuses this evaluation's logits and is no further evaluation.
-    error_gallery(cfg, eng, images, logits, classes, run / f"{name}_errors.png", title=name)
-    return result
+
+def _record_evaluation(run: Path, history: list[dict], split_id: str, content_id: str, result: dict) -> None:
+    """This evaluation appended to evaluations.json (the run's count of its tests, at the run folder's top)."""
+    history.append({"content_id": content_id, "split_id": split_id, "split": result["split"],
+                    "n_images": result["n_images"], "time": time.time(), "macro_f1": result["macro_f1"]})
+    write_text(run / EVALUATIONS, json.dumps(history, indent=2))
+
+
+def _score(y: torch.Tensor, pred: torch.Tensor, classes: list[str]) -> tuple[torch.Tensor, dict]:
+    """The confusion matrix, and test.json's scores from it (training/metrics.py): macro-F1 over every class (one
+    absent from the test counts 0), accuracy, each class's precision, recall, F1 and support."""
+    from sklearn.metrics import accuracy_score
+
+    cm = confusion(y, pred, len(classes))
+    pc = per_class(cm)
+    return cm, {
+        "macro_f1": macro_f1(cm, every_class=True),
+        "accuracy": float(accuracy_score(y.numpy(), pred.numpy())),
+        "per_class": {c: {"precision": float(pc["precision"][i]), "recall": float(pc["recall"][i]),
+                          "f1": float(pc["f1"][i]), "support": int(pc["support"][i])} for i, c in enumerate(classes)},
+        "confusion_matrix": cm.tolist()}
+
+
+def _write_files(folder: Path, result: dict, cm: torch.Tensor, images: ImageSet, root: Path,
+                 logits: torch.Tensor) -> None:
+    """test.json, test_predictions.csv and test_confusion.png into the evaluation's folder."""
+    from cnnlab.reporting.figures import confusion_panels
+
+    folder.mkdir(parents=True, exist_ok=True)
+    classes, split = result["classes"], result["split"]
+    write_text(folder / RESULT, json.dumps(result, indent=2))
+    _write_predictions(folder / "test_predictions.csv", images.samples, root, images.labels.numpy(),
+                       logits.argmax(1).numpy(), logits.softmax(1), classes)
+    confusion_panels(cm.numpy(), classes, folder / "test_confusion.png",
+                     title=f"{split}: macro-F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}")
 
 
 def _write_predictions(path: Path, samples, root: Path, y, pred, probs: torch.Tensor, classes: list[str]) -> None:
@@ -139,7 +232,7 @@ def _write_predictions(path: Path, samples, root: Path, y, pred, probs: torch.Te
 def error_gallery(cfg: Config, eng: Engine, images: ImageSet, logits: torch.Tensor, classes: list[str], path: Path,
                   title: str, most: int = 24) -> None:
     """The misclassified images, the most confident errors first, each with the heatmap of its predicted class
-    (cam.explain_arrays), true and predicted label and probability. Without heatmaps (an MLP, or grad-cam not
+    (`cam.explain_arrays`), true and predicted label and probability. Without heatmaps (an MLP, or grad-cam not
     installed) the images alone, and the title says why."""
     from cnnlab.evaluation.cam import explain_arrays
     from cnnlab.reporting.figures import heatmap_grid

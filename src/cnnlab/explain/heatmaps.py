@@ -1,12 +1,12 @@
 """Explanations (`cnnlab explain`): heatmaps of what drove a run's prediction (Grad-CAM, Grad-CAM++ from the grad-cam
-package, through `cam.explain_arrays`), their overlays, and how well they point at a known box (the pointing game
+package, through `evaluation.explain_arrays`), their overlays, and how well they point at a known box (the pointing game
 and the heatmap's energy inside the box, against a random heatmap's).
 
 API (kept stable for the web demo):
   heatmaps(run, paths, method="gradcam", target=None, which="best") -> [{path, label, prob, probs, target, heatmap,
       image}]: images decoded as `cnnlab predict` decodes them.
   explain_arrays(eng, arrays, classes, method="gradcam", target=None, *, model_name) -> the same dicts without path,
-      for images already decoded (see `cam.explain_arrays`).
+      for images already decoded (see evaluation/cam.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 
 from cnnlab.data.decode import BadImage, DecodeSettings, decode_with_geometry
 from cnnlab.data.folders import check_root, printable
-from cnnlab.data.manifest import read_manifest
 from cnnlab.data.image_files import read_images
+from cnnlab.data.manifest import read_manifest
 from cnnlab.errors import UserError
 from cnnlab.evaluation.cam import METHODS, cam_class, explain_arrays
 from cnnlab.evaluation.loading import load_run

@@ -1,9 +1,10 @@
 """`cnnlab export`: a run's best checkpoint as one ONNX file that holds its preprocessing too.
 
-The graph takes uint8 N x C x H x W images, decoded and resized as cnnlab decodes them (`decode.py`), and returns
+The graph takes uint8 N x C x H x W images, decoded and resized as cnnlab decodes them (data/decode.py), and returns
 the logits `Engine.logits` gives at evaluation: the run's normalisation (dataset, image or equalize), the network,
 and flip TTA when the run uses it. The metadata (`metadata_props`) says how to decode (image_size, resize,
-channels, crop) and names the classes, so `cnnlab predict FILE.onnx` (`onnx_model.py`) needs no torch.
+channels, crop) and names the classes, so `cnnlab predict FILE.onnx` (export/onnx_runtime.py) needs no
+torch.
 
 The file is exported in fp32 on the CPU, whatever the run's device, precision and layout, and checked against
 PyTorch on images of the run's own data before it replaces anything: a file that does not reproduce the checkpoint

@@ -1,7 +1,7 @@
 """A model exported by `cnnlab export`, run on onnxruntime alone.
 
 Nothing here imports torch: `cnnlab predict FILE.onnx` needs only onnxruntime, numpy and Pillow. The file holds
-the network with its normalisation (and flip TTA), so predicting is decoding as cnnlab does (`decode.py`, with the
+the network with its normalisation (and flip TTA), so predicting is decoding as cnnlab does (data/decode.py, with the
 `DecodeSettings` the file's metadata describes), then one call of the graph on uint8 N x C x H x W batches.
 """
 
@@ -92,7 +92,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def predict_onnx(path: Path, paths, batch_size: int = 256) -> list[dict]:
-    """`cnnlab predict FILE.onnx IMAGES`: the same rows as `evaluate.predict` gives for the run it came from."""
+    """`cnnlab predict FILE.onnx IMAGES`: the same rows as `evaluation.predict_files` gives for the run it
+    came from."""
     model = open_model(path)
     files, arrays = read_images(paths, model.prep)
     return prediction_rows(files, softmax(onnx_logits(model, arrays, batch_size)), model.classes)

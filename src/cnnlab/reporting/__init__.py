@@ -1,4 +1,5 @@
-"""Reporting: how cnnlab talks to a person. Progress bars (a widget in Jupyter, a text bar on a terminal, silent
+"""Reporting: how cnnlab talks to a person. The one `Reporter` (log lines, progress bars, the report language)
+handed to the work; progress bars (a widget in Jupyter, a text bar on a terminal, silent
 in a log), every sentence of a report in each language (`text`, `check_lang`), and every figure (`figures`).
 
 Names are imported from their modules on first use (`cnnlab.lazy_face`).
@@ -7,6 +8,8 @@ Names are imported from their modules on first use (`cnnlab.lazy_face`).
 from cnnlab import lazy_face
 
 _EXPORTS = {
+    "Reporter": "reporter",
+    "epoch_line": "reporter",
     "progress_bar": "progress",
     "in_notebook": "progress",
     "text": "strings",

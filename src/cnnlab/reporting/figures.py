@@ -27,12 +27,13 @@ def save(fig, path: Path, dpi: int = 100) -> None:
 
 
 def curves(history: list[dict], path: Path, title: str = "") -> None:
-    """Loss and macro-F1 against epoch, train and validation."""
+    """Draw one run's loss and macro-F1 against epoch, train and validation, and write it to `path`."""
     overlay({title or "run": history}, path, title=title)
 
 
 def overlay(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """One colour per run; train solid, validation faded (as the assignment draws them)."""
+    """Draw several runs' curves (`runs`: name -> history rows) on one figure and write it to `path`: one colour
+    per run; train solid, validation faded (as the assignment draws them)."""
     save(overlay_figure(runs, title), path)
 
 
@@ -58,6 +59,7 @@ def overlay_figure(runs: dict[str, list[dict]], title: str = "") -> Figure:
 
 
 def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> None:
+    """Draw a confusion matrix of counts (rows true, columns predicted, each cell labelled) and write it to `path`."""
     cm = np.asarray(cm)
     n = len(classes)
     fig, ax = _subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))

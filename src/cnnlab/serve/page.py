@@ -2,8 +2,8 @@
 shows the class probabilities, a heatmap over the image, and the run's summary.
 
 Gradio is imported only here, inside functions, so the rest of cnnlab never needs it. The page decodes uploads
-with cnnlab's own code (`decode.read_images` with the run's `DecodeSettings`), never with Gradio's image component, so a
-file that is not an image, or one that declares 30000 x 30000 pixels, is a message on the page.
+with cnnlab's own code (`data.read_images` with the run's `DecodeSettings`), never with Gradio's image
+component, so a file that is not an image, or one that declares 30000 x 30000 pixels, is a message on the page.
 """
 
 from __future__ import annotations
@@ -64,26 +64,31 @@ def load(run: Path) -> Served:
 
 
 def summary_markdown(s: Served) -> str:
-    """The run at a glance: model, data, classes, best validation macro-F1 and its epoch, the test score."""
+    """The run at a glance: model, data, classes, best validation macro-F1 and its epoch, each test's score."""
+    from cnnlab.evaluation.testing import result_files
+
     classes = list(s.ckpt["classes"])
     lines = [f"**Run** `{s.run}`",
              f"- **Model** `{s.cfg.model.model}`, {s.cfg.data.image_size} px, "
              f"{'gray' if s.cfg.data.channels == 1 else 'RGB'}",
              f"- **Data** `{s.cfg.data.path}`: {len(classes)} classes ({', '.join(classes)})"]
     history = s.run / run_folder.HISTORY
-    summary = run_folder.summarize_history(run_folder.read_history(history), int(s.ckpt.get("epoch", 0))) if history.is_file() else {}
+    summary = run_folder.summarize_history(run_folder.read_history(history), int(s.ckpt.get("epoch", 0))) \
+        if history.is_file() else {}
     if summary:
         lines.append(f"- **Validation** best macro-F1 **{summary['best_val_f1']:.3f}** at epoch "
                      f"{summary['best_epoch']} of {summary['epochs']} (accuracy {summary['best_val_acc']:.3f})")
     else:
         lines.append("- **Validation** no history.csv in the run")
-    lines.append(f"- **Test** {_test_line(s.run / 'test.json')}")
+    tests = result_files(s.run)  # RUN/tests/NAME/test.json, one an evaluation (or an older run's test.json)
+    if not tests:
+        lines.append("- **Test** not tested yet (`cnnlab test RUN`)")
+    for name, path in tests.items():
+        lines.append(f"- **Test** {f'`{name}`: ' if len(tests) > 1 else ''}{_test_line(path)}")
     return "\n".join(lines)
 
 
 def _test_line(path: Path) -> str:
-    if not path.is_file():
-        return "not tested yet (`cnnlab test RUN`)"
     try:
         t = json.loads(path.read_text(encoding="utf-8"))
         return (f"macro-F1 **{t['macro_f1']:.3f}**, accuracy {t['accuracy']:.3f} on {t['n_images']} images "

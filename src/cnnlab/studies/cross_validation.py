@@ -6,7 +6,7 @@ never sees fold K. The runs go through the study executors, so `--jobs` and `--e
 rerunning the command resumes unfinished folds and reads back finished ones (each fold is tested once).
 
     OUT/folds/fold-K.csv   the fold's manifest: train and val rows (the training folds), test rows (fold K)
-    OUT/fold-K/            the fold's run folder, with its test.json
+    OUT/fold-K/            the fold's run folder, with its test in tests/NAME/test.json
     OUT/cv.json            per-fold and mean figures, the summed confusion matrix, command, machine, date
     OUT/report.md, .html   the per-fold table, the confusion matrix, the folds' learning curves
 """
@@ -27,14 +27,14 @@ from cnnlab.data.folders import Dataset, scan
 from cnnlab.data.manifest import read_manifest
 from cnnlab.data.splits import natural_key
 from cnnlab.errors import UserError
-from cnnlab.evaluation.testing import test_run
+from cnnlab.evaluation.testing import find_test, test_run
 from cnnlab.files import output_folder, write_text
 from cnnlab.reporting.strings import check_lang, text
 from cnnlab.studies.definitions import study_threads
 from cnnlab.studies.executors import Executor, Job, given_or_local
 from cnnlab.studies.reports import Doc, machine
 from cnnlab.training import run_folder
-from cnnlab.training.checks import check_config
+from cnnlab.training.checks import check_config, make_config
 
 FOLD_FIELDS = ("path", "class", "fold")
 
@@ -90,10 +90,10 @@ def write_fold_manifests(folds: dict[str, list[tuple[str, str]]], out: Path) -> 
 def _jobs(base: Config, manifests: dict[str, Path], out: Path, threads: int) -> list[Job]:
     jobs = []
     for k, manifest in manifests.items():
-        cfg = base.absolute().update({"train_manifest": str(manifest), "val_manifest": str(manifest),
-                                      "threads": threads})
         try:
-            jobs.append(Job(f"fold-{k}", cfg.train.seed, check_config(cfg), str(out / f"fold-{k}")))
+            cfg = make_config(base.absolute(), {"train_manifest": str(manifest), "val_manifest": str(manifest),
+                                                "threads": threads})
+            jobs.append(Job(f"fold-{k}", cfg.train.seed, cfg, str(out / f"fold-{k}")))
         except UserError as e:
             raise UserError(f"fold {k}: {e}") from None
     return jobs
@@ -101,7 +101,7 @@ def _jobs(base: Config, manifests: dict[str, Path], out: Path, threads: int) -> 
 
 def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None = None, jobs: int = 1,
            log=print, command: str = "", lang: str = "en") -> dict:
-    """Train every fold (or resume), test each once, write cv.json and the report (in `lang`: cnnlab.strings.LANGS;
+    """Train every fold (or resume), test each once, write cv.json and the report (in `lang`: reporting.LANGS;
     cv.json is the same in every language); -> the cv.json contents."""
     check_lang(lang)
     check_config(base)
@@ -117,9 +117,9 @@ def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None =
         trained = runner.map(all_jobs)
     scored = []
     for job, summary in zip(all_jobs, trained, strict=True):
-        done = Path(job.out) / "test.json"
-        # A rerun reads the fold's one test back: it is never scored twice.
-        res = json.loads(done.read_text()) if done.is_file() else test_run(
+        # A rerun reads the fold's one test back (RUN/tests/NAME/test.json, or an older run's test.json): it is
+        # never scored twice.
+        res = find_test(Path(job.out), ds.root, job.config.data.train_manifest) or test_run(
             Path(job.out), str(ds.root), manifest=job.config.data.train_manifest, log=log, name="test")
         scored.append((job, summary, res))
         log(f"  {job.run}: test accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} "

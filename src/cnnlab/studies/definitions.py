@@ -13,7 +13,7 @@ A study is data, not code: the built-ins below are dicts, and a TOML file in the
 
 The base of every run is the assignment's recipe (`recipes/assignment.toml`) unless another config is given.
 Every run's config (every --param value, every stage of the assignment) is checked before anything trains.
-Runs go through an executor (cnnlab.executors: one small interface, `map(jobs) -> summaries`), so a study
+Runs go through an executor (studies/executors.py: one small interface, `map(jobs) -> summaries`), so a study
 can be spread over more processes or machines without touching the rest.
 """
 
@@ -28,24 +28,27 @@ from pathlib import Path
 from cnnlab.config import Config, parse_sets, read_toml
 from cnnlab.data.folders import find_splits
 from cnnlab.errors import UserError, nearest
-from cnnlab.evaluation.testing import test_run
+from cnnlab.evaluation.testing import find_test, test_run
 from cnnlab.files import atomic_write, output_folder
 from cnnlab.reporting.strings import check_lang, translations
 from cnnlab.studies.executors import Executor, Job, given_or_local
 from cnnlab.studies.reports import assignment_report, study_report
 from cnnlab.training import run_folder
-from cnnlab.training.checks import check_config
+from cnnlab.training.checks import make_config
 
 
 @dataclass
 class Study:
+    """A study: its name, its runs (run name -> config overrides), the overrides every run shares (`base`), the question
+    it answers (and, for a built-in, in each report language), and the fields an assignment stage carries forward."""
+
     name: str
     runs: dict[str, dict]
     base: dict = field(default_factory=dict)
     question: str = ""
     # The config fields a stage of the assignment carries forward from its winner.
     carries: tuple[str, ...] = ()
-    # The question in each report language (cnnlab.strings), for built-in studies; else `question` as written.
+    # The question in each report language (reporting/strings.py), for built-in studies; else `question` as written.
     questions: dict[str, str] = field(default_factory=dict)
 
 
@@ -85,6 +88,8 @@ NAMES = (*STUDIES, "assignment")
 
 
 def load_study(name_or_path: str) -> Study:
+    """A built-in study by name (NAMES), or a study TOML file ([base] and one [runs.NAME] table a run), its keys and
+    values checked against the config before anything runs; a UserError otherwise."""
     path = Path(name_or_path)
     if path.suffix == ".toml":
         d = read_toml(path, "study file")
@@ -124,16 +129,15 @@ SUMMARY_COLUMNS = ["run", "seed", *run_folder.SUMMARY_KEYS, "out"]
 
 
 def make_jobs(study: Study, base: Config, out: Path, seeds: int, threads: int) -> list[Job]:
-    """One job per run and seed, each config checked (cnnlab.checks) before any job starts."""
+    """One job per run and seed, each config made and checked (`make_config`) before any job starts."""
     jobs = []
     for run, overrides in study.runs.items():
         for k in range(seeds):
-            cfg = base.absolute().update(study.base).update(overrides)
-            cfg.train.seed = base.train.seed + k
-            cfg.train.threads = threads
-            folder = out / "runs" / (_slug(run) + (f"-seed{cfg.train.seed}" if seeds > 1 else ""))
+            seed = base.train.seed + k
+            folder = out / "runs" / (_slug(run) + (f"-seed{seed}" if seeds > 1 else ""))
             try:
-                jobs.append(Job(run, cfg.train.seed, check_config(cfg), str(folder)))
+                cfg = make_config(base.absolute(), study.base, overrides, {"seed": seed, "threads": threads})
+                jobs.append(Job(run, seed, cfg, str(folder)))
             except UserError as e:
                 raise UserError(f"study {study.name}, run {run}: {e}") from None
     return jobs
@@ -151,7 +155,7 @@ def _slug(name: str) -> str:
 def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: Executor | None = None,
               jobs: int = 1, log=print, known: dict[str, dict] | None = None, lang: str = "en") -> list[dict]:
     """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html (in
-    `lang`: cnnlab.strings.LANGS; summary.csv is the same in every language).
+    `lang`: reporting.LANGS; summary.csv is the same in every language).
 
     `known` maps a config (as JSON) to the result of a run already trained with it: such a run is not trained
     again (in the assignment, a stage's baseline is often the previous stage's winner).
@@ -222,10 +226,9 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
     tests = []
     if current.data.path and _has_test(current):
         for r in final_runs:
-            done = Path(r["out"]) / "test.json"
             # Rerunning a finished assignment (to redraw its report) reads the one test back, never re-tests.
-            res = json.loads(done.read_text()) if done.is_file() else test_run(Path(r["out"]), current.data.path,
-                                                                                log=log)
+            res = find_test(Path(r["out"]), current.data.path) or test_run(Path(r["out"]), current.data.path,
+                                                                            log=log)
             tests.append({"run": r["run"], "seed": r["seed"], "out": r["out"], "macro_f1": res["macro_f1"],
                           "accuracy": res["accuracy"], "per_class": res["per_class"],
                           "evaluation_number": res["evaluation_number"]})

@@ -11,15 +11,19 @@ while the command itself still reads and checks its configs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-import multiprocessing
 import os
+import pickle
+import queue
+import signal
 import socket
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +37,8 @@ AUTO_JOBS_MAX = 4  # --jobs auto: at most this many runs at once on one machine
 
 @dataclass
 class Job:
+    """One run of a study: its name in the study, its seed, its checked config, and its run folder."""
+
     run: str
     seed: int
     config: Config  # validated
@@ -40,6 +46,10 @@ class Job:
 
 
 class Executor(Protocol):
+    """Where jobs train. `map(jobs)` trains them all and returns their summaries in job order; `close` stops the workers
+    when the work is done, `abort` stops them now, whatever they do (the command failed before it handed
+    them its runs)."""
+
     def map(self, jobs: list[Job]) -> list[dict]: ...
 
     def close(self) -> None: ...
@@ -49,29 +59,34 @@ class Executor(Protocol):
 
 def run_job(job: Job, progress: bool = False) -> dict:
     """Train one run, or resume it, or read its result if it has finished. Safe to call again."""
+    from cnnlab.reporting.reporter import Reporter
     from cnnlab.training import run_folder
     from cnnlab.training.trainer import fit, resume
 
     # A run folder's config.toml holds absolute paths: compare like with like, whatever the working directory.
-    out, cfg, quiet = Path(job.out), job.config.absolute(), lambda *a: None
+    out, cfg = Path(job.out), job.config.absolute()
+    reporter = Reporter.quiet().with_(progress=progress)  # a bar per epoch at most: the study prints its own lines
     if run_folder.is_run(out):
         saved = run_folder.read_config(out)
         if saved != cfg:
             changed = sorted(k for k in Config.keys() if saved.get(k) != cfg.get(k))
             raise UserError(f"{out} holds a run with another config ({', '.join(changed)} differ): "
                             "use another --out, or delete that folder")
-        summary = resume(out, progress=progress, log=quiet)
+        summary = resume(out, reporter)
     else:
-        summary = fit(cfg, out, progress=progress, log=quiet)
+        summary = fit(cfg, out, reporter)
     return {"run": job.run, "seed": job.seed, "out": str(out), **summary}
 
 
 def resolve_jobs(jobs: int | str, kind: str = "local") -> int:
     """--jobs as a number of parallel runs. `auto`: one run a core up to AUTO_JOBS_MAX on this machine (small
-    networks use one core each better than they share several: docs/results/throughput.md); with ray, 1 (Ray
-    decides how many run at once; jobs only divides this machine's cores into each run's threads)."""
+    networks use one core each better than they share several: docs/results/throughput.md).
+
+    The same for every executor `kind`: jobs divides this machine's cores into each run's threads
+    (definitions.study_threads), part of a run's config, so one command gives every run the same config, hence
+    the same results, locally or on Ray (where Ray, not jobs, decides how many run at once)."""
     if jobs == "auto":
-        return 1 if kind == "ray" else max(1, min(AUTO_JOBS_MAX, os.cpu_count() or 1))
+        return max(1, min(AUTO_JOBS_MAX, os.cpu_count() or 1))
     try:
         n = int(jobs)
     except (TypeError, ValueError):
@@ -94,15 +109,58 @@ def make_executor(kind: str = "local", jobs: int = 1, address: str | None = None
     return LocalExecutor(jobs, log=log)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread while an executor is `running` (a KeyboardInterrupt: nothing that
+    catches Exception stops it)."""
+
+
+class Stopped(UserError):
+    """The command was stopped by SIGTERM: one line, and the exit code of a process ended by SIGTERM."""
+
+    exit_code = 128 + 15
+
+
 @contextlib.contextmanager
 def running(executor: Executor):
-    """`executor` for the duration of a block: closed after it, aborted (workers stopped at once) if it fails."""
+    """`executor` for the duration of a block: closed after it, aborted (workers stopped at once, the runs going
+    keeping their last finished epoch) if it fails. SIGTERM stops the block as Ctrl-C does, then ends in one line
+    (`Stopped`); whatever ends this process, its workers stop too (cnnlab.studies.worker)."""
+    with _sigterm_raises() as fired:
+        try:
+            yield executor
+        except BaseException as e:
+            executor.abort()
+            if fired and isinstance(e, KeyboardInterrupt):  # Terminated, or what a C extension (Ray) made of it
+                raise Stopped("stopped by SIGTERM: the runs under way keep their last finished epoch; rerun the "
+                              "same command to resume") from None
+            raise
+        executor.close()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated (once), where this is the main thread and SIGTERM has no handler of its own; the
+    list yielded holds the signal once it came."""
     try:
-        yield executor
-    except BaseException:
-        executor.abort()
-        raise
-    executor.close()
+        installed = (threading.current_thread() is threading.main_thread()
+                     and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    except (AttributeError, ValueError):
+        installed = False
+    fired: list[int] = []
+    if not installed:
+        yield fired
+        return
+
+    def handler(signum, frame):
+        if not fired:  # a second SIGTERM does not cut the stopping short
+            fired.append(signum)
+            raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield fired
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -124,61 +182,80 @@ class LocalExecutor:
     """Runs jobs here: in this process with jobs=1, else in `jobs` long-lived worker processes sharing the cores.
 
     The workers start when the executor is made, which a command does before it reads any config (see
-    `_worker_context`), and live until `close`: every stage of the assignment (one `map` each) uses the same
+    `_start_workers`), and live until `close`: every stage of the assignment (one `map` each) uses the same
     workers, which import torch once and keep the decoded images of their last data set in memory. Runs go to
-    the first free worker; results come back in job order."""
+    the first free worker; results come back in job order. A worker runs cnnlab's own code only
+    (cnnlab.studies.worker), never the user's script, and never outlives this process."""
 
     def __init__(self, jobs: int = 1, log=print, task: Callable[[Job], dict] = run_job):
         self.jobs = max(1, jobs)
         self.log, self.task = log, task
-        self.pool = None
-        if self.jobs > 1:
-            self.pool = ProcessPoolExecutor(self.jobs, mp_context=_worker_context(), initializer=_worker_start)
-            for _ in range(self.jobs):  # a submit starts a worker: start them all now
-                self.pool.submit(int)
+        self.workers: list[_Worker] = _start_workers(self.jobs) if self.jobs > 1 else []
+        self.closed = False
 
     def map(self, jobs: list[Job]) -> list[dict]:
-        if self.pool is None:
+        if self.closed:
+            raise RuntimeError("this LocalExecutor is closed (or stopped after an error)")
+        if not self.workers:
             results = []
             for i, job in enumerate(jobs, 1):
                 self.log(f"[{i}/{len(jobs)}] {job.run} (seed {job.seed})")
                 results.append(self.task(job, progress=True))
                 _done(self.log, results[-1])
             return results
-        if jobs:
-            self.log(f"{len(jobs)} runs, {min(self.jobs, len(jobs))} at a time in worker processes")
-        futures = [self.pool.submit(self.task, job) for job in jobs]
-        results = []
+        if not jobs:
+            return []
+        self.log(f"{len(jobs)} runs, {min(self.jobs, len(jobs))} at a time in worker processes")
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for i, job in enumerate(jobs):  # pickled here: a task that cannot be sent fails here, at once
+            todo.put((i, pickle.dumps((self.task, job), protocol=pickle.HIGHEST_PROTOCOL)))
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        drivers = [threading.Thread(target=_drive, args=(w, todo, done), daemon=True, name=f"cnnlab-worker-{w.pid}")
+                   for w in self.workers[:len(jobs)]]
+        for d in drivers:
+            d.start()
+        results: list = [_PENDING] * len(jobs)
+        logged = 0
         try:
-            for job, f in zip(jobs, futures, strict=True):
-                try:
-                    results.append(f.result())
-                except BrokenProcessPool:
-                    raise UserError(f"a worker process died while training {job.run} seed {job.seed} (killed, or "
-                                    "out of memory?): rerun the same command to resume from the last finished "
-                                    "epochs, or use fewer --jobs") from None
-                _done(self.log, results[-1])
-        except BaseException:  # an error or Ctrl-C: queued runs do not start (they resume on the next try)
-            # The runs going save their last epoch (they got the Ctrl-C too).
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+            for _ in jobs:
+                i, (kind, *rest) = _wait(done)
+                job = jobs[i]
+                if kind == "died":
+                    raise UserError(f"a worker process died while training {job.run} seed {job.seed} ({rest[0]}): "
+                                    "rerun the same command to resume from the last finished epochs")
+                if kind == "error":
+                    error, text = rest
+                    if not isinstance(error, UserError):
+                        error.__cause__ = _RemoteTraceback(text)
+                    raise error
+                results[i] = rest[0]
+                while logged < len(jobs) and results[logged] is not _PENDING:
+                    _done(self.log, results[logged])
+                    logged += 1
+        except BaseException:  # an error, Ctrl-C or SIGTERM: queued runs do not start (they resume on the next try)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    todo.get_nowait()
+            self.abort()  # the runs going keep their last finished epoch
             raise
+        finally:
+            for d in drivers:
+                d.join(5)
         return results
 
     def close(self) -> None:
-        """Stop the workers (each exits at once: see `_worker_start`)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+        """Stop the workers: each exits at once once asked (they are idle between `map`s)."""
+        workers, self.workers, self.closed = self.workers, [], True
+        for w in workers:
+            w.ask_to_stop()
+        _finish(workers, grace=10)
 
     def abort(self) -> None:
-        """Stop the workers now, whatever they do: the command failed before it handed them any run."""
-        if self.pool is not None:
-            procs = list((getattr(self.pool, "_processes", None) or {}).values())  # 3.14: terminate_workers()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                p.terminate()
-            self.pool = None
+        """Stop the workers now, as SIGTERM does: a run going keeps its last finished epoch (it resumes)."""
+        workers, self.workers, self.closed = self.workers, [], True
+        for w in workers:
+            w.terminate()
+        _finish(workers, grace=WORKER_GRACE_S)
 
 
 def _imports() -> None:
@@ -188,25 +265,239 @@ def _imports() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def _worker_context():
-    """How workers start. Where this process has not imported torch yet (a `cnnlab` command, before it reads any
-    config), it imports what runs need once, then forks: the workers start with those imports done, in no time.
-    Forking after torch has run (a notebook, a test) could deadlock in OpenMP, and macOS and Windows lack a safe
-    fork: there, spawn, and each worker imports for itself, in parallel with this process."""
-    if sys.platform == "linux" and "torch" not in sys.modules:
+# ------------------------------------------------------------------------------------------ worker processes
+
+WORKER_GRACE_S = 20  # a worker told to stop that has not exited by then is killed
+_PENDING = object()
+_SPAWN = "from cnnlab.studies.worker import main; main()"
+_LIVE: set[_Worker] = set()  # this process's workers: a forked one closes the others' pipes
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process (as its __cause__)."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
+
+
+class _Died(Exception):
+    pass
+
+
+def _can_fork() -> bool:
+    """Where this process has not imported torch yet (a `cnnlab` command, before it reads any config) and runs
+    no other thread, workers are forked after importing what runs need once: they start with those imports done,
+    in no time. Forking after torch has run (a notebook, a test) could deadlock in OpenMP, forking beside other
+    threads could copy a held lock, and macOS and Windows lack a safe fork: there, each worker is a new Python
+    (`python -c "...worker..."`) that imports for itself, in parallel with this process."""
+    return sys.platform == "linux" and "torch" not in sys.modules and threading.active_count() == 1
+
+
+def _start_workers(n: int) -> list[_Worker]:
+    fork = _can_fork()
+    if fork:
         _imports()
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
+    workers: list[_Worker] = []
+    try:
+        for _ in range(n):
+            workers.append(_Worker.fork() if fork else _Worker.spawn())
+        for w in workers:  # threads only now: every fork above is done from a single-threaded process
+            w.start()
+    except BaseException:
+        for w in workers:
+            w.terminate()
+        _finish(workers, grace=5)
+        raise
+    return workers
 
 
-def _worker_start() -> None:
-    """A worker's first step: the imports (done already in a forked worker), and a quick exit. By the time a
-    worker exits, its results have been sent and its runs' files written and closed, so the interpreter's
-    teardown of torch (about a second) is skipped: atexit runs this handler first, as it is registered last."""
-    import atexit
+class _Worker:
+    """One worker process: a pipe each way for the protocol (cnnlab.studies.worker), and its stderr, forwarded to
+    this process's stderr by a thread that keeps its last lines (quoted if the worker dies)."""
 
-    _imports()
-    atexit.register(os._exit, 0)
+    def __init__(self, pid: int, to, frm, err, popen: subprocess.Popen | None = None):
+        self.pid, self.to, self.frm, self.err, self.popen = pid, to, frm, err, popen
+        self.returncode: int | None = None
+        self.lines: collections.deque[str] = collections.deque(maxlen=5)
+        self.forwarder: threading.Thread | None = None
+        self.reaping = threading.Lock()
+        _LIVE.add(self)
+
+    @classmethod
+    def spawn(cls) -> _Worker:
+        import cnnlab
+
+        env = dict(os.environ)  # cnnlab importable as it is here, whatever this process added to sys.path
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnlab.__file__).resolve().parents[1]),
+                                             *filter(None, [env.get("PYTHONPATH")])])
+        p = subprocess.Popen([sys.executable, "-c", _SPAWN, str(os.getpid())], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True)
+        return cls(p.pid, p.stdin, p.stdout, p.stderr, p)
+
+    @classmethod
+    def fork(cls) -> _Worker:
+        r0, w0 = os.pipe()
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        parent = os.getpid()
+        for f in (sys.stdout, sys.stderr):  # nothing buffered here is written twice
+            with contextlib.suppress(Exception):
+                f.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker: its pipes on fds 0, 1 and 2, the other workers' pipes closed
+            code = 1
+            try:
+                for other in list(_LIVE):
+                    for f in (other.to, other.frm, other.err):
+                        with contextlib.suppress(OSError):
+                            os.close(f.fileno())
+                os.dup2(r0, 0)
+                os.dup2(w1, 1)
+                os.dup2(w2, 2)
+                for fd in (r0, w0, r1, w1, r2, w2):
+                    os.close(fd)
+                from cnnlab.studies.worker import serve
+
+                code = serve(parent)
+            except BaseException:  # noqa: BLE001
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        for fd in (r0, w1, w2):
+            os.close(fd)
+        return cls(pid, os.fdopen(w0, "wb"), os.fdopen(r1, "rb"), os.fdopen(r2, "rb"))
+
+    def start(self) -> None:
+        self.send(("path", list(sys.path)))  # where a task's module (a test's) is found
+        self.forwarder = threading.Thread(target=self._forward, daemon=True, name=f"cnnlab-stderr-{self.pid}")
+        self.forwarder.start()
+
+    def _forward(self) -> None:
+        for line in iter(self.err.readline, b""):
+            text = line.decode(errors="replace")
+            if text.strip():
+                self.lines.append(text.strip())
+            with contextlib.suppress(Exception):  # no stderr (pythonw), or a closed one
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+    def send(self, msg) -> None:
+        self.to.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        self.to.flush()
+
+    def call(self, payload: bytes):
+        """Run one job (a pickle of task and job): its reply, or _Died saying what happened to the worker."""
+        try:
+            self.to.write(pickle.dumps(("run", payload), protocol=pickle.HIGHEST_PROTOCOL))
+            self.to.flush()
+            return pickle.load(self.frm)
+        except Exception:  # noqa: BLE001 (a broken pipe, an end of file, a half-written reply)
+            raise _Died(self.what_happened()) from None
+
+    def what_happened(self) -> str:
+        """How the worker ended (its exit code or signal), and its last line on stderr."""
+        rc = self.wait(10)
+        if rc is None:
+            self.kill()
+            self.wait(5)
+            what = "it stopped answering, and was killed"
+        elif rc < 0:
+            what = f"killed by {_signal_name(-rc)}"
+        else:
+            what = f"exit code {rc}"
+        if self.forwarder is not None:
+            self.forwarder.join(2)
+        return what + (f"; its last line: {self.lines[-1]}" if self.lines else "")
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code (negative: the signal that ended it), or None if it still runs after `timeout` s."""
+        if self.returncode is None:
+            if self.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.returncode = self.popen.wait(timeout)
+            else:
+                deadline = time.monotonic() + timeout
+                while self.returncode is None:
+                    with self.reaping:  # a map's thread and the main thread may both wait
+                        if self.returncode is not None:
+                            break
+                        pid, status = os.waitpid(self.pid, os.WNOHANG)
+                        if pid:
+                            self.returncode = os.waitstatus_to_exitcode(status)
+                            break
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.05)
+        return self.returncode
+
+    def ask_to_stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.send(None)
+            self.to.close()
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+
+    def _signal(self, sig) -> None:
+        if self.wait(0) is None:
+            with contextlib.suppress(OSError):
+                if self.popen is not None:
+                    self.popen.send_signal(sig)
+                else:
+                    os.kill(self.pid, sig)
+
+
+def _finish(workers: list[_Worker], grace: float) -> None:
+    """Wait `grace` seconds for the workers to exit, then kill those left; close their pipes."""
+    deadline = time.monotonic() + grace
+    for w in workers:
+        if w.wait(max(0.0, deadline - time.monotonic())) is None:
+            w.kill()
+            w.wait(5)
+    for w in workers:
+        if w.forwarder is not None:
+            w.forwarder.join(2)
+        for f in (w.to, w.frm, w.err):
+            with contextlib.suppress(Exception):
+                f.close()
+        _LIVE.discard(w)
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def _drive(worker: _Worker, todo: queue.SimpleQueue, done: queue.SimpleQueue) -> None:
+    """One worker's thread in a `map`: jobs from `todo` until none is left, each reply into `done`."""
+    while True:
+        try:
+            i, payload = todo.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            done.put((i, worker.call(payload)))
+        except _Died as e:
+            done.put((i, ("died", str(e))))
+            return
+        except BaseException as e:  # noqa: BLE001 (never leave `map` waiting)
+            done.put((i, ("error", e, "")))
+            return
+
+
+def _wait(done: queue.SimpleQueue):
+    while True:  # a timeout, so that Ctrl-C and SIGTERM reach this thread on every platform
+        try:
+            return done.get(timeout=0.5)
+        except queue.Empty:
+            continue
 
 
 # ------------------------------------------------------------------------------------------ Ray
@@ -258,10 +549,15 @@ class RayExecutor:
             except OSError as e:
                 raise UserError(f"no Ray cluster answers at {self.address} ({e.strerror or e}): start one there "
                                 "with `ray start --head`, or check --address") from None
+        main = threading.current_thread() is threading.main_thread()
+        ours = signal.getsignal(signal.SIGTERM) if main else None
         try:
             self.ray.init(address=self.address)
         except ConnectionError as e:
             raise UserError(f"cannot connect to the Ray cluster at {self.address}: {e}") from None
+        finally:
+            if callable(ours):  # ray.init makes SIGTERM exit at once: keep `running`'s (the runs stop, then Ray)
+                signal.signal(signal.SIGTERM, ours)
         self.started = True
 
     def map(self, jobs: list[Job]) -> list[dict]:
@@ -293,8 +589,12 @@ class RayExecutor:
                 results.append(summary)
                 _done(self.log, summary)
         finally:
-            for ref in refs[len(results):]:  # after an error or Ctrl-C, stop the runs still going (they resume)
+            left = refs[len(results):]
+            for ref in left:  # after an error, Ctrl-C or SIGTERM, stop the runs still going (they resume)
                 self.ray.cancel(ref)
+            if left:  # a cancelled run keeps its last finished epoch before Ray (if started here) shuts down
+                with contextlib.suppress(Exception):
+                    self.ray.wait(left, num_returns=len(left), timeout=10)
         return results
 
     @staticmethod

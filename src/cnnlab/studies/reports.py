@@ -17,6 +17,9 @@ from cnnlab.training.run_folder import read_config, read_history
 
 
 class Doc:
+    """A report as a list of blocks (headings `h`, paragraphs `p`, `bullets`, `table`, `image`), rendered as Markdown
+    with the images linked (`markdown`) and as self-contained HTML with them embedded (`html`); `write` writes both."""
+
     def __init__(self, title: str, lang: str = "en"):
         self.title = title
         self.lang = lang
@@ -233,6 +236,8 @@ def _header(doc: Doc, results: list[dict], lang: str = "en") -> None:
 
 
 def study_report(study, results: list[dict], folder: Path, lang: str = "en") -> tuple[Path, Path]:
+    """Write a study's report, report.md and report.html, into `folder` (in `lang`), from `results` (one summary a run);
+    -> the two paths."""
     doc = Doc(text(lang, "study.title", name=study.name), lang)
     _header(doc, results, lang)
     add_study(doc, study, results, folder, lang=lang)
@@ -241,7 +246,10 @@ def study_report(study, results: list[dict], folder: Path, lang: str = "en") -> 
 
 
 def assignment_report(summary: dict, folder: Path, studies: dict, lang: str = "en") -> tuple[Path, Path]:
-    """`studies`: the Study of each stage, by name."""
+    """Write the assignment's report (report.md, report.html) into `folder`, in `lang`: each stage's table, plots
+    and winner, then the final test. `summary`: run_assignment's; `studies`: the Study of each stage, by name.
+    -> the two paths."""
+
     def t(key: str, **values) -> str:
         return text(lang, key, **values)
 

@@ -1,34 +1,6 @@
-"""Optimizers from scratch on 2-D test functions: SGD, momentum, Nesterov, Adagrad, RMSProp, Adam.
-
-The core (optimizers, functions, `run`, `compare`, lr search) is pure numpy; the plotting functions
-at the bottom import matplotlib lazily and draw on the Agg canvas, so importing this module is cheap.
-
-Update rules (the assignment's, `x` the point, `g` the gradient at `x`, `t` the step from 1):
-
-    sgd       x -= lr*g
-    momentum  v = mu*v - lr*g;  x += v
-    nesterov  v = mu*v - lr*g;  x += mu*v - lr*g
-    adagrad   G += g*g;                     x -= lr*g/sqrt(G + eps)
-    rmsprop   G = mu*G + (1-mu)*g*g;        x -= lr*g/sqrt(G + eps)
-    adam      m = beta*m + (1-beta)*g;  v = mu*v + (1-mu)*g*g;
-              x -= lr*m_hat/(sqrt(v_hat) + eps),  m_hat = m/(1-beta^t),  v_hat = v/(1-mu^t)
-
-How these line up with `torch.optim` (tested in tests/test_optim2d.py, float64, to 1e-8):
-
-- eps: the assignment's formulas put eps inside the square root for Adagrad and RMSProp and outside
-  for Adam; torch adds it outside (`sqrt(G) + eps`) in all three. `eps_inside` chooses (default: the
-  assignment's). With `eps_inside=False` Adagrad and RMSProp equal torch's; with the default they
-  differ by about eps/(2 sqrt(G)) relative per step: invisible in the pictures, above 1e-8 over 100
-  steps. Adam's default already is torch's convention.
-- momentum: torch keeps `b = mu*b + g; x -= lr*b`, i.e. `v = -lr*b`. For a constant lr both give
-  the same points (torch's `dampening=0`, first buffer = g, matches `v0 = 0`).
-- nesterov: written in the "look-ahead variable" form (Bengio et al. 2012), which needs only the
-  gradient at the current point; it is what `torch.optim.SGD(nesterov=True)` does.
-- adagrad: torch's `initial_accumulator_value=0` and `lr_decay=0` are this rule.
-- rmsprop: torch's `alpha` is `mu` (with `momentum=0, centered=False`).
-- adam: torch's `betas=(beta, mu)`; bias correction as above (the assignment's own solution computed
-  the corrected moments and then stepped with the uncorrected ones; this one does not).
-"""
+"""Pictures of the from-scratch optimizers: one optimizer's path as an animated GIF over the function's contours
+(`animate`, `animate_all`), all paths on one plot (`plot_paths`), and the gap to the minimum per step
+(`plot_gaps`). matplotlib is imported inside functions only and draws on the Agg canvas (no pyplot state)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Optimizers from scratch on 2-D test functions: SGD, momentum, Nesterov, Adagrad, RMSProp, Adam.
-
-The core (optimizers, functions, `run`, `compare`, lr search) is pure numpy; the plotting functions
-at the bottom import matplotlib lazily and draw on the Agg canvas, so importing this module is cheap.
+"""Optimizers from scratch on 2-D test functions: SGD, momentum, Nesterov, Adagrad, RMSProp and Adam
+(`UPDATE_RULES`), run to a `Trajectory` (`trajectory`, `run`), summarized, compared and tuned (`compare`,
+`best_lr`); pure numpy.
 
 Update rules (the assignment's, `x` the point, `g` the gradient at `x`, `t` the step from 1):
 
@@ -13,7 +12,7 @@ Update rules (the assignment's, `x` the point, `g` the gradient at `x`, `t` the 
     adam      m = beta*m + (1-beta)*g;  v = mu*v + (1-mu)*g*g;
               x -= lr*m_hat/(sqrt(v_hat) + eps),  m_hat = m/(1-beta^t),  v_hat = v/(1-mu^t)
 
-How these line up with `torch.optim` (tested in tests/test_optim2d.py, float64, to 1e-8):
+How these line up with `torch.optim` (tested in tests/teach/test_teach.py, float64, to 1e-8):
 
 - eps: the assignment's formulas put eps inside the square root for Adagrad and RMSProp and outside
   for Adam; torch adds it outside (`sqrt(G) + eps`) in all three. `eps_inside` chooses (default: the
@@ -88,6 +87,9 @@ def _adam(x, g, state, t, p):
 
 @dataclass(frozen=True)
 class Optimizer:
+    """One update rule by name: `step(x, g, state, t, params) -> x`, the hyper-parameters it reads, and where its
+    formula puts eps by default."""
+
     name: str
     step: Callable
     params: tuple[str, ...]  # hyper-parameters it reads; others are refused
@@ -111,6 +113,7 @@ ASSIGNMENT_OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
 
 
 def get_optimizer(name: str) -> Optimizer:
+    """The update rule named `name` (UPDATE_RULES); a UserError with a "did you mean" for an unknown name."""
     if name not in UPDATE_RULES:
         raise nearest(name, UPDATE_RULES, "optimizer")
     return UPDATE_RULES[name]

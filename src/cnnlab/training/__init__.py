@@ -1,6 +1,6 @@
 """Training: everything one run needs, from a checked config to a run folder. The config checks
 (`check_config`), the run's data (`prepare_run_data`), batching and input presets, augmentation, the model registry
-(`build_model` is `models.build`), optimizers and schedulers (`Optimization`), where and how the model runs
+(`MODELS`, `build`, `register`), optimizers and schedulers (`Optimization`), where and how the model runs
 (`Engine`), the epoch loops, metrics, the run folder, and the `Trainer` with `fit` (a new run) and `resume`.
 
 Names are imported from their modules on first use (`cnnlab.lazy_face`).
@@ -10,6 +10,7 @@ from cnnlab import lazy_face
 
 _EXPORTS = {
     "check_config": "checks",
+    "make_config": "checks",
     "RunData": "preparation",
     "prepare_run_data": "preparation",
     "split_dataset": "preparation",

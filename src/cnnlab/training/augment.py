@@ -36,6 +36,9 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
 
 
 class Augmenter:
+    """The augmentation an `AugmentConfig` asks for, on batched float tensors: `active` says whether it does anything,
+    `pixels` applies the per-sample transforms, `noise` adds noise to the normalised input."""
+
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
 

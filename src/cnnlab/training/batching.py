@@ -1,12 +1,6 @@
-"""The input pipeline: a dataset prepared once as uint8 tensors, an epoch's order and batches, and the train and
-eval presets that turn a uint8 batch into the network's input.
-
-`prepare` scans and splits a dataset for a new run, or reads back a run's own `split.csv` (resume and every
-later command), then decodes through the cache. The presets are a pair, as in torchvision's classification
-references: `EvalInput` normalises; `TrainInput` augments from the epoch's generator, then normalises the same
-way and adds noise. Every random draw comes from a generator seeded by (seed, epoch), so a run resumed at an
-epoch boundary continues exactly.
-"""
+"""An epoch's order (`epoch_indices`: shuffled, oversampled or undersampled by class when asked), its batches
+(`batches`, bucketed by size for resize = keep; `gather`), and a decoded set stored as the model reads it (`place`).
+Every draw comes from a generator seeded by (seed, epoch), so a run resumed at an epoch boundary continues exactly."""
 
 from __future__ import annotations
 

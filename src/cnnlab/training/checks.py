@@ -12,10 +12,11 @@ import dataclasses
 import functools
 import importlib.util
 import math
+from collections.abc import Mapping
 
 import torch
 
-from cnnlab.config import Config, ModelConfig
+from cnnlab.config import Config, ModelConfig, load_recipe
 from cnnlab.data.decode import CROP_POLICIES, RESIZE_POLICIES
 from cnnlab.data.splits import SPLIT_POLICIES
 from cnnlab.errors import UserError, nearest
@@ -29,13 +30,33 @@ IMAGE_SIZES = (8, 4096)
 MAX_MLP_WEIGHTS = 1 << 30
 
 
+def make_config(base=None, *overrides: Mapping | None, default: str | None = None) -> Config:
+    """The one way a config is made, for the command line, the API, studies and cross-validation alike.
+
+    base: a Config (copied), or the TOML file or shipped recipe it names; else `default` (a recipe name), else
+    cnnlab's defaults. overrides: mappings of config fields (bare `lr` or qualified `optim.lr`) applied in order,
+    None values skipped. Returns the checked Config; the first bad key or value raises one UserError, before any
+    file is scanned."""
+    name = base or default
+    cfg = name.copy() if isinstance(name, Config) else load_recipe(name) if name else Config()
+    for mapping in overrides:
+        cfg.update({k: v for k, v in (mapping or {}).items() if v is not None})
+    return check_config(cfg)
+
+
 def check_config(cfg: Config) -> Config:
-    """Raise one UserError for the first bad value; return `cfg` unchanged when every value is usable."""
+    """Raise one UserError for the first bad value; return `cfg` unchanged when every value is usable.
+
+    A config is checked once: one that has not changed since it passed returns at once (`make_config` checks it,
+    and `fit` or a study's worker then meets it again)."""
+    if getattr(cfg, "_checked", None) == cfg.to_dict():
+        return cfg
     _data(cfg)
     _augment(cfg)
     _model(cfg)
     _optimization(cfg)
     _train(cfg)
+    cfg._checked = cfg.to_dict()
     return cfg
 
 

@@ -55,7 +55,7 @@ class Engine:
 
 
 def pick_device(name: str) -> torch.device:
-    """auto: the GPU when there is one. Names are checked in cnnlab.checks before any work."""
+    """auto: the GPU when there is one. Names are checked by `check_config` (training/checks.py) before any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -90,6 +90,8 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> Engine:
+    """The `Engine` for `model` under `cfg`: the device and precision picked (auto resolved), the model moved there
+    (channels_last if asked), and the train and eval input presets with the statistics `mean` and `std`."""
     t, d = cfg.train, cfg.data
     device = pick_device(t.device)
     if t.channels_last:

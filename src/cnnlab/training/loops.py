@@ -71,6 +71,8 @@ def predict_logits(eng: Engine, images: ImageSet, batch_size: int) -> torch.Tens
 
 
 def validate_epoch(eng: Engine, images: ImageSet, criterion, n_classes: int, batch_size: int) -> dict:
+    """Score `images` (the validation set) with `criterion`: -> {val_loss, val_f1 (macro), val_acc, val_recall (one
+    recall a class)}; val_loss is NaN for an empty set."""
     logits = predict_logits(eng, images, batch_size)
     loss = float(criterion(logits, images.labels)) if len(images) else float("nan")
     cm = confusion(images.labels, logits.argmax(1), n_classes)

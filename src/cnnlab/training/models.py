@@ -22,7 +22,8 @@ POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 MODELS: dict[str, Callable] = {}
 FIXED_SIZE: set[str] = set()  # models whose input must have the configured size
-# model name -> (model -> the layer whose output a class activation map (cnnlab.cam) weighs), or None: no spatial map
+# model name -> (model -> the layer whose output a class activation map (evaluation/cam.py) weighs), or None:
+# no spatial map
 CAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module] | None] = {}
 
 
@@ -77,6 +78,8 @@ def pool(name: str, k: int) -> nn.Module:
 
 
 def build(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Module:
+    """The registered model `cfg.model` (a UserError with a "did you mean" for an unknown name), freshly initialised for
+    `in_channels` x `image_size` inputs and `n_classes` outputs; never pretrained."""
     if cfg.model not in MODELS:
         raise nearest(cfg.model, MODELS, "model")
     return MODELS[cfg.model](cfg, in_channels, n_classes, image_size)

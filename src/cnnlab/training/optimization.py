@@ -1,6 +1,7 @@
 """What turns a loss into better weights: optimizers and schedulers by name, the loss, mixed precision, weight EMA.
 
-(The from-scratch numpy optimizers that `cnnlab optim` animates are in `optim2d`; these are torch.optim's.)
+(The from-scratch numpy optimizers that `cnnlab optim` animates are in the teach package; these are
+torch.optim's.)
 `Optimization` bundles one run's optimizer, scheduler, loss, gradient scaler and EMA, so a training step is
 one call (`step`) and the whole of it saves and restores as one state.
 """
@@ -66,6 +67,7 @@ class Criterion(nn.Module):
 
 
 def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Loss weights for imbalance = weights: each class's weight is N / its count (an empty class counts 1)."""
     counts = torch.bincount(labels, minlength=n_classes).to(torch.float32)
     return counts.sum() / counts.clamp_min(1)
 

@@ -1,12 +1,6 @@
-"""The input pipeline: a dataset prepared once as uint8 tensors, an epoch's order and batches, and the train and
-eval presets that turn a uint8 batch into the network's input.
-
-`prepare` scans and splits a dataset for a new run, or reads back a run's own `split.csv` (resume and every
-later command), then decodes through the cache. The presets are a pair, as in torchvision's classification
-references: `EvalInput` normalises; `TrainInput` augments from the epoch's generator, then normalises the same
-way and adds noise. Every random draw comes from a generator seeded by (seed, epoch), so a run resumed at an
-epoch boundary continues exactly.
-"""
+"""A run's data (`prepare_run_data` -> `RunData`): a new run's split (`split_dataset`: scan, then a random, blocked,
+grouped or manifest split, duplicate groups kept whole), or a run's own `split.csv` read back (resume and every
+later command), then decoded through the cache, with the training images' channel statistics."""
 
 from __future__ import annotations
 
@@ -28,6 +22,9 @@ from cnnlab.errors import UserError
 
 @dataclass
 class RunData:
+    """A run's data, ready to train on: the split dataset (what split.csv lists), the decoded train and validation
+    images, the files skipped (path, reason), and the training images' per-channel mean and std."""
+
     dataset: Dataset  # train and val samples as split (both listed in split.csv)
     train: ImageSet
     val: ImageSet
@@ -79,7 +76,8 @@ def dataset_from_split(cfg: Config, split_csv: Path, classes: list[str] | None =
 
 def prepare_run_data(cfg: Config, progress: bool = False, split_csv: Path | None = None,
             classes: list[str] | None = None) -> RunData:
-    """Split (or read `split_csv`), then decode train and validation through the cache."""
+    """A run's `RunData`: a new split (or, with `split_csv`, the run's own split read back, with its `classes`),
+    then train and validation decoded through the cache."""
     d = cfg.data
     ds = dataset_from_split(cfg, split_csv, classes) if split_csv else split_dataset(cfg)
     sets, skipped = {}, list(ds.skipped)

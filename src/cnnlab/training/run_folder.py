@@ -45,10 +45,13 @@ SUMMARY_KEYS = ["best_val_f1", "best_val_acc", "best_epoch", "best_train_f1", "f
 
 
 def is_run(folder: Path) -> bool:
+    """Whether `folder` is a cnnlab run folder: it holds a config.toml."""
     return (Path(folder) / CONFIG).is_file()
 
 
 def read_config(run: Path) -> Config:
+    """The resolved `Config` a run folder was trained with (its config.toml); a UserError for a folder that is
+    not a run."""
     if not is_run(run):
         raise UserError(f"{run} is not a cnnlab run folder (no {CONFIG})")
     return Config.load(Path(run) / CONFIG)
@@ -81,6 +84,7 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 def read_history(path: Path) -> list[dict]:
+    """A history.csv as a list of rows, one an epoch: `epoch` an int, every other column a float."""
     with open(path, newline="", encoding="utf-8") as f:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 

@@ -2,7 +2,8 @@
 
 A `Trainer` is built from a config and prepared data (`Trainer.build`), runs one epoch at a time
 (`run_epoch`, or its halves `train_epoch` and `validate`), and saves and restores its whole state
-(`state_dict`, `load_state_dict`); a `RunWriter` (cnnlab.runs) writes what each epoch leaves, in the background.
+(`state_dict`, `load_state_dict`); a `RunWriter` (training/run_folder.py) writes what each epoch leaves, in the
+background.
 Every epoch reseeds its own RNGs from (seed, epoch), so a run resumed from any epoch boundary continues exactly
 as if it had never stopped.
 """
@@ -24,6 +25,7 @@ from cnnlab.config import Config
 from cnnlab.data.cache import ImageSet
 from cnnlab.errors import UserError
 from cnnlab.files import LOCK, FolderLock, output_folder
+from cnnlab.reporting.reporter import Reporter
 from cnnlab.training import run_folder
 from cnnlab.training.batching import place, steps_per_epoch
 from cnnlab.training.checks import check_config
@@ -62,6 +64,9 @@ class Best:
 
 @dataclass
 class Trainer:
+    """A run in memory: its config, classes, engine, optimization and decoded data, and where it stands (history, best
+    epoch, last finished epoch, finished, diverged). Made by `Trainer.build`; `run_epoch` advances it one epoch."""
+
     cfg: Config
     classes: list[str]
     eng: Engine
@@ -104,13 +109,12 @@ class Trainer:
         eng = dataclasses.replace(self.eng, model=self.opt.eval_model)
         return validate_epoch(eng, self.val, self.opt.criterion, len(self.classes), self.cfg.train.eval_batch_size)
 
-    def run_epoch(self, progress: bool = False) -> tuple[dict, bool]:
-        """Train and validate the next epoch; -> (its history row, whether the monitored score improved)."""
-        from cnnlab.reporting.progress import progress_bar
-
+    def run_epoch(self, reporter: Reporter | None = None) -> tuple[dict, bool]:
+        """Train and validate the next epoch (with `reporter`'s progress bar); -> (its history row, whether the
+        monitored score improved)."""
         epoch, t = self.epoch + 1, self.cfg.train
         t0 = time.perf_counter()
-        bar = progress_bar(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", unit="step", enabled=progress)
+        bar = (reporter or Reporter.quiet()).bar(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", unit="step")
         tr = self.train_epoch(epoch, bar)
         bar.close()
         self.opt.sync_ema_buffers()
@@ -162,12 +166,14 @@ class Trainer:
 # ------------------------------------------------------------------------------------------ the run
 
 
-def fit(cfg: Config, out: Path, progress: bool = True, log=print, force: bool = False) -> dict:
+def fit(cfg: Config, out: Path, reporter: Reporter | None = None, force: bool = False) -> dict:
     """Train a new run into `out`: check the config and the folder, prepare the data, write the run folder, train.
 
     `out` must be new or empty (or, with `force`, any folder that does not hold a run); while the run trains,
-    no other process can write into it. Interrupted before its config is written, it leaves nothing behind."""
-    cfg = check_config(cfg.absolute())
+    no other process can write into it. Interrupted before its config is written, it leaves nothing behind.
+    reporter: where the progress bars and epoch lines go (default: printed)."""
+    reporter = reporter or Reporter()
+    cfg = check_config(cfg).absolute()
     out = output_folder(out, [cfg.data.path], "run folder", create=False)
     created = not out.exists()
     output_folder(out, [cfg.data.path], "run folder")
@@ -179,7 +185,7 @@ def fit(cfg: Config, out: Path, progress: bool = True, log=print, force: bool = 
             if others and not force:
                 raise UserError(f"{out} is not empty ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
                                 "and holds no cnnlab run: choose a new --out, or pass --force to write into it")
-            return _start(cfg, out, progress, log)
+            return _start(cfg, out, reporter)
     except BaseException:
         if created and not run_folder.is_run(out):  # nothing of the run was written: leave no empty folder
             (out / LOCK).unlink(missing_ok=True)
@@ -188,9 +194,10 @@ def fit(cfg: Config, out: Path, progress: bool = True, log=print, force: bool = 
         raise
 
 
-def resume(out: Path, progress: bool = True, log=print) -> dict:
+def resume(out: Path, reporter: Reporter | None = None) -> dict:
     """Continue the run in `out` from its last.pt, on the images its split.csv lists (checked unchanged); a
     finished run's summary is returned as it is. A run interrupted before its first epoch starts again."""
+    reporter = reporter or Reporter()
     out = Path(out)
     cfg = check_config(run_folder.read_config(out))
     with FolderLock(out):
@@ -198,54 +205,50 @@ def resume(out: Path, progress: bool = True, log=print) -> dict:
         state = run_folder.load_checkpoint(last, hint=f"; best.pt or an epoch-NNN.pt of {out} can still be tested, "
                                                 "but resuming needs last.pt") if last.is_file() else None
         if state is not None and state.get("finished"):
-            log(f"run {out} is already finished ({state['epoch']} epochs)")
+            reporter.line(f"run {out} is already finished ({state['epoch']} epochs)")
             return state["summary"]
         if not (out / run_folder.SPLIT).is_file():
-            return _start(cfg, out, progress, log)
+            return _start(cfg, out, reporter)
         _threads(cfg)
-        p = prepare_run_data(cfg, progress=progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"])
+        p = prepare_run_data(cfg, progress=reporter.progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"])
         trainer = Trainer.build(cfg, p)
         if state is not None:
             trainer.load_state_dict(state)
-            log(f"resuming {out} at epoch {trainer.epoch + 1}")
-        return _train(trainer, out, progress, log)
+            reporter.line(f"resuming {out} at epoch {trainer.epoch + 1}")
+        return _train(trainer, out, reporter)
 
 
-def _start(cfg: Config, out: Path, progress: bool, log) -> dict:
+def _start(cfg: Config, out: Path, reporter: Reporter) -> dict:
     _threads(cfg)
-    p = prepare_run_data(cfg, progress=progress)
+    p = prepare_run_data(cfg, progress=reporter.progress)
     trainer = Trainer.build(cfg, p)
     cfg.save(out / run_folder.CONFIG)
     run_folder.write_split(p.dataset, out)
     run_folder.write_skipped(p.skipped, out)
-    return _train(trainer, out, progress, log)
+    return _train(trainer, out, reporter)
 
 
 def _threads(cfg: Config) -> None:
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
 
 
-def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
+def _train(trainer: Trainer, out: Path, reporter: Reporter) -> dict:
     """Epochs until the last, early stopping or divergence; after each, the run's files are written in the
-    background (runs.RunWriter) while the next epoch trains."""
+    background (`RunWriter`, training/run_folder.py) while the next epoch trains."""
     writer, t = RunWriter(out, trainer.cfg.train.save_every), trainer.cfg.train
     board = TensorBoard(out) if t.tensorboard else None
-    if progress:
-        log(f"training on {trainer.eng.describe(t.precision)}")
+    reporter.note(f"training on {trainer.eng.describe(t.precision)}")
     try:
         with _Sigterm():
             while not trainer.finished and trainer.epoch < t.epochs:
-                row, improved = trainer.run_epoch(progress)
+                row, improved = trainer.run_epoch(reporter)
                 writer.epoch_done(trainer.epoch, trainer.meta(), trainer.opt.eval_model.state_dict(),
                                   trainer.state_dict(), trainer.best.value, improved, trainer.history)
                 if board is not None:
                     board.epoch(row)
-                if progress:
-                    log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} f1 {row['train_f1']:.3f}  "
-                        f"val loss {row['val_loss']:.4f} f1 {row['val_f1']:.3f} acc {row['val_acc']:.3f}  "
-                        f"{row['epoch_s']:.1f}s {row['images_per_s']:.0f} img/s{'  *' if improved else ''}")
+                reporter.epoch(row, improved)
                 if trainer.diverged:
-                    log(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
+                    reporter.line(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
     finally:
         try:
             writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
@@ -253,7 +256,7 @@ def _train(trainer: Trainer, out: Path, progress: bool, log) -> dict:
             if board is not None:
                 board.close()
     if trainer.finished and trainer.epoch < t.epochs and not trainer.diverged:
-        log(f"early stop at epoch {trainer.epoch}: no {t.monitor} improvement for {t.patience} epochs")
+        reporter.line(f"early stop at epoch {trainer.epoch}: no {t.monitor} improvement for {t.patience} epochs")
     return trainer.summary()
 
 
