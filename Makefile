@@ -1,4 +1,5 @@
-# Fresh machine: `make demo` or `make test`. Both create .venv and install cnnlab into it first.
+# Fresh machine: `make demo`, `make test` or `make test-fast` (the tests not marked slow). Each creates .venv
+# and installs cnnlab into it first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo-out
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +25,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

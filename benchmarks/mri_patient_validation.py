@@ -27,6 +27,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cnnlab.evaluation.testing import find_test, result_files
+
 
 def cnnlab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], check=True)
@@ -39,7 +41,7 @@ def train_and_test(data: str, groups: str, out: Path, seed: int, threads: int) -
     else:
         cnnlab("train", "--config", "mri", "--data", data, "--set", "split=groups", "--set", f"group_file={groups}",
                "--set", f"seed={seed}", "--set", f"threads={threads}", "--out", str(run), "-q")
-    if not (run / "test.json").is_file():
+    if find_test(run, data) is None:
         cnnlab("test", str(run), "--data", data)
     return run
 
@@ -53,8 +55,10 @@ def recall(rows: list[dict], classes: list[str]) -> dict:
 
 
 def scores(run: Path, conflicts: set[str]) -> dict:
-    test = json.loads((run / "test.json").read_text())
-    with open(run / "test_predictions.csv", newline="", encoding="utf-8") as f:
+    files = result_files(run)  # RUN/tests/NAME/test.json (older runs: RUN/test.json)
+    folder = next(iter(files.values())).parent
+    test = json.loads((folder / "test.json").read_text())
+    with open(folder / "test_predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     kept = [r for r in rows if r["path"] not in conflicts]
     classes = test["classes"]

@@ -33,7 +33,7 @@ def _test_once(run: Path, data: str, manifest: Path | None) -> dict:
     done = run / f"{name}.json"
     if done.is_file():  # scored before: read it back, never evaluate the test split twice
         return json.loads(done.read_text())
-    return test_run(run, data, str(manifest) if manifest else None, log=lambda *a: None)
+    return test_run(run, data, str(manifest) if manifest else None)
 
 
 def table(result: dict) -> str:

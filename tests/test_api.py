@@ -34,7 +34,7 @@ def test_train_load_history_plot_test_predict(shapes, tmp_path):
     assert again.config.model.model == "simple-bn" and again.config.data.image_size == 32
     fig = again.plot()
     assert len(fig.axes) == 2 and fig.axes[0].lines
-    score = again.test(log=lambda *a: None)
+    score = again.test()
     assert score["evaluation_number"] == 1 and 0 <= score["accuracy"] <= 1
     (name, listed), = again.tests.items()  # RUN/tests/NAME/: the data set's name, a hash of its images
     assert listed == score and name.startswith("shapes-")
@@ -59,7 +59,7 @@ def test_tests_on_other_data_sets_keep_their_own_results(shapes, tmp_path):
     manifest.write_text("path,class\ntest/circle/img 000.png,circle\ntest/square/img 001.png,square\n")
     first = run_cli("test", run.path, "--data", shapes).output
     second = json.loads(run_cli("test", run.path, "--data", other, "--json").output)
-    third = run.test(data=str(shapes), manifest=str(manifest), log=lambda *a: None)
+    third = run.test(data=str(shapes), manifest=str(manifest))
     tests = run.tests
     assert len(tests) == 3 and all(re.fullmatch(r"shapes(-few)?-[0-9a-f]{8}", name) for name in tests)
     own = next(n for n, t in tests.items() if t["data"] == str(shapes.resolve()) and t["n_images"] == 12)

@@ -112,15 +112,14 @@ class Run:
 
         return _shown(overlay_figure({title or self.path.name: self.history.to_dict("records")}, title=title or ""))
 
-    def test(self, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
-             log=print) -> dict:
+    def test(self, data: str | None = None, manifest: str | None = None, class_map: str | None = None) -> dict:
         """Score the best checkpoint on the test split of `data` (default: the run's own data set) or on the images
         a manifest lists, as `cnnlab test` does: the evaluation is counted in the run folder and a repeat warns.
         Its files go to a folder of its own, RUN/tests/NAME/ (see `tests`). Returns test.json's content (accuracy,
         macro_f1, per_class, confusion_matrix, ...)."""
         from cnnlab.evaluation.testing import test_run
 
-        return test_run(self.path, data, manifest, class_map, log=log)
+        return test_run(self.path, data, manifest, class_map)
 
     @property
     def tests(self) -> dict[str, dict]:
@@ -359,20 +358,20 @@ def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: 
     `study("regularization", data="ecl", out="runs/reg", epochs=20, image_size=64)`. `param="lr=0.1,0.01"` sweeps
     one field instead; `jobs` runs that many at once (`auto`: one a core, up to 4; 1: in this process, with
     progress bars); `executor="ray"` spreads them over a Ray cluster."""
-    from cnnlab.reporting.strings import check_lang
+    from cnnlab.reporting.reporter import Reporter
     from cnnlab.studies.executors import make_executor, resolve_jobs, running
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
-    check_lang(lang)
+    reporter = Reporter(log=log, lang=lang)  # a bad language fails here, before any worker starts
     jobs = resolve_jobs(jobs, executor)
     # The executor first: its workers start while this process reads and checks the configs.
     with running(make_executor(executor, jobs, address, gpus_per_run, log=log)) as runner:
-        _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overrides)
+        _study(name, data, out, seeds, jobs, config, param, runner, reporter, overrides)
     return StudyResults(out)
 
 
-def _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overrides) -> None:
+def _study(name, data, out, seeds, jobs, config, param, runner, reporter, overrides) -> None:
     from cnnlab.data.folders import check_root
     from cnnlab.studies.definitions import load_study, run_assignment, run_study, sweep
 
@@ -386,10 +385,9 @@ def _study(name, data, out, seeds, jobs, config, param, runner, lang, log, overr
     if param:
         spec = sweep(spec, param)
     if spec is None:
-        run_assignment(base, Path(out), seeds, runner, jobs=jobs, log=log, lang=lang)
+        run_assignment(base, Path(out), seeds, runner, jobs=jobs, reporter=reporter)
     else:
-        run_study(spec, base, Path(out), seeds, runner, jobs=jobs, log=log, lang=lang)
-    return StudyResults(out)
+        run_study(spec, base, Path(out), seeds, runner, jobs=jobs, reporter=reporter)
 
 
 def cv(data: str | Path, folds: str | Path, *, out: str | Path, config: str | Path | None = None,
@@ -401,12 +399,14 @@ def cv(data: str | Path, folds: str | Path, *, out: str | Path, config: str | Pa
     scored once, by a run trained on the other folds and validated on the next one; `config` is a TOML file or a
     recipe (default: `cnnlab train`'s defaults), keywords override it. `jobs`, `executor`, `address` and
     `gpus_per_run` are `study`'s. `cnnlab cv` is this function."""
+    from cnnlab.reporting.reporter import Reporter
     from cnnlab.studies.executors import make_executor, resolve_jobs, running
 
+    reporter = Reporter(log=log, lang=lang)
     jobs = resolve_jobs(jobs, executor)
     # The executor first: its workers start while this process reads and checks the config.
     with running(make_executor(executor, jobs, address, gpus_per_run, log=log)) as runner:
         from cnnlab.studies.cross_validation import run_cv
 
         base = make_config(config, **{"data.path": str(data), **overrides})
-        return run_cv(base, Path(folds), Path(out), runner, jobs, log=log, command=command, lang=lang)
+        return run_cv(base, Path(folds), Path(out), runner, jobs, reporter=reporter, command=command)

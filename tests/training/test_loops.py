@@ -239,9 +239,6 @@ def test_predict_logits_puts_the_model_in_eval_mode():
     assert a.shape == (8, 2)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="batches() of an empty order yields one empty batch and reads its b[0]: validate_epoch "
-                          "promises NaN loss for an empty set but raises IndexError")
 def test_validate_epoch_of_an_empty_set():
     empty = image_set(torch.zeros(0, 1, 4, 4, dtype=torch.uint8), [])
     out = validate_epoch(encoded_engine(3), empty, Criterion(None, 0.0), 3, 4)

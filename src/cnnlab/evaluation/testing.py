@@ -117,16 +117,16 @@ def find_test(run: Path, data: str | Path, manifest: str | None = None) -> dict 
 
 
 def test_run(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
-             log=print, name: str | None = None) -> dict:
+             name: str | None = None) -> dict:
     """Score the run's best checkpoint on a test folder (or the images a manifest lists), once: the evaluation is
     counted in evaluations.json, and a repeat warns. Writes test.json and the rest into RUN/tests/NAME/
     (`folder_name`); `name` labels the split in them (default `test`, or `test-MANIFEST` for a manifest).
     Returns test.json's content."""
-    return run_test(run, data, manifest, class_map, log, name)[0]
+    return run_test(run, data, manifest, class_map, name)[0]
 
 
 def run_test(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
-             log=print, name: str | None = None) -> tuple[dict, Path]:
+             name: str | None = None) -> tuple[dict, Path]:
     """`test_run`, and the folder it wrote: choose the images, count the evaluation, predict, score, write the
     files, record the evaluation, draw the gallery of errors."""
     run = Path(run)

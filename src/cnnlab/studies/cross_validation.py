@@ -29,7 +29,8 @@ from cnnlab.data.splits import natural_key
 from cnnlab.errors import UserError
 from cnnlab.evaluation.testing import find_test, test_run
 from cnnlab.files import output_folder, write_text
-from cnnlab.reporting.strings import check_lang, text
+from cnnlab.reporting.reporter import Reporter
+from cnnlab.reporting.strings import text
 from cnnlab.studies.definitions import study_threads
 from cnnlab.studies.executors import Executor, Job, given_or_local
 from cnnlab.studies.reports import Doc, machine
@@ -100,10 +101,10 @@ def _jobs(base: Config, manifests: dict[str, Path], out: Path, threads: int) -> 
 
 
 def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None = None, jobs: int = 1,
-           log=print, command: str = "", lang: str = "en") -> dict:
-    """Train every fold (or resume), test each once, write cv.json and the report (in `lang`: reporting.LANGS;
-    cv.json is the same in every language); -> the cv.json contents."""
-    check_lang(lang)
+           reporter: Reporter | None = None, command: str = "") -> dict:
+    """Train every fold (or resume), test each once, write cv.json and the report (in the reporter's
+    language; cv.json is the same in every language); -> the cv.json contents."""
+    reporter = reporter or Reporter()
     check_config(base)
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
@@ -113,20 +114,20 @@ def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None =
     all_jobs = _jobs(base, {k: out / "folds" / f"fold-{k}.csv" for k in folds}, out, study_threads(base, jobs))
     output_folder(out, [ds.root], "cross-validation folder")
     write_fold_manifests(folds, out)
-    with given_or_local(executor, jobs, log) as runner:
+    with given_or_local(executor, jobs, reporter.line) as runner:
         trained = runner.map(all_jobs)
     scored = []
     for job, summary in zip(all_jobs, trained, strict=True):
         # A rerun reads the fold's one test back (RUN/tests/NAME/test.json, or an older run's test.json): it is
         # never scored twice.
         res = find_test(Path(job.out), ds.root, job.config.data.train_manifest) or test_run(
-            Path(job.out), str(ds.root), manifest=job.config.data.train_manifest, log=log, name="test")
+            Path(job.out), str(ds.root), manifest=job.config.data.train_manifest, name="test")
         scored.append((job, summary, res))
-        log(f"  {job.run}: test accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} "
+        reporter.line(f"  {job.run}: test accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} "
             f"({res['n_images']} images)")
     result = summarize_folds(scored, ds.classes, command)
     write_text(out / "cv.json", json.dumps(result, indent=2) + "\n")
-    cv_report(result, scored, out, lang)
+    cv_report(result, scored, out, reporter.lang)
     return result
 
 

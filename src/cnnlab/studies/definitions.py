@@ -30,7 +30,8 @@ from cnnlab.data.folders import find_splits
 from cnnlab.errors import UserError, nearest
 from cnnlab.evaluation.testing import find_test, test_run
 from cnnlab.files import atomic_write, output_folder
-from cnnlab.reporting.strings import check_lang, translations
+from cnnlab.reporting.reporter import Reporter
+from cnnlab.reporting.strings import translations
 from cnnlab.studies.executors import Executor, Job, given_or_local
 from cnnlab.studies.reports import assignment_report, study_report
 from cnnlab.training import run_folder
@@ -153,14 +154,14 @@ def _slug(name: str) -> str:
 
 
 def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: Executor | None = None,
-              jobs: int = 1, log=print, known: dict[str, dict] | None = None, lang: str = "en") -> list[dict]:
-    """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html (in
-    `lang`: reporting.LANGS; summary.csv is the same in every language).
+              jobs: int = 1, reporter: Reporter | None = None, known: dict[str, dict] | None = None) -> list[dict]:
+    """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html (in the
+    reporter's language; summary.csv is the same in every language).
 
     `known` maps a config (as JSON) to the result of a run already trained with it: such a run is not trained
     again (in the assignment, a stage's baseline is often the previous stage's winner).
     """
-    check_lang(lang)
+    reporter = reporter or Reporter()
     out = Path(out)
     all_jobs = make_jobs(study, base, out, seeds, study_threads(base, jobs))
     output_folder(out, [base.data.path], "study folder")
@@ -169,8 +170,8 @@ def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: E
     todo = [j for j, k in zip(all_jobs, keys, strict=True) if k not in known]
     for j, k in zip(all_jobs, keys, strict=True):
         if k in known:
-            log(f"  {j.run} seed {j.seed}: same config as {known[k]['out']}, reusing its result")
-    with given_or_local(executor, jobs, log) as runner:
+            reporter.line(f"  {j.run} seed {j.seed}: same config as {known[k]['out']}, reusing its result")
+    with given_or_local(executor, jobs, reporter.line) as runner:
         trained = iter(runner.map(todo))
     results = []
     for j, k in zip(all_jobs, keys, strict=True):
@@ -178,7 +179,7 @@ def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: E
         known.setdefault(k, r)
         results.append(r)
     write_summary(results, out / "summary.csv")
-    study_report(study, results, out, lang)
+    study_report(study, results, out, reporter.lang)
     return results
 
 
@@ -198,10 +199,10 @@ def mean_by_run(results: list[dict], key: str = "best_val_f1") -> dict[str, floa
 
 
 def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor | None = None, jobs: int = 1,
-                   log=print, lang: str = "en") -> dict:
+                   reporter: Reporter | None = None) -> dict:
     """The whole assignment: each stage's winner (by validation macro-F1 only) becomes the next stage's base;
-    the final choice is scored once on the test split. The reports are in `lang`."""
-    check_lang(lang)
+    the final choice is scored once on the test split. The reports are in the reporter's language."""
+    reporter = reporter or Reporter()
     out = Path(out)
     for name in ASSIGNMENT_STAGES:  # every stage's runs are checked before the first one trains
         make_jobs(STUDIES[name], base, out / name, seeds, study_threads(base, jobs))
@@ -209,31 +210,30 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
     stages = []
     current = base.copy()
     known: dict[str, dict] = {}
-    with given_or_local(executor, jobs, log) as runner:  # one set of workers for every stage
+    with given_or_local(executor, jobs, reporter.line) as runner:  # one set of workers for every stage
         for name in ASSIGNMENT_STAGES:
             study = STUDIES[name]
-            log(f"== stage {name}: {study.question}")
-            results = run_study(study, current, out / name, seeds, runner, jobs, log, known, lang)
+            reporter.line(f"== stage {name}: {study.question}")
+            results = run_study(study, current, out / name, seeds, runner, jobs, reporter, known)
             means = mean_by_run(results)
             winner = max(means, key=means.get)
             for k, v in study.runs[winner].items():
                 if k in study.carries:
                     current.set(k, v)
             stages.append({"study": name, "winner": winner, "mean_val_f1": means[winner], "results": results})
-            log(f"   winner by validation macro-F1: {winner} ({means[winner]:.4f})")
+            reporter.line(f"   winner by validation macro-F1: {winner} ({means[winner]:.4f})")
     final = stages[-1]
     final_runs = [r for r in final["results"] if r["run"] == final["winner"]]
     tests = []
     if current.data.path and _has_test(current):
         for r in final_runs:
             # Rerunning a finished assignment (to redraw its report) reads the one test back, never re-tests.
-            res = find_test(Path(r["out"]), current.data.path) or test_run(Path(r["out"]), current.data.path,
-                                                                            log=log)
+            res = find_test(Path(r["out"]), current.data.path) or test_run(Path(r["out"]), current.data.path)
             tests.append({"run": r["run"], "seed": r["seed"], "out": r["out"], "macro_f1": res["macro_f1"],
                           "accuracy": res["accuracy"], "per_class": res["per_class"],
                           "evaluation_number": res["evaluation_number"]})
     summary = {"stages": stages, "final_config": current.to_dict(), "tests": tests}
-    assignment_report(summary, out, STUDIES, lang)
+    assignment_report(summary, out, STUDIES, reporter.lang)
     return summary
 
 

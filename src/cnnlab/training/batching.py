@@ -52,7 +52,7 @@ def batches(images: ImageSet, order: torch.Tensor, batch_size: int) -> list[torc
         groups = [torch.tensor(members) for members in buckets.values()]
     out = []
     for members in groups:
-        parts = list(members.split(batch_size))
+        parts = [part for part in members.split(batch_size) if len(part)]  # an empty set has no batch
         if len(parts) > 1 and len(parts[-1]) == 1:  # BatchNorm cannot train on a batch of one
             parts[-2:] = [torch.cat(parts[-2:])]
         out += parts

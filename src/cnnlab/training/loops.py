@@ -75,6 +75,7 @@ def validate_epoch(eng: Engine, images: ImageSet, criterion, n_classes: int, bat
     recall a class)}; val_loss is NaN for an empty set."""
     logits = predict_logits(eng, images, batch_size)
     loss = float(criterion(logits, images.labels)) if len(images) else float("nan")
-    cm = confusion(images.labels, logits.argmax(1), n_classes)
+    pred = logits.argmax(1) if len(images) else images.labels.new_zeros(0)
+    cm = confusion(images.labels, pred, n_classes)
     s = scores(cm)
     return {"val_loss": loss, "val_f1": s["f1"], "val_acc": s["acc"], "val_recall": recalls(cm)}

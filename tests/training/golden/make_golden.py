@@ -5,7 +5,7 @@ fit/test_run/predict this script finds under their old names:
 
     git archive 698ef8c src | tar -x -C /tmp/old
     PYTHONPATH=/tmp/old/src python tests/training/golden/make_golden.py
-    # the AVX2 set, on any x86-64 CPU with AVX2 (what the CI's second pass emulates):
+    # the AVX2 set, on any x86-64 CPU with AVX2 (what the CI's second pass emulates; the vendor is part of it):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 PYTHONPATH=/tmp/old/src \
         python tests/training/golden/make_golden.py
 
@@ -117,13 +117,9 @@ def cpu_info() -> tuple[str, int, list[str]]:
     return vendor, level, sorted(flags & set(ONEDNN_FLAGS))
 
 
-def cpu_flags() -> list[str]:
-    return cpu_info()[2]
-
-
 def _capped(env: str, levels: tuple[str, ...], level: int) -> tuple[str, bool]:
-    """(the level a library runs at on a CPU of `level` under $env, its cap, if any; whether the cap is a plain
-    level, which drops the extensions)."""
+    """(the level a library runs at on a CPU of `level` under the cap $env names, if any; whether that cap is one
+    of `levels`, which leaves out the extensions)."""
     cap = os.environ.get(env, "").upper()
     if cap in levels:
         return levels[min(levels.index(cap), level)], True
