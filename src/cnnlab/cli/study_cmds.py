@@ -14,9 +14,10 @@ def executor_options(f):
     for option in reversed([
         click.option("--jobs", default="auto", show_default=True,
                      help="Runs at once, each in a worker process, the cores divided among them; auto: one a core, "
-                          "up to 4; 1: one after another in this process, with progress bars. With ray: auto is 1, "
-                          "and jobs only divides this machine's cores into each run's threads; Ray runs as many at "
-                          "once as the cluster's CPUs allow."),
+                          "up to 4; 1: one after another in this process, with progress bars. With ray, jobs (auto "
+                          "too) only divides this machine's cores into each run's threads, as it does locally, so "
+                          "every run has the same config under either executor; Ray runs as many at once as the "
+                          "cluster's CPUs allow."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray])."),
         click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: "

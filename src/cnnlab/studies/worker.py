@@ -1,12 +1,13 @@
-"""A study's worker process (cnnlab.studies.executors.LocalExecutor): runs jobs one at a time until told to stop.
+"""A study's worker process (cnnlab.studies.local_executor.LocalExecutor): runs jobs one at a time until told to stop.
 
 A worker is started from cnnlab's own entry point, never from the user's script: spawned as
 `python -c "from cnnlab.studies.worker import main; main()" PARENT_PID`, or forked by a fresh `cnnlab` command
-(see `executors._start_workers`). Either way it runs `serve`, which talks to its parent over its standard input
+(see `local_executor._start_workers`). Either way it runs `serve`, which talks to its parent over its standard input
 and output, one pickle a message:
 
     parent -> worker: ("path", sys.path) | ("run", pickle of (task, job)) | None (stop)
-    worker -> parent: ("ok", result) | ("error", exception, traceback text)
+    worker -> parent: ("epoch", {"epoch", "epochs", "val_f1"}) after each epoch of a job, then its reply:
+                      ("ok", result) | ("error", exception, traceback text)
 
 Anything the worker itself prints goes to its standard error, which the parent forwards to its own and whose last
 line it quotes if the worker dies. A worker never outlives its parent: on Linux the kernel sends it SIGTERM when the
@@ -49,9 +50,9 @@ def serve(parent: int) -> int:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="cnnlab-worker-parent").start()
     doing = ""
     try:
-        from cnnlab.studies.executors import _imports
+        from cnnlab.studies.jobs import import_run_modules, set_epoch_hook
 
-        _imports()  # while the parent still reads its configs (a forked worker has them already)
+        import_run_modules()  # while the parent still reads its configs (a forked worker has them already)
         while True:
             msg = _next(messages)
             if msg is None:  # asked to stop, or the parent is gone
@@ -63,6 +64,7 @@ def serve(parent: int) -> int:
             try:
                 task, job = pickle.loads(msg[1])
                 doing = f" while training {job.run} seed {job.seed} (its last finished epoch is kept)"
+                set_epoch_hook(lambda job, event: _send(out, ("epoch", event)))
                 reply = ("ok", task(job))
             except KeyboardInterrupt:
                 raise
@@ -74,8 +76,7 @@ def serve(parent: int) -> int:
                 data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as e:  # noqa: BLE001 (an unpicklable result)
                 data = pickle.dumps(("error", RuntimeError(f"cannot send a result back: {e}"), traceback.format_exc()))
-            out.write(data)
-            out.flush()
+            _send(out, data)
     except KeyboardInterrupt:  # SIGINT, SIGTERM (its own or its parent's death), or the parent gone
         if doing and not _gone.is_set():  # else nothing to say, or nobody to read it
             try:
@@ -91,6 +92,12 @@ def serve(parent: int) -> int:
                 f.flush()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _send(out, message) -> None:
+    """One message to the parent: a pickled reply as it is, or an event (`("epoch", {...})`) pickled here."""
+    out.write(message if isinstance(message, bytes) else pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    out.flush()
 
 
 def _stop_with_parent(parent: int) -> None:
