@@ -20,8 +20,7 @@ IGNORED = {"path", "threads", "cache_dir"}  # where and how fast, not what
 
 
 def changes(cfg: dict, base: dict) -> str:
-    diff = [f"{k}={v}" for sec, body in cfg.items() for k, v in body.items()
-            if k not in IGNORED and base[sec][k] != v]
+    diff = [f"{k}={v}" for sec, body in cfg.items() for k, v in body.items() if k not in IGNORED and base[sec][k] != v]
     return " ".join(diff) or "(base)"
 
 
@@ -37,8 +36,10 @@ def main(argv=None) -> int:
         best, last3 = max(f1), sum(f1[-3:]) / len(f1[-3:])
         ref = ref if ref is not None else last3
         minutes = sum(h["epoch_s"] for h in hist) / 60
-        rows.append(f"| `{changes(Config.load(run / 'config.toml').to_dict(), base)}` | {best:.3f} | {last3:.3f} "
-                    f"| {last3 - ref:+.3f} | {len(hist)} | {minutes:.1f} |")
+        rows.append(
+            f"| `{changes(Config.load(run / 'config.toml').to_dict(), base)}` | {best:.3f} | {last3:.3f} "
+            f"| {last3 - ref:+.3f} | {len(hist)} | {minutes:.1f} |"
+        )
     print("| change from the base | best val macro-F1 | last 3 epochs | vs base (last 3) | epochs | minutes |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -51,8 +51,9 @@ def seed_pipeline(train_dir: Path, keep: set[str], n_classes: int, weights: torc
     from sklearn.metrics import f1_score
     from torchvision import datasets, transforms
 
-    ds = datasets.ImageFolder(str(train_dir), transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Resize((SIZE, SIZE))]))
+    ds = datasets.ImageFolder(
+        str(train_dir), transform=transforms.Compose([transforms.ToTensor(), transforms.Resize((SIZE, SIZE))])
+    )
     ds.samples = [s for s in ds.samples if s[0] in keep]
     ds.imgs = ds.samples
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True)
@@ -90,16 +91,21 @@ def cnnlab_pipeline(cfg: Config, ds: Dataset, samples, epochs: int) -> dict:
         warm = time.perf_counter() - t0
     mean, std = channel_stats(images)
     # No validation is timed: the training images stand in for it.
-    trainer = Trainer.build(cfg, RunData(Dataset(root, ds.classes, {"train": samples}), images, images,
-                                          [], mean, std))
+    trainer = Trainer.build(cfg, RunData(Dataset(root, ds.classes, {"train": samples}), images, images, [], mean, std))
     times, waits = [], []
     for e in range(1, epochs + 2):
         t0 = time.perf_counter()
         r = trainer.train_epoch(e)
         times.append(time.perf_counter() - t0)
         waits.append(r["data_wait_s"])
-    return {"times": times[1:], "waits": waits[1:], "cold_decode_s": cold, "warm_load_s": warm,
-            "decoded": stats.decoded, "second_decoded": second.decoded}
+    return {
+        "times": times[1:],
+        "waits": waits[1:],
+        "cold_decode_s": cold,
+        "warm_load_s": warm,
+        "decoded": stats.decoded,
+        "second_decoded": second.decoded,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -135,8 +141,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=2, help="measured epochs per pipeline (after one warm-up)")
     ap.add_argument("--precision", default="auto", help="cnnlab precision: auto, fp32 or bf16")
     ap.add_argument("--skip-seed", action="store_true", help="time cnnlab only")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="a cnnlab config override (e.g. channels_last=false), to compare settings")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a cnnlab config override (e.g. channels_last=false), to compare settings",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -147,11 +159,22 @@ def main(argv=None) -> dict:
     samples = _subset(ds.splits["train"], n_classes, args.limit)
     labels = torch.tensor([s.label for s in samples])
     weights = class_weights(labels, n_classes)
-    cfg = Config().update({"image_size": SIZE, "batch_size": BATCH, "precision": args.precision,
-                           "imbalance": "weights", "device": "cpu", **parse_sets(args.sets)})
+    cfg = Config().update(
+        {
+            "image_size": SIZE,
+            "batch_size": BATCH,
+            "precision": args.precision,
+            "imbalance": "weights",
+            "device": "cpu",
+            **parse_sets(args.sets),
+        }
+    )
 
-    seed_times = [] if args.skip_seed else seed_pipeline(train_dir, {str(s.path) for s in samples}, n_classes,
-                                                         weights, args.epochs)
+    seed_times = (
+        []
+        if args.skip_seed
+        else seed_pipeline(train_dir, {str(s.path) for s in samples}, n_classes, weights, args.epochs)
+    )
     seed_rss = peak_rss_mb()
     reset_peak_rss()
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)  # --set threads=N times cnnlab on N threads
@@ -160,19 +183,28 @@ def main(argv=None) -> dict:
     flop = flops_per_image(n_classes)
     s_ours = float(np.mean(ours["times"]))
     result = {
-        "data": str(ds.root), "images": len(samples), "limit": args.limit, "epochs_measured": args.epochs,
-        "precision": args.precision, "threads": torch.get_num_threads(), "sets": args.sets,
+        "data": str(ds.root),
+        "images": len(samples),
+        "limit": args.limit,
+        "epochs_measured": args.epochs,
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+        "sets": args.sets,
         "seed_s_per_epoch": float(np.mean(seed_times)) if seed_times else None,
         "cnnlab_s_per_epoch": s_ours,
         "ratio": float(np.mean(seed_times)) / s_ours if seed_times else None,
         "seed_images_per_s": len(samples) / float(np.mean(seed_times)) if seed_times else None,
         "cnnlab_images_per_s": len(samples) / s_ours,
         "data_wait_share": float(np.sum(ours["waits"]) / np.sum(ours["times"])),
-        "cold_decode_s": ours["cold_decode_s"], "cache_hit_load_s": ours["warm_load_s"],
+        "cold_decode_s": ours["cold_decode_s"],
+        "cache_hit_load_s": ours["warm_load_s"],
         "cache_hit_images_decoded": ours["second_decoded"],
-        "gflop_per_image": flop / 1e9, "cnnlab_gflop_per_s": flop * len(samples) / s_ours / 1e9,
-        "peak_rss_mb": ours_rss, "seed_peak_rss_mb": seed_rss if seed_times else None,
-        "seed_epochs_s": seed_times, "cnnlab_epochs_s": ours["times"],
+        "gflop_per_image": flop / 1e9,
+        "cnnlab_gflop_per_s": flop * len(samples) / s_ours / 1e9,
+        "peak_rss_mb": ours_rss,
+        "seed_peak_rss_mb": seed_rss if seed_times else None,
+        "seed_epochs_s": seed_times,
+        "cnnlab_epochs_s": ours["times"],
     }
     if args.json:
         print(json.dumps(result, indent=2))

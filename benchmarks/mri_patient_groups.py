@@ -42,8 +42,10 @@ def main(argv=None) -> int:
     with open(args.out, "w", newline="") as f:
         csv.writer(f).writerows([("path", "group"), *sorted(groups.items())])
     sizes = Counter(groups.values())
-    print(f"{args.out}: {len(groups)} Training images in {len(sizes)} groups "
-          f"({', '.join(f'{g} {n}' for g, n in sorted(sizes.items()))}); {split_folds} copies in a second fold")
+    print(
+        f"{args.out}: {len(groups)} Training images in {len(sizes)} groups "
+        f"({', '.join(f'{g} {n}' for g, n in sorted(sizes.items()))}); {split_folds} copies in a second fold"
+    )
     return 0
 
 

@@ -39,8 +39,24 @@ def train_and_test(data: str, groups: str, out: Path, seed: int, threads: int) -
     if (run / "last.pt").is_file():
         cnnlab("train", "--resume", str(run), "-q")
     else:
-        cnnlab("train", "--config", "mri", "--data", data, "--set", "split=groups", "--set", f"group_file={groups}",
-               "--set", f"seed={seed}", "--set", f"threads={threads}", "--out", str(run), "-q")
+        cnnlab(
+            "train",
+            "--config",
+            "mri",
+            "--data",
+            data,
+            "--set",
+            "split=groups",
+            "--set",
+            f"group_file={groups}",
+            "--set",
+            f"seed={seed}",
+            "--set",
+            f"threads={threads}",
+            "--out",
+            str(run),
+            "-q",
+        )
     if find_test(run, data) is None:
         cnnlab("test", str(run), "--data", data)
     return run
@@ -64,12 +80,20 @@ def scores(run: Path, conflicts: set[str]) -> dict:
     classes = test["classes"]
     with open(run / "history.csv", newline="") as f:
         best = max(csv.DictReader(f), key=lambda r: float(r["val_f1"]))  # the epoch best.pt holds
-    return {"seed": run.name, "best_epoch": int(best["epoch"]), "val_macro_f1": float(best["val_f1"]),
-            "val_acc": float(best["val_acc"]), "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-            "evaluation_number": test["evaluation_number"], "n_test": len(rows),
-            "recall": recall(rows, classes), "n_test_without_conflicts": len(kept),
-            "accuracy_without_conflicts": sum(r["predicted"] == r["class"] for r in kept) / len(kept),
-            "recall_without_conflicts": recall(kept, classes)}
+    return {
+        "seed": run.name,
+        "best_epoch": int(best["epoch"]),
+        "val_macro_f1": float(best["val_f1"]),
+        "val_acc": float(best["val_acc"]),
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "evaluation_number": test["evaluation_number"],
+        "n_test": len(rows),
+        "recall": recall(rows, classes),
+        "n_test_without_conflicts": len(kept),
+        "accuracy_without_conflicts": sum(r["predicted"] == r["class"] for r in kept) / len(kept),
+        "recall_without_conflicts": recall(kept, classes),
+    }
 
 
 def main(argv=None) -> int:
@@ -89,8 +113,9 @@ def main(argv=None) -> int:
         conflicts = {r["path"] for r in csv.DictReader(f) if r["split"] == "test" and r["conflict"] == "1"}
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda s: train_and_test(args.data, str(Path(args.groups).resolve()), out, s, threads),
-                             args.seeds))
+        runs = list(
+            pool.map(lambda s: train_and_test(args.data, str(Path(args.groups).resolve()), out, s, threads), args.seeds)
+        )
     per_seed = [scores(r, conflicts) for r in runs]
     classes = list(per_seed[0]["recall"])
 
@@ -98,11 +123,16 @@ def main(argv=None) -> int:
         vals = [s[key][cls] if cls else s[key] for s in per_seed]
         return [statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0]
 
-    result = {"seeds": per_seed, "conflicts_left_out": sorted(conflicts),
-              "mean": {k: mean_sd(k) for k in ("val_macro_f1", "val_acc", "test_accuracy", "test_macro_f1",
-                                               "accuracy_without_conflicts")}
-              | {f"recall {c}": mean_sd("recall", c) for c in classes}
-              | {f"recall {c} without conflicts": mean_sd("recall_without_conflicts", c) for c in classes}}
+    result = {
+        "seeds": per_seed,
+        "conflicts_left_out": sorted(conflicts),
+        "mean": {
+            k: mean_sd(k)
+            for k in ("val_macro_f1", "val_acc", "test_accuracy", "test_macro_f1", "accuracy_without_conflicts")
+        }
+        | {f"recall {c}": mean_sd("recall", c) for c in classes}
+        | {f"recall {c} without conflicts": mean_sd("recall_without_conflicts", c) for c in classes},
+    }
     (out / "patient-validation.json").write_text(json.dumps(result, indent=2))
     if args.json:
         print(json.dumps(result, indent=2))

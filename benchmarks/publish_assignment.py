@@ -20,12 +20,21 @@ from cnnlab.studies.reports import machine
 
 # (stage, run in our study, the assignment's best validation macro-F1 for the same setting)
 ASSIGNMENT = [
-    ("regularization", "simple", 0.899), ("regularization", "simple-bn", 0.914),
-    ("regularization", "simple-dropout", 0.910), ("regularization", "simple-bn-dropout", 0.915),
-    ("optimizers", "adagrad", 0.888), ("optimizers", "rmsprop", 0.892), ("optimizers", "sgd", 0.684),
+    ("regularization", "simple", 0.899),
+    ("regularization", "simple-bn", 0.914),
+    ("regularization", "simple-dropout", 0.910),
+    ("regularization", "simple-bn-dropout", 0.915),
+    ("optimizers", "adagrad", 0.888),
+    ("optimizers", "rmsprop", 0.892),
+    ("optimizers", "sgd", 0.684),
     ("optimizers", "adam", None),
-    ("lr", "lr=0.001", None), ("lr", "lr=0.005", 0.918), ("lr", "lr=0.01", 0.869), ("lr", "lr=0.05", 0.868),
-    ("overfitting", "baseline", None), ("overfitting", "label-smoothing", 0.908), ("overfitting", "plateau", 0.915),
+    ("lr", "lr=0.001", None),
+    ("lr", "lr=0.005", 0.918),
+    ("lr", "lr=0.01", 0.869),
+    ("lr", "lr=0.05", 0.868),
+    ("overfitting", "baseline", None),
+    ("overfitting", "label-smoothing", 0.908),
+    ("overfitting", "plateau", 0.915),
     ("overfitting", "plateau+smoothing", None),
 ]
 ASSIGNMENT_TEST_F1 = 0.648
@@ -42,8 +51,9 @@ def main(argv=None) -> None:
     ap.add_argument("dest")
     ap.add_argument("--command", required=True, help="the exact command that produced the study")
     ap.add_argument("--title", default="The assignment on the brain-MRI data, with cnnlab")
-    ap.add_argument("--no-reference", action="store_true",
-                    help="another data set: no column of the assignment's own (MRI) figures")
+    ap.add_argument(
+        "--no-reference", action="store_true", help="another data set: no column of the assignment's own (MRI) figures"
+    )
     args = ap.parse_args(argv)
     src, dest = Path(args.study), Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -59,22 +69,30 @@ def main(argv=None) -> None:
         if ours is None:
             continue
         theirs = None if args.no_reference else theirs
-        rows.append(f"| {stage} | {run} | {theirs if theirs is not None else '-'} | {float(ours['best_val_f1']):.3f} "
-                    f"| {ours['best_epoch']} / {ours['epochs']} | {float(ours['wall_s']) / int(ours['epochs']):.1f} |")
+        rows.append(
+            f"| {stage} | {run} | {theirs if theirs is not None else '-'} | {float(ours['best_val_f1']):.3f} "
+            f"| {ours['best_epoch']} / {ours['epochs']} | {float(ours['wall_s']) / int(ours['epochs']):.1f} |"
+        )
     tests = sorted(src.rglob("test.json"))
     test_line = "not run"
     if tests:
         t = json.loads(tests[0].read_text())
-        test_line = (f"{t['macro_f1']:.3f} (accuracy {t['accuracy']:.3f}, {t['n_images']} images, "
-                     f"`{Path(t['run']).relative_to(src)}`, evaluation #{t['evaluation_number']})")
+        test_line = (
+            f"{t['macro_f1']:.3f} (accuracy {t['accuracy']:.3f}, {t['n_images']} images, "
+            f"`{Path(t['run']).relative_to(src)}`, evaluation #{t['evaluation_number']})"
+        )
     reference = "" if args.no_reference else f"assignment {ASSIGNMENT_TEST_F1}; "
-    explain = ("Every winner was chosen on validation macro-F1 (a 30% stratified split of the training folder, "
-               "seed 42); the test folder was scored once, for the final choice. Runs stop early after 10 epochs "
-               "without improvement.")
+    explain = (
+        "Every winner was chosen on validation macro-F1 (a 30% stratified split of the training folder, "
+        "seed 42); the test folder was scored once, for the final choice. Runs stop early after 10 epochs "
+        "without improvement."
+    )
     if not args.no_reference:
-        explain += (" The assignment's column is its own best validation macro-F1 (50 epochs on a Colab GPU). "
-                    "Our optimizer and lr stages run on our own winners, so those rows compare the same setting "
-                    "name, not always the same base network.")
+        explain += (
+            " The assignment's column is its own best validation macro-F1 (50 epochs on a Colab GPU). "
+            "Our optimizer and lr stages run on our own winners, so those rows compare the same setting "
+            "name, not always the same base network."
+        )
     text = f"""# {args.title}
 
 Command (the study resumes, so it was run in pieces; the run folder stays outside git):
@@ -83,7 +101,7 @@ Command (the study resumes, so it was run in pieces; the run folder stays outsid
 {args.command}
 ```
 
-Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. The study's own report: [report.md](report.md);
+Machine: {machine()}. Date: {time.strftime("%Y-%m-%d")}. The study's own report: [report.md](report.md);
 per-stage figures in `*/summary.csv`, learning curves in `*/overlay.png`.
 
 {explain}

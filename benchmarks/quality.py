@@ -42,23 +42,29 @@ def table(result: dict) -> str:
     classes = list(seeds[0]["per_class_recall"])
     leak_classes = list(seeds[0]["leak_free_per_class_recall"])
     short = lambda names: " / ".join("no tumour" if c == "no_tumor" else c.removesuffix("_tumor") for c in names)  # noqa: E731
-    lines = [f"| seed | val macro-F1 | test macro-F1 | test accuracy | leak-free accuracy "
-             f"| test recall {short(classes)} | leak-free recall {short(leak_classes)} | minutes | test evaluations |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| seed | val macro-F1 | test macro-F1 | test accuracy | leak-free accuracy "
+        f"| test recall {short(classes)} | leak-free recall {short(leak_classes)} | minutes | test evaluations |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def row(name, get, fmt):
         recall = " / ".join(fmt(get(lambda s, c=c: s["per_class_recall"][c])) for c in classes)
         leak = " / ".join(fmt(get(lambda s, c=c: s["leak_free_per_class_recall"][c])) for c in leak_classes)
-        return (f"| {name} | {fmt(get(lambda s: s['val_macro_f1']), 3)} | {fmt(get(lambda s: s['test_macro_f1']), 3)} "
-                f"| {fmt(get(lambda s: s['test_accuracy']), 3)} | {fmt(get(lambda s: s['leak_free_accuracy']), 3)} "
-                f"| {recall} | {leak} | {fmt(get(lambda s: s['train_minutes']), 1)} |")
+        return (
+            f"| {name} | {fmt(get(lambda s: s['val_macro_f1']), 3)} | {fmt(get(lambda s: s['test_macro_f1']), 3)} "
+            f"| {fmt(get(lambda s: s['test_accuracy']), 3)} | {fmt(get(lambda s: s['leak_free_accuracy']), 3)} "
+            f"| {recall} | {leak} | {fmt(get(lambda s: s['train_minutes']), 1)} |"
+        )
 
     for s in seeds:
         evaluations = "1 + 1 leak-free" if s["test_evaluations"] == 1 else str(s["test_evaluations"])
         lines.append(row(s["seed"], lambda f, s=s: [f(s)], lambda v, d=2: f"{v[0]:.{d}f}") + f" {evaluations} |")
     if len(seeds) > 1:
+
         def mean_std(v, d=2):  # the headline figures (3 decimals) with their std, the rest as means
             return f"{statistics.fmean(v):.{d}f}" + (f" ± {statistics.stdev(v):.{d}f}" if d == 3 else "")
+
         lines.append(row("mean ± std", lambda f: [f(s) for s in seeds], mean_std) + " |")
     return "\n".join(lines)
 
@@ -71,8 +77,14 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "mri.toml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--result", default=str(ROOT / "docs" / "results" / "quality.json"))
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every seed, e.g. threads=1 while sharing the machine")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every seed, e.g. threads=1 while sharing the machine",
+    )
     args = ap.parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
@@ -96,19 +108,27 @@ def main(argv=None) -> int:
         prior = json.loads(cpu_file.read_text())["cpu_minutes"] if cpu_file.is_file() else 0.0
         cpu_file.write_text(json.dumps({"cpu_minutes": prior + (time.process_time() - t0) / 60}))
         wall_min = summary.get("wall_s", 0) / 60
-        seeds.append({
-            "seed": seed, "run": str(run), "val_macro_f1": summary["best_val_f1"], "best_epoch": summary["best_epoch"],
-            "test_macro_f1": official["macro_f1"], "test_accuracy": official["accuracy"],
-            "per_class_recall": {c: m["recall"] for c, m in official["per_class"].items()},
-            "confusion_matrix": official["confusion_matrix"],
-            "leak_free_accuracy": leak_free["accuracy"], "leak_free_macro_f1": leak_free["macro_f1"],
-            "leak_free_n": leak_free["n_images"],
-            "leak_free_per_class_recall": {c: m["recall"] for c, m in leak_free["per_class"].items()
-                                           if m["support"]},
-            "train_minutes": wall_min,
-            "cpu_minutes": json.loads(cpu_file.read_text())["cpu_minutes"],
-            "test_evaluations": official["evaluation_number"],
-        })
+        seeds.append(
+            {
+                "seed": seed,
+                "run": str(run),
+                "val_macro_f1": summary["best_val_f1"],
+                "best_epoch": summary["best_epoch"],
+                "test_macro_f1": official["macro_f1"],
+                "test_accuracy": official["accuracy"],
+                "per_class_recall": {c: m["recall"] for c, m in official["per_class"].items()},
+                "confusion_matrix": official["confusion_matrix"],
+                "leak_free_accuracy": leak_free["accuracy"],
+                "leak_free_macro_f1": leak_free["macro_f1"],
+                "leak_free_n": leak_free["n_images"],
+                "leak_free_per_class_recall": {
+                    c: m["recall"] for c, m in leak_free["per_class"].items() if m["support"]
+                },
+                "train_minutes": wall_min,
+                "cpu_minutes": json.loads(cpu_file.read_text())["cpu_minutes"],
+                "test_evaluations": official["evaluation_number"],
+            }
+        )
         print(json.dumps(seeds[-1]), flush=True)
 
     def mean_std(key):
@@ -117,12 +137,28 @@ def main(argv=None) -> int:
 
     result = {
         "recipe": str(Path(args.recipe).relative_to(ROOT)) if Path(args.recipe).is_relative_to(ROOT) else args.recipe,
-        "command": "python benchmarks/quality.py --data " + args.data + " --out " + args.out
-                   + " --seeds " + " ".join(map(str, args.seeds)) + "".join(f" --set {s}" for s in args.sets),
-        "machine": machine(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/quality.py --data "
+        + args.data
+        + " --out "
+        + args.out
+        + " --seeds "
+        + " ".join(map(str, args.seeds))
+        + "".join(f" --set {s}" for s in args.sets),
+        "machine": machine(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
         "seeds": seeds,
-        "summary": {k: mean_std(k) for k in ("val_macro_f1", "test_macro_f1", "test_accuracy",
-                                             "leak_free_accuracy", "train_minutes", "cpu_minutes")},
+        "summary": {
+            k: mean_std(k)
+            for k in (
+                "val_macro_f1",
+                "test_macro_f1",
+                "test_accuracy",
+                "leak_free_accuracy",
+                "train_minutes",
+                "cpu_minutes",
+            )
+        },
     }
     Path(args.result).write_text(json.dumps(result, indent=2))
     print(json.dumps(result["summary"], indent=2))

@@ -54,8 +54,10 @@ def off_source(ds: Dataset) -> set[str]:
     for label, files in sorted(by_class.items()):
         size, n = Counter(sz for _, sz in files).most_common(1)[0]
         off = [rel for rel, sz in files if sz != size] if n >= DOMINANT * len(files) else []
-        print(f"{ds.classes[label]}: {n}/{len(files)} files are {size[0]}x{size[1]}; "
-              f"{len(off)} off-source" + ("" if off or n >= DOMINANT * len(files) else " (no dominant size)"))
+        print(
+            f"{ds.classes[label]}: {n}/{len(files)} files are {size[0]}x{size[1]}; "
+            f"{len(off)} off-source" + ("" if off or n >= DOMINANT * len(files) else " (no dominant size)")
+        )
         out.update(off)
     return out
 
@@ -85,9 +87,10 @@ def checkpoints(run: Path, args) -> list[str]:
         return [args.checkpoint]
     names = sorted(p.stem for p in run.glob("epoch-*.pt"))
     if len(names) < args.tail:
-        raise UserError(f"{run} keeps {len(names)} epoch checkpoints, fewer than --tail {args.tail} "
-                        "(train with --set save_every=1)")
-    return names[-args.tail:]
+        raise UserError(
+            f"{run} keeps {len(names)} epoch checkpoints, fewer than --tail {args.tail} (train with --set save_every=1)"
+        )
+    return names[-args.tail :]
 
 
 _VALIDATION: dict[str, tuple] = {}
@@ -122,8 +125,9 @@ def score(args) -> int:
             cfg, _, eng = load_run(run, name)
             pred = predict_logits(eng, val, cfg.train.eval_batch_size).argmax(1).numpy()
             rec = recall_score(y[is_off], pred[is_off], labels=present, average=None, zero_division=0)
-            rows.append([f1_score(y[~is_off], pred[~is_off], average="macro"),
-                         float((pred[is_off] == y[is_off]).mean()), *rec])
+            rows.append(
+                [f1_score(y[~is_off], pred[~is_off], average="macro"), float((pred[is_off] == y[is_off]).mean()), *rec]
+            )
             wrong.update(classes[k] for k in pred[is_off & (pred != y)])
         m, sd = np.mean(rows, 0), np.std(rows, 0)
         cells = [f"{a:.3f}" + (f" +- {b:.3f}" if len(rows) > 1 else "") for a, b in zip(m, sd, strict=True)]
@@ -135,6 +139,7 @@ def score(args) -> int:
 def _probes() -> dict:
     """Perturbations of pixel values in [0, 1]: which one moves the off-source predictions says what the
     model reads from a source's look."""
+
     def smooth(x, k):
         return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, 1)
 
@@ -144,15 +149,16 @@ def _probes() -> dict:
 
     return {
         "none": lambda x: x,
-        "gamma 0.5 (brighter)": lambda x: x ** 0.5,
-        "gamma 2 (darker)": lambda x: x ** 2,
+        "gamma 0.5 (brighter)": lambda x: x**0.5,
+        "gamma 2 (darker)": lambda x: x**2,
         "histogram equalised": equalize,
         "blur 3x3": lambda x: smooth(x, 3),
         "blur 5x5": lambda x: smooth(x, 5),
         "half resolution": lambda x: down_up(x, 0.5),
         "sharpened": lambda x: (x + 1.5 * (x - smooth(x, 3))).clamp(0, 1),
-        "gaussian noise 0.05": lambda x: (x + 0.05 * torch.randn(x.shape, generator=torch.Generator()
-                                                                 .manual_seed(0))).clamp(0, 1),
+        "gaussian noise 0.05": lambda x: (
+            x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        ).clamp(0, 1),
     }
 
 
@@ -164,9 +170,11 @@ def probe(args) -> int:
     val, classes, is_off = validation(run, off)
     is_off = torch.from_numpy(is_off)
     main = (~is_off).nonzero().flatten()
-    main = main[torch.randperm(len(main), generator=torch.Generator().manual_seed(0))[:int(is_off.sum())]]
-    print(f"{run.name} ({args.checkpoint}.pt): accuracy, and how many images each class was called "
-          f"({', '.join(classes)})\n")
+    main = main[torch.randperm(len(main), generator=torch.Generator().manual_seed(0))[: int(is_off.sum())]]
+    print(
+        f"{run.name} ({args.checkpoint}.pt): accuracy, and how many images each class was called "
+        f"({', '.join(classes)})\n"
+    )
     print("| perturbation | off-source accuracy | off-source called | in-source accuracy | in-source called |")
     print("|---|---|---|---|---|")
     for name, fn in _probes().items():
@@ -177,8 +185,10 @@ def probe(args) -> int:
             with torch.no_grad():
                 pred = eng.logits(x).argmax(1)
             y = val.labels[idx]
-            cells += [f"{(pred == y).float().mean():.3f}",
-                      " / ".join(str(int(v)) for v in torch.bincount(pred, minlength=len(classes)))]
+            cells += [
+                f"{(pred == y).float().mean():.3f}",
+                " / ".join(str(int(v)) for v in torch.bincount(pred, minlength=len(classes))),
+            ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 

@@ -40,8 +40,10 @@ def main(argv=None) -> int:
     print("|---|---|---|")
     rng = np.random.default_rng(0)
     for label, name in enumerate(full.classes):
-        rels = sorted((full.rel(s.path) for s in samples if s.label == label and full.rel(s.path) in row),
-                      key=lambda r: natural_key(os.path.basename(r)))
+        rels = sorted(
+            (full.rel(s.path) for s in samples if s.label == label and full.rel(s.path) in row),
+            key=lambda r: natural_key(os.path.basename(r)),
+        )
         idx = torch.tensor([row[r] for r in rels])
         near = (flat[idx[1:]] - flat[idx[:-1]]).abs().mean(1)
         pairs = torch.from_numpy(rng.choice(len(idx), (1000, 2)))

@@ -41,8 +41,23 @@ def main(argv=None) -> dict:
         data, out = Path(tmp) / "eclipse", Path(tmp) / "study"
         synth_eclipse(data)
         env = {**os.environ, "CNNLAB_CACHE": str(Path(tmp) / "cache")}
-        cmd = [sys.executable, "-m", "cnnlab.cli", "study", args.study, "--data", str(data), "--out", str(out),
-               "--epochs", str(args.epochs), "--set", "image_size=64", "--set", f"device={args.device}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cnnlab.cli",
+            "study",
+            args.study,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            str(args.epochs),
+            "--set",
+            "image_size=64",
+            "--set",
+            f"device={args.device}",
+        ]
         if args.jobs:
             cmd += ["--jobs", args.jobs]
         t0 = time.perf_counter()
@@ -56,9 +71,17 @@ def main(argv=None) -> dict:
                 train += sum(float(row["epoch_s"]) for row in csv.DictReader(f))
             with open(folder / "config.toml", "rb") as f:
                 threads.add(tomllib.load(f)["train"]["threads"])
-    result = {"wall_s": round(wall, 2), "train_s": round(train, 2), "ratio": round(wall / train, 3),
-              "runs": len(folders), "device": args.device, "epochs": args.epochs, "study": args.study,
-              "jobs": args.jobs or "default", "threads": sorted(threads)}
+    result = {
+        "wall_s": round(wall, 2),
+        "train_s": round(train, 2),
+        "ratio": round(wall / train, 3),
+        "runs": len(folders),
+        "device": args.device,
+        "epochs": args.epochs,
+        "study": args.study,
+        "jobs": args.jobs or "default",
+        "threads": sorted(threads),
+    }
     print(json.dumps(result) if args.json else "\n".join(f"{k:>8}: {v}" for k, v in result.items()))
     return result
 

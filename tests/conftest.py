@@ -18,8 +18,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
-def make_shapes(root: Path, splits=(("train", 12), ("test", 4)), classes=("circle", "square", "triangle"),
-                size=(40, 36), seed=0, ext=".png") -> Path:
+def make_shapes(
+    root: Path,
+    splits=(("train", 12), ("test", 4)),
+    classes=("circle", "square", "triangle"),
+    size=(40, 36),
+    seed=0,
+    ext=".png",
+) -> Path:
     """A tiny learnable class tree: one bright shape on a dark background per image."""
     rng = np.random.default_rng(seed)
     for split, n in splits:

@@ -18,14 +18,16 @@ from tests.conftest import make_shapes, run_cli
 def test_import_is_light_and_exports_the_api():
     # `import cnnlab` must not import torch or pandas (the CLI's --help and a notebook's first cell stay fast)
     code = "import sys, cnnlab; print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
     assert {"train", "load", "study", "UserError", "Run", "StudyResults"} <= set(cnnlab.__all__)
 
 
 def test_train_load_history_plot_test_predict(shapes, tmp_path):
-    r = cnnlab.train(data=shapes, model="simple-bn", epochs=2, image_size=32, out=tmp_path / "r", progress=False,
-                     log=lambda *a: None)
+    r = cnnlab.train(
+        data=shapes, model="simple-bn", epochs=2, image_size=32, out=tmp_path / "r", progress=False, log=lambda *a: None
+    )
     assert isinstance(r.history, pd.DataFrame) and len(r.history) == 2
     assert list(r.history["epoch"]) == [1, 2]
     assert {"train_loss", "val_f1", "val_recall_circle"} <= set(r.history.columns)
@@ -36,7 +38,7 @@ def test_train_load_history_plot_test_predict(shapes, tmp_path):
     assert len(fig.axes) == 2 and fig.axes[0].lines
     score = again.test()
     assert score["evaluation_number"] == 1 and 0 <= score["accuracy"] <= 1
-    (name, listed), = again.tests.items()  # RUN/tests/NAME/: the data set's name, a hash of its images
+    ((name, listed),) = again.tests.items()  # RUN/tests/NAME/: the data set's name, a hash of its images
     assert listed == score and name.startswith("shapes-")
     rows = pd.read_csv(again.path / "tests" / name / "test_predictions.csv")  # each image of that one evaluation
     assert len(rows) == score["n_images"] == 12 and rows["path"].str.startswith("test/").all()
@@ -52,8 +54,16 @@ def test_train_load_history_plot_test_predict(shapes, tmp_path):
 def test_tests_on_other_data_sets_keep_their_own_results(shapes, tmp_path):
     from cnnlab.evaluation.testing import find_test
 
-    run = cnnlab.train(data=shapes, model="mlp", epochs=1, image_size=16, batch_size=8, out=tmp_path / "r",
-                       progress=False, log=lambda *a: None)
+    run = cnnlab.train(
+        data=shapes,
+        model="mlp",
+        epochs=1,
+        image_size=16,
+        batch_size=8,
+        out=tmp_path / "r",
+        progress=False,
+        log=lambda *a: None,
+    )
     other = make_shapes(tmp_path / "elsewhere" / "shapes", seed=5)  # another data set of the same folder name
     manifest = tmp_path / "few.csv"
     manifest.write_text("path,class\ntest/circle/img 000.png,circle\ntest/square/img 001.png,square\n")
@@ -69,7 +79,11 @@ def test_tests_on_other_data_sets_keep_their_own_results(shapes, tmp_path):
     assert tests[next(n for n in tests if "-few-" in n)] == third and third["split"] == "test-few"
     for name in tests:  # every evaluation's files, none overwritten by another
         assert {p.name for p in (run.path / "tests" / name).iterdir()} == {
-            "test.json", "test_predictions.csv", "test_confusion.png", "test_errors.png"}
+            "test.json",
+            "test_predictions.csv",
+            "test_confusion.png",
+            "test_errors.png",
+        }
     assert not (run.path / "test.json").exists()
     # The same images again: counted, in the same folder.
     run_cli("test", run.path, "--data", shapes)
@@ -85,10 +99,32 @@ def test_tests_on_other_data_sets_keep_their_own_results(shapes, tmp_path):
 
 def test_train_is_the_cli_code_path(shapes, tmp_path):
     # Same config and seed through the CLI and the API: the same history, to the last digit (timing aside).
-    api = cnnlab.train(data=shapes, model="simple", epochs=2, image_size=24, out=tmp_path / "api", progress=False,
-                       log=lambda *a: None, **{"train.seed": 3})
-    run_cli("train", "--data", shapes, "--model", "simple", "--epochs", 2, "--image-size", 24, "--set", "seed=3",
-            "--out", tmp_path / "cli", "-q")
+    api = cnnlab.train(
+        data=shapes,
+        model="simple",
+        epochs=2,
+        image_size=24,
+        out=tmp_path / "api",
+        progress=False,
+        log=lambda *a: None,
+        **{"train.seed": 3},
+    )
+    run_cli(
+        "train",
+        "--data",
+        shapes,
+        "--model",
+        "simple",
+        "--epochs",
+        2,
+        "--image-size",
+        24,
+        "--set",
+        "seed=3",
+        "--out",
+        tmp_path / "cli",
+        "-q",
+    )
     cli = cnnlab.load(tmp_path / "cli")
     timing = ["epoch_s", "images_per_s", "data_wait_s"]
     pd.testing.assert_frame_equal(api.history.drop(columns=timing), cli.history.drop(columns=timing))
@@ -107,8 +143,7 @@ def test_errors_raise_user_error_with_the_cli_line(shapes, tmp_path):
 
 
 def test_study_summary_plot_report(shapes, tmp_path):
-    s = cnnlab.study("regularization", data=shapes, out=tmp_path / "s", epochs=1, image_size=32,
-                     log=lambda *a: None)
+    s = cnnlab.study("regularization", data=shapes, out=tmp_path / "s", epochs=1, image_size=32, log=lambda *a: None)
     assert len(s.summary) == 4
     assert set(s.summary["run"]) == {"simple", "simple-bn", "simple-dropout", "simple-bn-dropout"}
     assert s.summary["best_val_f1"].dtype.kind == "f"

@@ -77,9 +77,14 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             module = _absolute(path, node)
             out += [(node.lineno, f"{module}.{a.name}") for a in node.names]
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr == "import_module" and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             out.append((node.lineno, node.args[0].value))
     return [(line, m) for line, m in out if m == "cnnlab" or m.startswith("cnnlab.")]
 
@@ -116,7 +121,7 @@ def test_no_import_cycle_between_packages():
         state[node] = 1
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 where = ", ".join(edges[a][b] for a, b in itertools.pairwise(cycle))
                 pytest.fail(f"import cycle: {' -> '.join(cycle)} ({where})")
             if nxt not in state:

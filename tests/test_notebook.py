@@ -26,14 +26,20 @@ def test_assignment_notebook_runs_in_quick_mode(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = quick(nbformat.read(NOTEBOOK, as_version=4), tmp_path / "out")
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     out = tmp_path / "out"
     assert (out / "assignment" / "report.html").is_file() and (out / "optimizers" / "gaps.png").is_file()
-    shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type in
-             ("display_data", "execute_result")]
+    shown = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type in ("display_data", "execute_result")
+    ]
     assert sum("image/png" in o.get("data", {}) for o in shown) >= 8  # curves, sheets, paths: figures inline
     assert any("<img src='data:image/gif" in o.get("data", {}).get("text/html", "") for o in shown)
     # Progress: tqdm's widgets, and no text bar or per-batch line in the cells' printed output.

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import importlib
 
-from cnnlab.api import Image, Report, Run, StudyResults, cv, inspect, load, study, train
-from cnnlab.errors import UserError
-
 __version__ = "0.1.0"
 __all__ = ["Image", "Report", "Run", "StudyResults", "UserError", "cv", "inspect", "load", "study", "train"]
 
@@ -36,3 +33,8 @@ def lazy_face(package: str, exports: dict[str, str]):
         return sorted(exports)
 
     return __getattr__, __dir__
+
+
+# After lazy_face: the package faces that api imports use it.
+from cnnlab.api import Image, Report, Run, StudyResults, cv, inspect, load, study, train  # noqa: E402
+from cnnlab.errors import UserError  # noqa: E402

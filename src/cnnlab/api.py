@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cnnlab.errors import UserError
+from cnnlab.reporting.display import Image, Report
 
 __all__ = ["Image", "Report", "Run", "StudyResults", "cv", "inspect", "load", "make_config", "study", "train"]
 
@@ -45,7 +46,8 @@ def _shown(fig):
         from matplotlib.figure import Figure
 
         get_ipython().display_formatter.formatters["image/png"].for_type(
-            Figure, lambda f: print_figure(f, "png", bbox_inches="tight"))
+            Figure, lambda f: print_figure(f, "png", bbox_inches="tight")
+        )
     return fig
 
 
@@ -141,8 +143,13 @@ class Run:
         rows = predict_files(self.path, _paths(images))
         return _frame([{"path": r["path"], "label": r["label"], **r["probs"]} for r in rows])
 
-    def explain(self, images: str | Path | Iterable[str | Path], out: str | Path, method: str = "gradcam",
-                target: str | None = None):
+    def explain(
+        self,
+        images: str | Path | Iterable[str | Path],
+        out: str | Path,
+        method: str = "gradcam",
+        target: str | None = None,
+    ):
         """Grad-CAM (or gradcam++) heatmaps of what drove each prediction, written to `out` as overlays and a
         contact sheet; returns that sheet as an `Image` a notebook shows. Needs cnnlab[explain]."""
         from cnnlab.explain.heatmaps import explain_images
@@ -165,8 +172,9 @@ def _paths(images) -> list[str]:
     return [str(p) for p in images]
 
 
-def inspect(data: str | Path, out: str | Path | None = None, class_map: str | None = None,
-            cache_dir: str | None = None) -> dict:
+def inspect(
+    data: str | Path, out: str | Path | None = None, class_map: str | None = None, cache_dir: str | None = None
+) -> dict:
     """What a data set holds before anything trains: per split and class, counts, image sizes and modes, unusable
     files; with `out`, a contact sheet per split (`report["contact_sheets"]`, show one with `Image`). `cnnlab data
     inspect` prints the same report (`cnnlab.datatools.format_report`)."""
@@ -184,8 +192,16 @@ def default_out(cfg) -> Path:
     return Path(f"runs/{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def train(data: str | Path | None = None, *, out: str | Path | None = None, config=None, progress: bool = True,
-          force: bool = False, log=print, **overrides) -> Run:
+def train(
+    data: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    config=None,
+    progress: bool = True,
+    force: bool = False,
+    log=print,
+    **overrides,
+) -> Run:
     """Train one model from scratch into the run folder `out` (default runs/<model>-<time>) and return it.
 
     `config` is a TOML file, a shipped recipe name (`assignment`, `mri`) or a Config; `data` and the keywords
@@ -204,45 +220,6 @@ def train(data: str | Path | None = None, *, out: str | Path | None = None, conf
 
 
 # ---------------------------------------------------------------------------------------------- a study
-
-
-class Report:
-    """A study's report.html, shown inline by Jupyter; `path` is the file, `markdown` the report.md text."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    @property
-    def markdown(self) -> str:
-        return self.path.with_suffix(".md").read_text(encoding="utf-8")
-
-    def _repr_html_(self) -> str:
-        page = self.path.read_text(encoding="utf-8")  # the body only: the page's own style would restyle Jupyter
-        return page[page.index("<body>") + len("<body>"):page.rindex("</body>")]
-
-    def __repr__(self) -> str:
-        return f"Report({str(self.path)!r})"
-
-
-class Image:
-    """A PNG or GIF file that Jupyter shows inline."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def _repr_png_(self):
-        return self.path.read_bytes() if self.path.suffix.lower() == ".png" else None
-
-    def _repr_html_(self) -> str | None:  # an animated GIF (a PNG is shown by _repr_png_, and stored once)
-        import base64
-
-        if self.path.suffix.lower() != ".gif":
-            return None
-        return (f"<img src='data:image/gif;base64,{base64.b64encode(self.path.read_bytes()).decode()}' "
-                f"alt='{self.path.name}'>")
-
-    def __repr__(self) -> str:
-        return f"Image({str(self.path)!r})"
 
 
 class StudyResults:
@@ -264,8 +241,10 @@ class StudyResults:
             tables = [(self.path, {})]
         else:
             order = _assignment_order()
-            stages = sorted((p.parent for p in self.path.glob("*/summary.csv")),
-                            key=lambda p: (order.get(p.name, len(order)), p.name))
+            stages = sorted(
+                (p.parent for p in self.path.glob("*/summary.csv")),
+                key=lambda p: (order.get(p.name, len(order)), p.name),
+            )
             tables = [(stage, {"study": stage.name}) for stage in stages]
         rows = []
         for folder, extra in tables:
@@ -293,8 +272,10 @@ class StudyResults:
         """The runs by name (`study/run` in the assignment; with several seeds, `run#seed`)."""
         rows = self._summary_rows()
         seeds = len({r.get("seed") for r in rows}) > 1
-        return {("/".join(filter(None, [r.get("study"), r["run"]])) + (f"#{r['seed']}" if seeds else "")):
-                Run(r["out"]) for r in rows}
+        return {
+            ("/".join(filter(None, [r.get("study"), r["run"]])) + (f"#{r['seed']}" if seeds else "")): Run(r["out"])
+            for r in rows
+        }
 
     def _results(self) -> list[dict]:
         """summary's rows as dicts; for the assignment, only the last stage's."""
@@ -346,10 +327,22 @@ def _assignment_order() -> dict[str, int]:
     return {name: i for i, name in enumerate(ASSIGNMENT_STAGES)}
 
 
-def study(name: str, data: str | Path | None = None, *, out: str | Path, seeds: int = 1, jobs: int | str = "auto",
-          config: str | Path | None = None, param: str | None = None, executor: str = "local",
-          address: str | None = None, gpus_per_run: float = 0.25, lang: str = "en", log=print,
-          **overrides) -> StudyResults:
+def study(
+    name: str,
+    data: str | Path | None = None,
+    *,
+    out: str | Path,
+    seeds: int = 1,
+    jobs: int | str = "auto",
+    config: str | Path | None = None,
+    param: str | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    gpus_per_run: float = 0.25,
+    lang: str = "en",
+    log=print,
+    **overrides,
+) -> StudyResults:
     """Run (or resume) a comparison study and return its results.
 
     `name`: regularization, optimizers, lr, overfitting, imbalance, architecture, activations, assignment (every
@@ -390,9 +383,21 @@ def _study(name, data, out, seeds, jobs, config, param, runner, reporter, overri
         run_study(spec, base, Path(out), seeds, runner, jobs=jobs, reporter=reporter)
 
 
-def cv(data: str | Path, folds: str | Path, *, out: str | Path, config: str | Path | None = None,
-       jobs: int | str = "auto", executor: str = "local", address: str | None = None, gpus_per_run: float = 0.25,
-       lang: str = "en", log=print, command: str = "", **overrides) -> dict:
+def cv(
+    data: str | Path,
+    folds: str | Path,
+    *,
+    out: str | Path,
+    config: str | Path | None = None,
+    jobs: int | str = "auto",
+    executor: str = "local",
+    address: str | None = None,
+    gpus_per_run: float = 0.25,
+    lang: str = "en",
+    log=print,
+    command: str = "",
+    **overrides,
+) -> dict:
     """Cross-validate on a data set's own folds (or resume) and return the contents of `out/cv.json`.
 
     `folds`: a CSV with the columns path (relative to `data`), class and fold, e.g. patient-wise folds. Each fold is

@@ -237,8 +237,11 @@ def read_toml(path, what: str) -> dict:
 
 
 def _unknown(key: str, where: str, sections: bool = False) -> UserError:
-    pool = [f.name for f in fields(Config)] if sections else (
-        list(Config.keys()) + [f"{s}.{n}" for s, n, _ in Config.keys().values()])
+    pool = (
+        [f.name for f in fields(Config)]
+        if sections
+        else (list(Config.keys()) + [f"{s}.{n}" for s, n, _ in Config.keys().values()])
+    )
     close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     what = "section" if sections else "key"

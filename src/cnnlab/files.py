@@ -55,8 +55,11 @@ def write_error(path: Path, e: BaseException) -> UserError:
     if not full and isinstance(e, RuntimeError):
         with contextlib.suppress(OSError):
             full = shutil.disk_usage(Path(path).parent).free < FULL_BYTES
-    why = "the disk is full" if full else (getattr(e, "strerror", None) or text.strip().splitlines()[0][:120]
-                                            if text.strip() else type(e).__name__)
+    why = (
+        "the disk is full"
+        if full
+        else (getattr(e, "strerror", None) or text.strip().splitlines()[0][:120] if text.strip() else type(e).__name__)
+    )
     return UserError(f"cannot write {path}: {why}")
 
 
@@ -112,9 +115,11 @@ class FolderLock:
             holder = self.file.read().strip()
             self.file.close()
             self.file = None
-            raise UserError(f"{self.what} {self.folder} is in use by another cnnlab process"
-                            + (f" (pid {holder})" if holder else "") + ": wait for it, or choose another --out"
-                            ) from None
+            raise UserError(
+                f"{self.what} {self.folder} is in use by another cnnlab process"
+                + (f" (pid {holder})" if holder else "")
+                + ": wait for it, or choose another --out"
+            ) from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(str(os.getpid()))

@@ -26,8 +26,9 @@ from cnnlab.errors import UserError
 # ------------------------------------------------------------------------------------------ layouts
 
 
-@pytest.mark.parametrize("names", [("Training", "Testing"), ("train", "test"), ("TRAIN", "Test"),
-                                   ("training", "validation")])
+@pytest.mark.parametrize(
+    "names", [("Training", "Testing"), ("train", "test"), ("TRAIN", "Test"), ("training", "validation")]
+)
 def test_split_folder_names_any_case(tmp_path, names):
     make_shapes(tmp_path, splits=((names[0], 5), (names[1], 2)))
     ds = scan(tmp_path)
@@ -60,19 +61,25 @@ def test_class_tree_one_folder_down_is_train(tmp_path):
 
 
 # Archives unzipped one or two folders deep, any split folder names: the split folders are found, and said.
-@pytest.mark.parametrize("wrap, names", [("archive/inner", ("train", "test")),
-                                         ("archive/inner", ("Training", "Testing")),
-                                         ("archive/a/b", ("train", "valid", "test")),
-                                         ("archive/x/y/z", ("TRAIN", "val"))])
+@pytest.mark.parametrize(
+    "wrap, names",
+    [
+        ("archive/inner", ("train", "test")),
+        ("archive/inner", ("Training", "Testing")),
+        ("archive/a/b", ("train", "valid", "test")),
+        ("archive/x/y/z", ("TRAIN", "val")),
+    ],
+)
 def test_split_folders_a_few_folders_down_are_used_and_said(tmp_path, wrap, names):
     make_shapes(tmp_path / wrap, splits=tuple((n, 2) for n in names), classes=("cat", "dog"))
     (tmp_path / "archive" / "readme.txt").write_text("unzipped")  # files beside the wrapper do not count
     with pytest.warns(UserWarning) as seen:
         ds = scan(tmp_path / "archive")
-    assert ds.classes == ["cat", "dog"] and list(ds.splits) == sorted({SPLIT_ALIASES[n.lower()] for n in names},
-                                                                      key=["train", "val", "test"].index)
+    assert ds.classes == ["cat", "dog"] and list(ds.splits) == sorted(
+        {SPLIT_ALIASES[n.lower()] for n in names}, key=["train", "val", "test"].index
+    )
     assert ds.root == (tmp_path / "archive").resolve()
-    assert ds.rel(ds.splits["train"][0].path) == f"{wrap[len('archive/'):]}/{names[0]}/cat/img 000.png"
+    assert ds.rel(ds.splits["train"][0].path) == f"{wrap[len('archive/') :]}/{names[0]}/cat/img 000.png"
     shown = " and ".join(f"{n}/" for n in names) if len(names) == 2 else "train/, valid/ and test/"
     assert [str(w.message) for w in seen] == [f"using {tmp_path / wrap} (its {shown} split folders)"]
 
@@ -113,18 +120,27 @@ def _layout(root: Path, kind: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("class named like a split", r"class folder .*/train/test is named like a split folder"),
-    ("class folders beside split folders", r"holds split folders \(test/\) and also class folders beside them "
-                                           r"\(cat/, dog/\)"),
-    ("a class called test beside classes", r"holds split folders \(test/\) and also class folders"),
-    ("split folder without class folders", r"split folder .*/test holds images but no class folders"),
-    ("split folders inside class folders", r"folder .*/cat holds split folders \(test/, train/\), so it is not a "
-                                           r"class folder"),
-    ("a data set beside another folder", r"folder .*/inner holds split folders \(test/, train/\)"),
-    ("images beside labels", r"holds images/ beside labels/: images and their annotations"),
-    ("images beside masks, per split", r"/train holds images/ beside masks/"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("class named like a split", r"class folder .*/train/test is named like a split folder"),
+        (
+            "class folders beside split folders",
+            r"holds split folders \(test/\) and also class folders beside them "
+            r"\(cat/, dog/\)",
+        ),
+        ("a class called test beside classes", r"holds split folders \(test/\) and also class folders"),
+        ("split folder without class folders", r"split folder .*/test holds images but no class folders"),
+        (
+            "split folders inside class folders",
+            r"folder .*/cat holds split folders \(test/, train/\), so it is not a "
+            r"class folder",
+        ),
+        ("a data set beside another folder", r"folder .*/inner holds split folders \(test/, train/\)"),
+        ("images beside labels", r"holds images/ beside labels/: images and their annotations"),
+        ("images beside masks, per split", r"/train holds images/ beside masks/"),
+    ],
+)
 def test_a_split_folder_name_never_becomes_a_class(tmp_path, kind, message):
     root = _layout(tmp_path / "data", kind)
     with pytest.raises(UserError, match=message):
@@ -150,8 +166,22 @@ def test_train_and_test_on_an_archive_unzipped_a_folder_deep(tmp_path):
     archive = tmp_path / "archive"
     make_shapes(archive / "inner", splits=(("train", 6), ("test", 2)))
     out = tmp_path / "run"
-    result = run_cli("train", "--data", archive, "--model", "mlp", "--image-size", 16, "--epochs", 1,
-                     "--batch-size", 8, "--out", out, "-q")
+    result = run_cli(
+        "train",
+        "--data",
+        archive,
+        "--model",
+        "mlp",
+        "--image-size",
+        16,
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+        "--out",
+        out,
+        "-q",
+    )
     assert f"warning: using {archive / 'inner'} (its train/ and test/ split folders)" in result.output
     with open(out / "split.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -172,8 +202,11 @@ def test_a_file_it_may_not_read_is_skipped_by_the_scan(shapes, monkeypatch):
     """Found while scanning (`cannot read: permission denied`), so no reader after the scan ever opens it."""
     real_access = os.access  # root reads everything: deny the way os.access reports it
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: "img 001" not in str(p) and real_access(p, mode, **kw))
-    with pytest.warns(UserWarning, match=r"skipped 6 unusable file\(s\): .*img 001.png \(cannot read: permission "
-                                         r"denied\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"skipped 6 unusable file\(s\): .*img 001.png \(cannot read: permission "
+        r"denied\)",
+    ):
         ds = scan(shapes)
     assert len(ds.skipped) == 6 and all(why == "cannot read: permission denied" for _, why in ds.skipped)
     assert not any("img 001" in str(s.path) for split in ds.splits.values() for s in split)
@@ -280,6 +313,7 @@ def test_an_output_folder_without_write_permission_is_one_line(shapes, tmp_path,
 def write_png_header(path: Path, width: int, height: int) -> Path:
     """A PNG that declares width x height pixels (and holds none): what a 30000 x 30000 scan looks like to
     Pillow before it decodes."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -291,8 +325,7 @@ def write_png_header(path: Path, width: int, height: int) -> Path:
 def test_an_oversized_image_is_skipped_and_recorded(shapes, tmp_path):
     bomb = write_png_header(shapes / "train" / "circle" / "huge.png", 30000, 30000)
     out = tmp_path / "r"
-    result = run_cli("train", "--data", shapes, "--model", "mlp", "--image-size", 16, "--epochs", 1, "-q",
-                     "--out", out)
+    result = run_cli("train", "--data", shapes, "--model", "mlp", "--image-size", 16, "--epochs", 1, "-q", "--out", out)
     assert "decompression-bomb limit" in result.output
     skipped = (out / "skipped.csv").read_text()
     assert "huge.png" in skipped and "decompression-bomb limit" in skipped
@@ -415,11 +448,25 @@ def test_blocked_split_keeps_runs_whole_and_copies_together(tmp_path):
 
 def test_block_split_from_the_config(shapes, tmp_path):
     out = tmp_path / "run"
-    run_cli("train", "--data", str(shapes), "--model", "mlp", "--epochs", "1", "--set", "split=blocks",
-            "--set", "block_size=3", "--out", str(out))
+    run_cli(
+        "train",
+        "--data",
+        str(shapes),
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--set",
+        "split=blocks",
+        "--set",
+        "block_size=3",
+        "--out",
+        str(out),
+    )
     assert (out / "split.csv").exists()
-    assert "unknown split 'patients'" in one_line_error("train", "--data", str(shapes), "--set",
-                                                              "split=patients", "--out", str(tmp_path / "x"))
+    assert "unknown split 'patients'" in one_line_error(
+        "train", "--data", str(shapes), "--set", "split=patients", "--out", str(tmp_path / "x")
+    )
 
 
 def test_validation_from_a_manifest(tmp_path):
@@ -441,16 +488,30 @@ def test_validation_from_a_manifest(tmp_path):
     assert {again.rel(s.path) for s in again.splits["val"]} == val
 
 
-@pytest.mark.parametrize("row, message", [
-    ("train/circle/img 001.png,square", "is listed as 'square' but lies in the 'circle' folder"),
-    ("train/circle/nope.png,circle", "image not found"),
-    ("".join(f"train/circle/img {i:03d}.png,circle\n" for i in range(4)), "takes every training image"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("train/circle/img 001.png,square", "is listed as 'square' but lies in the 'circle' folder"),
+        ("train/circle/nope.png,circle", "image not found"),
+        ("".join(f"train/circle/img {i:03d}.png,circle\n" for i in range(4)), "takes every training image"),
+    ],
+)
 def test_validation_manifest_errors(tmp_path, row, message):
     make_shapes(tmp_path / "d", splits=(("train", 4),))
     (tmp_path / "v.csv").write_text("path,class\n" + row + "\n")
-    assert message in one_line_error("train", "--data", tmp_path / "d", "--model", "mlp", "--epochs", "1",
-                                     "--set", f"val_manifest={tmp_path / 'v.csv'}", "--out", tmp_path / "r")
+    assert message in one_line_error(
+        "train",
+        "--data",
+        tmp_path / "d",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--set",
+        f"val_manifest={tmp_path / 'v.csv'}",
+        "--out",
+        tmp_path / "r",
+    )
 
 
 def test_manifest_round_trip(tmp_path):
@@ -537,13 +598,34 @@ def test_group_split_keeps_each_listed_group_on_one_side(shapes, tmp_path):
     import csv
 
     groups = tmp_path / "groups.csv"
-    rows = [(f"train/{c}/img {i:03d}.png", f"{c}-patient{i // 4}") for c in ("circle", "square", "triangle")
-            for i in range(8)]  # the first 8 files of each class: two "patients" of 4 slices; the rest in blocks
+    rows = [
+        (f"train/{c}/img {i:03d}.png", f"{c}-patient{i // 4}")
+        for c in ("circle", "square", "triangle")
+        for i in range(8)
+    ]  # the first 8 files of each class: two "patients" of 4 slices; the rest in blocks
     with open(groups, "w", newline="") as f:
         csv.writer(f).writerows([("path", "group"), *rows])
     out = tmp_path / "r"
-    run_cli("train", "--data", shapes, "--model", "mlp", "--image-size", 16, "--epochs", 1, "-q", "--set",
-            "split=groups", "--set", f"group_file={groups}", "--set", "block_size=2", "--out", out)
+    run_cli(
+        "train",
+        "--data",
+        shapes,
+        "--model",
+        "mlp",
+        "--image-size",
+        16,
+        "--epochs",
+        1,
+        "-q",
+        "--set",
+        "split=groups",
+        "--set",
+        f"group_file={groups}",
+        "--set",
+        "block_size=2",
+        "--out",
+        out,
+    )
     with open(out / "split.csv", newline="") as f:
         side = {row["path"]: row["split"] for row in csv.DictReader(f)}
     by_group: dict[str, set] = {}
@@ -553,9 +635,19 @@ def test_group_split_keeps_each_listed_group_on_one_side(shapes, tmp_path):
     assert {"train", "val"} <= set(side.values())
     assert "needs a group_file" in one_line_error("train", "--data", shapes, "--set", "split=groups", "--out", out)
     (tmp_path / "bad.csv").write_text("path,group\ntrain/circle/nope.png,a\n")
-    assert "is not a train image" in one_line_error("train", "--data", shapes, "--model", "mlp", "--set",
-                                                    "split=groups", "--set", f"group_file={tmp_path / 'bad.csv'}",
-                                                    "--out", tmp_path / "r2")
+    assert "is not a train image" in one_line_error(
+        "train",
+        "--data",
+        shapes,
+        "--model",
+        "mlp",
+        "--set",
+        "split=groups",
+        "--set",
+        f"group_file={tmp_path / 'bad.csv'}",
+        "--out",
+        tmp_path / "r2",
+    )
 
 
 def test_shape_batches_group_equal_shapes_and_keep_every_index():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.data.eclipse_render import CLASSES, augment_keras_style, render_eclipse
 from cnnlab.data import synthetic
+from cnnlab.data.eclipse_render import CLASSES, augment_keras_style, render_eclipse
 from cnnlab.data.synthetic import synth_eclipse
 from cnnlab.errors import UserError
 

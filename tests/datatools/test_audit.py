@@ -81,14 +81,18 @@ def test_audit_counts_and_outputs(dupes, tmp_path):
     assert r["largest_group"] == 4 and r["near_redundant"] == 2 + 1 + 1 + 1 + 1 + 3
     assert r["cross_label_groups"] == 1 and r["cross_label_exact_groups"] == 1
     conflict = [g for g in r["groups"] if len(g["classes"]) > 1]
-    assert {m["path"] for m in conflict[0]["members"]} == {"train/circle/img 003.png",
-                                                           "train/square/b conflict.png"}
+    assert {m["path"] for m in conflict[0]["members"]} == {"train/circle/img 003.png", "train/square/b conflict.png"}
     hist = r["distance_histogram"]["test"]
     assert sum(hist["counts"]) + hist["above_cap"] == 16 and hist["largest_within_threshold"] <= 4
 
     out = tmp_path / "out"
-    assert {"audit.json", "leak_free_test.csv", "distance_hist.png", "gallery_largest.png",
-            "gallery_cross_label.png"} <= {p.name for p in out.iterdir()}
+    assert {
+        "audit.json",
+        "leak_free_test.csv",
+        "distance_hist.png",
+        "gallery_largest.png",
+        "gallery_cross_label.png",
+    } <= {p.name for p in out.iterdir()}
     assert json.loads((out / "audit.json").read_text())["exact_groups"] == 3
     with open(out / "leak_free_test.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -137,12 +141,19 @@ def test_duplicate_groups_stay_whole_through_the_split(dupes):
 def test_cli_json_and_errors(dupes, tmp_path):
     result = run_cli("data", "audit", dupes, "--json", "--out", tmp_path / "a")
     r = json.loads(result.output)
-    for key in ("exact_groups", "exact_redundant", "test_exact_in_train", "test_near_in_train", "near_groups",
-                "cross_label_groups"):
+    for key in (
+        "exact_groups",
+        "exact_redundant",
+        "test_exact_in_train",
+        "test_near_in_train",
+        "near_groups",
+        "cross_label_groups",
+    ):
         assert key in r
     assert "groups" not in r and (tmp_path / "a" / "leak_free_test.csv").is_file()
-    assert "test images with a copy in train: 1 byte-identical, 3 exact or near" in run_cli(
-        "data", "audit", dupes).output
+    assert (
+        "test images with a copy in train: 1 byte-identical, 3 exact or near" in run_cli("data", "audit", dupes).output
+    )
     assert "inside the dataset" in one_line_error("data", "audit", dupes, "--out", dupes / "audit")
     assert "--threshold" in one_line_error("data", "audit", dupes, "--threshold", "300")
     assert "does not exist" in one_line_error("data", "audit", tmp_path / "missing")
@@ -191,11 +202,15 @@ def test_audit_figures_draw_from_plain_arrays(tmp_path):
     from cnnlab.reporting import figures
 
     gray = np.full((96, 96), 128, dtype=np.uint8)
-    rows = [("group 0\n3 files", [(gray, "train/a\n1.png"), (gray, "test/a\n2.png"), (gray, "train/b\n3.png")]),
-            ("group 1\n2 files", [(gray, "train/a\n4.png"), (np.zeros((96, 96), np.uint8), "test/b\nbad.png")])]
+    rows = [
+        ("group 0\n3 files", [(gray, "train/a\n1.png"), (gray, "test/a\n2.png"), (gray, "train/b\n3.png")]),
+        ("group 1\n2 files", [(gray, "train/a\n4.png"), (np.zeros((96, 96), np.uint8), "test/b\nbad.png")]),
+    ]
     figures.group_gallery(rows, tmp_path / "g.png", "groups")
-    report = {"threshold_gray": 4.0,
-              "distance_histogram": {"edges": [0.0, 0.5, 1.0], "train": {"counts": [3, 1], "above_cap": 2}}}
+    report = {
+        "threshold_gray": 4.0,
+        "distance_histogram": {"edges": [0.0, 0.5, 1.0], "train": {"counts": [3, 1], "above_cap": 2}},
+    }
     figures.distance_histogram(report, tmp_path / "h.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "h.png"]  # no temporary file left behind
 
@@ -234,8 +249,13 @@ CLASS_MAP = "circ=circle,sq=square,tri=triangle"
 def test_close_pairs_across_two_sets_is_exact():
     g = torch.Generator().manual_seed(1)
     a = torch.randint(0, 256, (20, 1, 64, 64), generator=g, dtype=torch.uint8)
-    b = torch.cat([(a[:8].int() + torch.randint(-5, 6, (8, 1, 64, 64), generator=g)).clamp(0, 255).to(torch.uint8),
-                   torch.randint(0, 256, (9, 1, 64, 64), generator=g, dtype=torch.uint8), a[:2]])
+    b = torch.cat(
+        [
+            (a[:8].int() + torch.randint(-5, 6, (8, 1, 64, 64), generator=g)).clamp(0, 255).to(torch.uint8),
+            torch.randint(0, 256, (9, 1, 64, 64), generator=g, dtype=torch.uint8),
+            a[:2],
+        ]
+    )
     full = torch.cdist(a.flatten(1).double(), b.flatten(1).double(), p=1) / (64 * 64 * 255)
     for cap in (0.0, 3 / 255, 0.4):
         pairs, dist = close_pairs(a, cap, chunk=7, other=b)
@@ -260,14 +280,25 @@ def test_audit_against_counts_csv_and_gallery(two_sets, tmp_path):
     out = tmp_path / "out"
     with open(out / "against_copies.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "class", "split", "other_path", "other_class", "other_as", "kind",
-                             "distance_gray", "conflict"]
+    assert list(rows[0]) == [
+        "path",
+        "class",
+        "split",
+        "other_path",
+        "other_class",
+        "other_as",
+        "kind",
+        "distance_gray",
+        "conflict",
+    ]
     got = {(row["path"], row["other_path"], row["kind"], row["conflict"]) for row in rows}
-    assert got == {("train/circle/img 000.png", "images/circ/e1.png", "exact", "0"),
-                   ("test/square/img 001.png", "images/sq/n1.jpg", "near", "0"),
-                   ("train/triangle/img 002.png", "images/tri/n2.png", "near", "0"),
-                   ("train/square/img 003.png", "images/circ/c1.jpg", "near", "1"),
-                   ("train/circle/img 004.png", "images/blob/u1.png", "exact", "0")}
+    assert got == {
+        ("train/circle/img 000.png", "images/circ/e1.png", "exact", "0"),
+        ("test/square/img 001.png", "images/sq/n1.jpg", "near", "0"),
+        ("train/triangle/img 002.png", "images/tri/n2.png", "near", "0"),
+        ("train/square/img 003.png", "images/circ/c1.jpg", "near", "1"),
+        ("train/circle/img 004.png", "images/blob/u1.png", "exact", "0"),
+    }
     blob = next(row for row in rows if row["other_class"] == "blob")
     assert blob["other_as"] == "" and float(blob["distance_gray"]) == 0
     assert all(float(row["distance_gray"]) <= 4 for row in rows)
@@ -283,8 +314,9 @@ def test_audit_against_counts_csv_and_gallery(two_sets, tmp_path):
 
 def test_cli_against(two_sets, tmp_path):
     dir_root, other = two_sets
-    result = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP, "--json",
-                     "--out", tmp_path / "o")
+    result = run_cli(
+        "data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP, "--json", "--out", tmp_path / "o"
+    )
     r = json.loads(result.stdout)  # stderr: "warning: using .../other/images (its 4 class folders)"
     assert r["against_copies"] == 5 and r["against_label_conflicts"] == 1
     text = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP).output
@@ -294,10 +326,12 @@ def test_cli_against(two_sets, tmp_path):
     assert not any(k.startswith("against") for k in plain)
     assert "--against" in one_line_error("data", "audit", dir_root, "--against", tmp_path / "missing")
     assert "itself" in one_line_error("data", "audit", dir_root, "--against", dir_root)
-    assert "did you mean 'circle'" in one_line_error("data", "audit", dir_root, "--against", other,
-                                                     "--class-map", "circ=circel")
-    assert "inside the dataset" in one_line_error("data", "audit", dir_root, "--against", other,
-                                                  "--out", other / "audit")
+    assert "did you mean 'circle'" in one_line_error(
+        "data", "audit", dir_root, "--against", other, "--class-map", "circ=circel"
+    )
+    assert "inside the dataset" in one_line_error(
+        "data", "audit", dir_root, "--against", other, "--out", other / "audit"
+    )
     assert not (other / "audit").exists()
 
 
@@ -309,7 +343,7 @@ def test_unreadable_files_do_not_stop_the_audit(two_sets, tmp_path):
     (other / "images/sq/x copy.jpg").write_bytes(garbage)
     Image.open(dir_root / "train/square/img 005.png").save(tmp_path / "full.jpg", quality=90)
     whole = (tmp_path / "full.jpg").read_bytes()
-    (dir_root / "test/triangle/truncated.jpg").write_bytes(whole[:len(whole) // 2])
+    (dir_root / "test/triangle/truncated.jpg").write_bytes(whole[: len(whole) // 2])
     (other / "images/tri/truncated.jpg").write_bytes(whole[:300])
     result = run_cli("data", "audit", dir_root, "--against", other, "--class-map", CLASS_MAP, "--out", tmp_path / "o")
     assert "unreadable images (exact comparison only): 2" in result.output
@@ -379,15 +413,22 @@ def test_a_file_chmod_000_for_a_user_who_may_not_read_it(shapes, tmp_path):
             pytest.skip("root without setpriv: root reads every file")
         caps = "-dac_override,-dac_read_search"
         prefix = [shutil.which("setpriv"), "--bounding-set", caps, "--inh-caps", caps]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(cnnlab.__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(locked)!r}, 'rb')"], capture_output=True,
-                           text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(cnnlab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", f"open({str(locked)!r}, 'rb')"], capture_output=True, text=True, env=env
+    )
     if "PermissionError" not in probe.stderr:
         pytest.skip(f"cannot run as a user who may not read the file here: {probe.stderr.strip()[-200:]}")
     for args in ([], ["--against", str(other)]):
-        done = subprocess.run([*prefix, sys.executable, "-m", "cnnlab", "data", "audit", str(shapes), *args],
-                              capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            [*prefix, sys.executable, "-m", "cnnlab", "data", "audit", str(shapes), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
         assert "img 001.png (cannot read: permission denied)" in done.stderr
         assert "skipped files (unusable, not audited): 1" in done.stdout

@@ -47,8 +47,9 @@ def test_every_model_gives_a_heatmap_of_the_image_size(eclipse, tmp_path, name):
         assert row["prob"] == row["probs"][row["label"]]
 
 
-@pytest.mark.parametrize("sets", [["precision=bf16", "normalize=equalize"],
-                                  ["channels_last=false", "normalize=image", "channels=1"]])
+@pytest.mark.parametrize(
+    "sets", [["precision=bf16", "normalize=equalize"], ["channels_last=false", "normalize=image", "channels=1"]]
+)
 def test_bf16_channels_last_and_per_image_normalisation(eclipse, tmp_path, sets):
     run = _train(eclipse, tmp_path / "r", "--model", "adaptive", *[a for s in sets for a in ("--set", s)])
     classes = sorted(p.name for p in (eclipse / "train").iterdir())
@@ -69,8 +70,18 @@ def test_heatmaps_on_cuda(eclipse, tmp_path):
 
 def test_explain_images_writes_overlays_and_a_contact_sheet(eclipse, tmp_path):
     run = _train(eclipse, tmp_path / "r", "--model", "simple-bn")
-    out = run_cli("explain", run, _an_image(eclipse), eclipse / "test" / "Total_solar_eclipse", "--out",
-                  tmp_path / "cam", "--method", "gradcam++", "--class", "Total_solar_eclipse").output
+    out = run_cli(
+        "explain",
+        run,
+        _an_image(eclipse),
+        eclipse / "test" / "Total_solar_eclipse",
+        "--out",
+        tmp_path / "cam",
+        "--method",
+        "gradcam++",
+        "--class",
+        "Total_solar_eclipse",
+    ).output
     cam = tmp_path / "cam"
     assert (cam / "contact_sheet.png").is_file() and (cam / f"{_an_image(eclipse).stem}.png").is_file()
     assert len(list(cam.glob("*.png"))) == 6 and "contact_sheet.png" in out  # a name given twice: both kept
@@ -138,8 +149,15 @@ def test_localisation_scores_on_a_known_box_set(tmp_path):
     boxes = data / "boxes.csv"
     run = _train(data, tmp_path / "r", "--model", "adaptive")
     r = json.loads(run_cli("explain", run, "--data", data, "--boxes", boxes, "--json", "--out", tmp_path / "o").output)
-    assert {"pointing_game", "energy_in_box", "random_pointing_game", "random_energy_in_box", "n_images", "run",
-            "method"} <= set(r)
+    assert {
+        "pointing_game",
+        "energy_in_box",
+        "random_pointing_game",
+        "random_energy_in_box",
+        "n_images",
+        "run",
+        "method",
+    } <= set(r)
     assert r["n_images"] == 32 and r["method"] == "gradcam" and r["run"] == str(run)
     assert 0 <= r["pointing_game"] <= 1 and 0 <= r["energy_in_box"] <= 1
     assert r["random_pointing_game"] == r["random_energy_in_box"] == pytest.approx(np.mean(areas))
@@ -151,8 +169,11 @@ def test_localisation_scores_on_a_known_box_set(tmp_path):
         w = csv.writer(f)
         w.writerow(["path", "class", "split"])
         w.writerows([[p.relative_to(data).as_posix(), p.parent.name, p.parts[-3]] for p in sorted(data.rglob("*.png"))])
-    r = json.loads(run_cli("explain", run, "--data", data, "--boxes", boxes, "--manifest", manifest, "--json",
-                           "--method", "gradcam++").output)
+    r = json.loads(
+        run_cli(
+            "explain", run, "--data", data, "--boxes", boxes, "--manifest", manifest, "--json", "--method", "gradcam++"
+        ).output
+    )
     assert r["n_images"] == 8 and 0 <= r["accuracy"] <= 1 and set(r["per_class"]) <= {"square", "circle"}
 
 
@@ -160,7 +181,7 @@ def test_test_writes_both_confusion_panels_and_the_error_gallery_once(eclipse, t
     for name in ("simple", "mlp"):  # an MLP's gallery: the images without heatmaps
         run = _train(eclipse, tmp_path / name, "--model", name)
         run_cli("test", run, "--data", eclipse)
-        folder, = (run / "tests").iterdir()
+        (folder,) = (run / "tests").iterdir()
         assert (folder / "test_confusion.png").is_file() and (folder / "test_errors.png").is_file()
         assert len(json.loads((run / "evaluations.json").read_text())) == 1
 
@@ -169,10 +190,12 @@ def test_bad_inputs_are_one_line_errors(eclipse, tmp_path):
     data, _ = _boxed_set(tmp_path / "boxed")
     run = _train(eclipse, tmp_path / "r", "--model", "simple")
     img = _an_image(eclipse)
-    assert "did you mean 'Total_solar_eclipse'" in one_line_error("explain", run, img, "--out", tmp_path / "o",
-                                                                  "--class", "Total_solar_eclips")
-    assert "did you mean 'gradcam++'" in one_line_error("explain", run, img, "--out", tmp_path / "o",
-                                                        "--method", "gradcam+")
+    assert "did you mean 'Total_solar_eclipse'" in one_line_error(
+        "explain", run, img, "--out", tmp_path / "o", "--class", "Total_solar_eclips"
+    )
+    assert "did you mean 'gradcam++'" in one_line_error(
+        "explain", run, img, "--out", tmp_path / "o", "--method", "gradcam+"
+    )
     assert "not a cnnlab run" in one_line_error("explain", tmp_path, img, "--out", tmp_path / "o")
     assert "--out DIR is needed" in one_line_error("explain", run, img)
     assert "boxes file not found" in one_line_error("explain", run, "--data", eclipse, "--boxes", tmp_path / "no.csv")

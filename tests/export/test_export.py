@@ -58,8 +58,12 @@ def test_onnx_file_predicts_like_its_run_without_torch(eclipse, tmp_path, name):
 
     images = [eclipse / "test", _odd_images(tmp_path / "odd")]
     ours = json.loads(run_cli("predict", run, *images, "--json").output)
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, "predict", str(model), *map(str, images), "--json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "predict", str(model), *map(str, images), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "imported: []" in proc.stderr  # neither torch nor the onnx package: onnxruntime alone
     theirs = json.loads(proc.stdout)

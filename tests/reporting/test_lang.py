@@ -19,8 +19,7 @@ CYRILLIC = re.compile("[а-яё]", re.IGNORECASE)
 
 def _fields(template: str) -> list[tuple]:
     """The fields of a template with their format: the same in every language, so the figures are the same."""
-    return sorted((name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
-                  if name is not None)
+    return sorted((name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None)
 
 
 def _numbers(line: str) -> list[str]:
@@ -67,8 +66,10 @@ def test_questions_come_from_the_catalogue_and_a_study_file_keeps_its_own(tmp_pa
 
     lr = STUDIES["lr"]
     assert lr.question == text("en", "question.lr") and lr.questions["ru"] == text("ru", "question.lr")
-    assert sweep(lr, "batch_size=8,16").questions == {"en": "Which value of batch_size works best?",
-                                                      "ru": "Какое значение batch_size работает лучше всего?"}
+    assert sweep(lr, "batch_size=8,16").questions == {
+        "en": "Which value of batch_size works best?",
+        "ru": "Какое значение batch_size работает лучше всего?",
+    }
     spec = tmp_path / "mine.toml"
     spec.write_text('question = "tanh or relu?"\n[runs.relu]\nactivation = "relu"\n')
     mine = load_study(spec)
@@ -76,8 +77,17 @@ def test_questions_come_from_the_catalogue_and_a_study_file_keeps_its_own(tmp_pa
 
 
 def test_russian_conclusions_carry_the_english_figures():
-    base = {"best_val_acc": 0.9, "best_train_f1": 0.95, "final_train_f1": 0.97, "final_val_f1": 0.9,
-            "val_f1_tail_std": 0.01, "best_epoch": 5, "epochs": 10, "images_per_s": 100.0, "wall_s": 10.0}
+    base = {
+        "best_val_acc": 0.9,
+        "best_train_f1": 0.95,
+        "final_train_f1": 0.97,
+        "final_val_f1": 0.9,
+        "val_f1_tail_std": 0.01,
+        "best_epoch": 5,
+        "epochs": 10,
+        "images_per_s": 100.0,
+        "wall_s": 10.0,
+    }
     results = [{**base, "run": "a", "seed": s, "best_val_f1": v} for s, v in enumerate([0.90, 0.92, 0.88])]
     results += [{**base, "run": "b", "seed": s, "best_val_f1": v} for s, v in enumerate([0.89, 0.91, 0.87])]
     results += [{**base, "run": "c", "seed": s, "best_val_f1": 0.2} for s in range(3)]  # left out: < half
@@ -130,13 +140,32 @@ def test_cv_report_in_russian(tmp_path):
 
     data = tmp_path / "data"
     make_shapes(data / "images", splits=(("", 6),))
-    rows = [(str(p.relative_to(data)), p.parent.name, str(i % 3 + 1))
-            for i, p in enumerate(sorted((data / "images").rglob("*.png")))]
+    rows = [
+        (str(p.relative_to(data)), p.parent.name, str(i % 3 + 1))
+        for i, p in enumerate(sorted((data / "images").rglob("*.png")))
+    ]
     with open(data / "folds.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "class", "fold"), *rows])
     out = tmp_path / "cv"
-    run_cli("cv", "--data", data, "--folds", data / "folds.csv", "--out", out, "--epochs", 1, "--set", "model=mlp",
-            "--set", "image_size=16", "--set", "batch_size=8", "--lang", "ru")
+    run_cli(
+        "cv",
+        "--data",
+        data,
+        "--folds",
+        data / "folds.csv",
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--set",
+        "model=mlp",
+        "--set",
+        "image_size=16",
+        "--set",
+        "batch_size=8",
+        "--lang",
+        "ru",
+    )
     md = (out / "report.md").read_text(encoding="utf-8")
     assert md.startswith("# Кросс-валидация по фолдам набора данных\n")
     assert "| фолд | изображений | accuracy | macro-F1 | recall circle |" in md

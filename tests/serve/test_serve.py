@@ -21,8 +21,16 @@ from cnnlab.serve import page  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 # A closed network: without the background-networking flags Chromium's own connections are refused and it stalls.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +54,14 @@ def one_image(eclipse: Path) -> Path:
 
 def png_declaring(path: Path, width: int, height: int) -> Path:
     """A small PNG file whose header declares width x height pixels (no real pixel data)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -156,14 +166,18 @@ def test_the_page_classifies_an_uploaded_image_in_chromium(run, eclipse):
     url = page.start(app, "127.0.0.1", free_port())
     try:
         with sync_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-            browser = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
-                                                           args=CHROMIUM_ARGS)
+            browser = p.chromium.launch_persistent_context(
+                profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
             try:
                 tab = browser.new_page()
                 tab.goto(url, timeout=30_000)
                 tab.locator("#upload input[type=file]").set_input_files(str(image))
-                tab.wait_for_function("() => { const i = document.querySelector('#heatmap img');"
-                                       " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+                tab.wait_for_function(
+                    "() => { const i = document.querySelector('#heatmap img');"
+                    " return i && i.complete && i.naturalWidth > 0; }",
+                    timeout=30_000,
+                )
                 assert expected in tab.locator("#probs").inner_text()
                 assert expected in tab.locator("#message").inner_text()
             finally:

@@ -13,8 +13,10 @@ import cnnlab
 def _folds(root, n_folds=3):
     """A class tree one folder down (images/<class>/) and a folds file assigning files to folds in turn."""
     make_shapes(root / "images", splits=(("", 9),))
-    rows = [(str(p.relative_to(root)), p.parent.name, str(i % n_folds + 1))
-            for i, p in enumerate(sorted((root / "images").rglob("*.png")))]
+    rows = [
+        (str(p.relative_to(root)), p.parent.name, str(i % n_folds + 1))
+        for i, p in enumerate(sorted((root / "images").rglob("*.png")))
+    ]
     with open(root / "folds.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "class", "fold"), *rows])
     return {r[0]: r[2] for r in rows}
@@ -24,13 +26,36 @@ def test_cv_scores_each_fold_once_on_a_run_that_never_saw_it(tmp_path):
     data = tmp_path / "data"
     fold_of = _folds(data)
     before, out = tree_hash(data), tmp_path / "cv"
-    args = ["cv", "--data", data, "--folds", data / "folds.csv", "--out", out, "--epochs", 1,
-            "--set", "model=mlp", "--set", "image_size=16", "--set", "batch_size=8"]
+    args = [
+        "cv",
+        "--data",
+        data,
+        "--folds",
+        data / "folds.csv",
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--set",
+        "model=mlp",
+        "--set",
+        "image_size=16",
+        "--set",
+        "batch_size=8",
+    ]
     run_cli(*args)
     result = json.loads((out / "cv.json").read_text())
     assert [f["fold"] for f in result["folds"]] == ["1", "2", "3"]
-    assert {"mean_accuracy", "std_accuracy", "mean_macro_f1", "std_macro_f1", "confusion", "command", "machine",
-            "date"} <= set(result)
+    assert {
+        "mean_accuracy",
+        "std_accuracy",
+        "mean_macro_f1",
+        "std_macro_f1",
+        "confusion",
+        "command",
+        "machine",
+        "date",
+    } <= set(result)
     assert sum(map(sum, result["confusion"])) == len(fold_of)
     for k, val in (("1", "2"), ("2", "3"), ("3", "1")):
         with open(out / f"fold-{k}" / "split.csv", newline="") as f:
@@ -62,8 +87,19 @@ def test_cv_errors_are_one_line(tmp_path):
 def test_folds_that_would_leak_are_refused(tmp_path):
     data = tmp_path / "data"
     _folds(data)
-    base = ["cv", "--data", data, "--out", tmp_path / "cv", "--set", "image_size=16", "--set", "model=mlp",
-            "--epochs", 1]
+    base = [
+        "cv",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "cv",
+        "--set",
+        "image_size=16",
+        "--set",
+        "model=mlp",
+        "--epochs",
+        1,
+    ]
     text = (data / "folds.csv").read_text().splitlines()
     (data / "twice.csv").write_text("\n".join(text + [text[1].rsplit(",", 1)[0] + ",2"]) + "\n")
     assert "is listed in folds" in one_line_error(*base, "--folds", data / "twice.csv")

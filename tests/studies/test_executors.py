@@ -21,8 +21,7 @@ from cnnlab.studies.executors import AUTO_JOBS_MAX, Job, LocalExecutor, RayExecu
 from cnnlab.training import run_folder
 
 # threads=1 in every run of both executors (the same threads, the same histories); cpu even where a GPU is.
-SMALL = ["--epochs", 2, "--set", "image_size=32", "--set", "batch_size=16", "--set", "threads=1",
-         "--set", "device=cpu"]
+SMALL = ["--epochs", 2, "--set", "image_size=32", "--set", "batch_size=16", "--set", "threads=1", "--set", "device=cpu"]
 TIMING = {"wall_s", "images_per_s", "out", "epoch_s", "data_wait_s"}
 
 
@@ -37,10 +36,12 @@ def test_without_ray_the_ray_executor_is_one_clear_line(eclipse, tmp_path, monke
     out = tmp_path / "S"
     line = one_line_error("study", "regularization", "--data", eclipse, "--out", out, "--executor", "ray")
     assert "pip install cnnlab[ray]" in line and not out.exists()
-    assert "--gpus-per-run" in one_line_error("study", "regularization", "--data", eclipse, "--out", out,
-                                              "--executor", "ray", "--gpus-per-run", 2)
-    assert "needs --executor ray" in one_line_error("study", "regularization", "--data", eclipse, "--out", out,
-                                                    "--address", "10.0.0.1:6379")
+    assert "--gpus-per-run" in one_line_error(
+        "study", "regularization", "--data", eclipse, "--out", out, "--executor", "ray", "--gpus-per-run", 2
+    )
+    assert "needs --executor ray" in one_line_error(
+        "study", "regularization", "--data", eclipse, "--out", out, "--address", "10.0.0.1:6379"
+    )
 
 
 def test_gpu_shares_follow_the_device_and_the_cluster():
@@ -72,8 +73,13 @@ def local_ray(tmp_path_factory):
         temp = Path(tempfile.mkdtemp(prefix="cnnlab-ray-", dir="/tmp"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("ray-cache")))  # the workers' decode cache
-        ray.init(num_cpus=max(2, os.cpu_count() or 1), num_gpus=0, include_dashboard=False, _temp_dir=str(temp),
-                 logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=max(2, os.cpu_count() or 1),
+            num_gpus=0,
+            include_dashboard=False,
+            _temp_dir=str(temp),
+            logging_level=logging.WARNING,
+        )
         # Ray pickles a function of an importable module by reference; its workers cannot import this one.
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
         try:
@@ -155,13 +161,19 @@ def _dies(job: Job, progress: bool = False) -> dict:
 def test_a_dead_worker_is_one_clear_error(tmp_path):
     executor = LocalExecutor(2, log=lambda *a: None, task=_dies)
     jobs = [Job(name, 0, Config(), str(tmp_path / name)) for name in ("fine", "killed", "fine", "exits")]
-    with pytest.raises(UserError, match=r"worker process died while training killed seed 0 \(killed by SIGKILL\): "
-                                        "rerun the same command"):
+    with pytest.raises(
+        UserError,
+        match=r"worker process died while training killed seed 0 \(killed by SIGKILL\): "
+        "rerun the same command",
+    ):
         executor.map(jobs[:2])
     executor.close()
     executor = LocalExecutor(2, log=lambda *a: None, task=_dies)
-    with pytest.raises(UserError, match=r"died while training exits seed 0 \(exit code 3; its last line: "
-                                        r"RuntimeError: CUDA error: out of memory\)"):
+    with pytest.raises(
+        UserError,
+        match=r"died while training exits seed 0 \(exit code 3; its last line: "
+        r"RuntimeError: CUDA error: out of memory\)",
+    ):
         executor.map(jobs[2:])
     executor.close()
 
@@ -202,8 +214,9 @@ def _dies_after_epoch_one(job: Job) -> dict:
 
 
 def test_a_run_whose_worker_dies_is_retried_and_resumes(eclipse, local_ray, tmp_path):
-    cfg = Config().update({"path": str(eclipse), "image_size": 32, "batch_size": 16, "epochs": 2, "threads": 1,
-                           "device": "cpu"})
+    cfg = Config().update(
+        {"path": str(eclipse), "image_size": 32, "batch_size": 16, "epochs": 2, "threads": 1, "device": "cpu"}
+    )
     once = run_job(Job("once", 0, cfg, str(tmp_path / "once")))
     r = RayExecutor(log=lambda *a: None, task=_dies_after_epoch_one).map([Job("dies", 0, cfg, str(tmp_path / "dies"))])
     first = _rows(tmp_path / "dies.died")
@@ -212,5 +225,6 @@ def test_a_run_whose_worker_dies_is_retried_and_resumes(eclipse, local_ray, tmp_
     assert history == _rows(tmp_path / "once" / "history.csv")  # ...and the retry gives the uninterrupted history,
     with open(tmp_path / "dies.died", newline="") as a, open(tmp_path / "dies" / "history.csv", newline="") as b:
         assert next(csv.DictReader(a)) == next(csv.DictReader(b))  # resumed: epoch 1 (with its timings) kept as it was
-    assert {k: v for k, v in r[0].items() if k not in TIMING | {"run"}} == \
-        {k: v for k, v in once.items() if k not in TIMING | {"run"}}
+    assert {k: v for k, v in r[0].items() if k not in TIMING | {"run"}} == {
+        k: v for k, v in once.items() if k not in TIMING | {"run"}
+    }

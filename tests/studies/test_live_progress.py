@@ -19,8 +19,23 @@ SRC = str(Path(cnnlab.__file__).resolve().parents[1])
 
 def test_a_logged_study_says_every_epoch_of_every_run_before_it_ends(eclipse, tmp_path):
     log = tmp_path / "log"
-    cmd = [sys.executable, "-m", "cnnlab", "study", "regularization", "--data", str(eclipse), "--out",
-           str(tmp_path / "S"), "--epochs", "3", "--set", "image_size=32", "--jobs", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnlab",
+        "study",
+        "regularization",
+        "--data",
+        str(eclipse),
+        "--out",
+        str(tmp_path / "S"),
+        "--epochs",
+        "3",
+        "--set",
+        "image_size=32",
+        "--jobs",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])}
     with open(log, "w") as f:  # `> log 2>&1`: not a terminal
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=600)
@@ -60,5 +75,7 @@ def test_lines_name_the_run_its_epoch_and_best_score():
     view = StudyProgress([a], log=said.append, live=False)
     view.epoch(a, {"epoch": 1, "epochs": 2, "val_f1": 0.75})
     view.epoch(a, {"epoch": 2, "epochs": 2, "val_f1": 0.5})
-    assert said == ["  a seed 0: epoch 1/2, val macro-F1 0.7500 (best 0.7500)",
-                    "  a seed 0: epoch 2/2, val macro-F1 0.5000 (best 0.7500)"]
+    assert said == [
+        "  a seed 0: epoch 1/2, val macro-F1 0.7500 (best 0.7500)",
+        "  a seed 0: epoch 2/2, val macro-F1 0.5000 (best 0.7500)",
+    ]

@@ -24,8 +24,17 @@ def test_regularization_study_writes_summary_plots_and_reports(eclipse, tmp_path
     run_cli("study", "regularization", "--data", eclipse, "--out", out, *SMALL)
     rows = _rows(out / "summary.csv")
     assert [r["run"] for r in rows] == ["simple", "simple-bn", "simple-dropout", "simple-bn-dropout"]
-    for col in ("run", "seed", "best_val_f1", "best_epoch", "final_train_loss", "final_val_loss", "epochs",
-                "wall_s", "images_per_s"):
+    for col in (
+        "run",
+        "seed",
+        "best_val_f1",
+        "best_epoch",
+        "final_train_loss",
+        "final_val_loss",
+        "epochs",
+        "wall_s",
+        "images_per_s",
+    ):
         assert rows[0][col] != ""
     assert (out / "overlay.png").stat().st_size > 5000
     md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
@@ -37,15 +46,29 @@ def test_regularization_study_writes_summary_plots_and_reports(eclipse, tmp_path
     run_cli("study", "regularization", "--data", eclipse, "--out", out, *SMALL)
     assert (out / "runs" / "simple" / "last.pt").stat().st_mtime_ns == stamp
     # ...and a changed setting is refused rather than silently mixed in.
-    line = one_line_error("study", "regularization", "--data", eclipse, "--out", out, "--epochs", 3,
-                          "--set", "image_size=32", "--set", "batch_size=16")
+    line = one_line_error(
+        "study",
+        "regularization",
+        "--data",
+        eclipse,
+        "--out",
+        out,
+        "--epochs",
+        3,
+        "--set",
+        "image_size=32",
+        "--set",
+        "batch_size=16",
+    )
     assert "another config (epochs differ)" in line
 
 
 def test_toml_study_with_seeds_and_parallel_jobs(eclipse, tmp_path):
     spec = tmp_path / "mine.toml"
-    spec.write_text('name = "mine"\nquestion = "tanh or relu?"\n[base]\nmodel = "simple-bn"\n'
-                    '[runs.relu]\nactivation = "relu"\n[runs.tanh]\nactivation = "tanh"\n')
+    spec.write_text(
+        'name = "mine"\nquestion = "tanh or relu?"\n[base]\nmodel = "simple-bn"\n'
+        '[runs.relu]\nactivation = "relu"\n[runs.tanh]\nactivation = "tanh"\n'
+    )
     out = tmp_path / "S"
     run_cli("study", spec, "--data", eclipse, "--out", out, "--seeds", 2, "--jobs", 2, *SMALL)
     rows = _rows(out / "summary.csv")
@@ -58,13 +81,25 @@ def test_toml_study_with_seeds_and_parallel_jobs(eclipse, tmp_path):
 
 def test_param_sweep_and_errors(eclipse, tmp_path):
     out = tmp_path / "S"
-    run_cli("study", "lr", "--data", eclipse, "--out", out, "--param", "batch_size=8,16", "--epochs", 1,
-            "--set", "image_size=32")
+    run_cli(
+        "study",
+        "lr",
+        "--data",
+        eclipse,
+        "--out",
+        out,
+        "--param",
+        "batch_size=8,16",
+        "--epochs",
+        1,
+        "--set",
+        "image_size=32",
+    )
     assert [r["run"] for r in _rows(out / "summary.csv")] == ["batch_size=8", "batch_size=16"]
-    assert "did you mean 'regularization'" in one_line_error("study", "regularisation", "--data", eclipse,
-                                                             "--out", out)
-    assert "unknown config key" in one_line_error("study", "lr", "--data", eclipse, "--out", out,
-                                                  "--param", "btach_size=1,2")
+    assert "did you mean 'regularization'" in one_line_error("study", "regularisation", "--data", eclipse, "--out", out)
+    assert "unknown config key" in one_line_error(
+        "study", "lr", "--data", eclipse, "--out", out, "--param", "btach_size=1,2"
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("[runs.a]\nlearning_rate = 3\n")
     assert "unknown config key 'learning_rate'" in one_line_error("study", bad, "--data", eclipse, "--out", out)
@@ -82,8 +117,17 @@ def test_every_run_of_a_study_is_checked_before_any_trains(eclipse, tmp_path):
 
 
 def test_conclusions_say_when_a_difference_is_noise():
-    base = {"best_val_acc": 0.9, "best_train_f1": 0.95, "final_train_f1": 0.97, "final_val_f1": 0.9,
-            "val_f1_tail_std": 0.01, "best_epoch": 5, "epochs": 10, "images_per_s": 100.0, "wall_s": 10.0}
+    base = {
+        "best_val_acc": 0.9,
+        "best_train_f1": 0.95,
+        "final_train_f1": 0.97,
+        "final_val_f1": 0.9,
+        "val_f1_tail_std": 0.01,
+        "best_epoch": 5,
+        "epochs": 10,
+        "images_per_s": 100.0,
+        "wall_s": 10.0,
+    }
     results = [{**base, "run": "a", "seed": s, "best_val_f1": v} for s, v in enumerate([0.90, 0.92, 0.88])]
     results += [{**base, "run": "b", "seed": s, "best_val_f1": v} for s, v in enumerate([0.89, 0.91, 0.87])]
     text = " ".join(conclusions(aggregate(results)))
@@ -95,8 +139,20 @@ def test_conclusions_say_when_a_difference_is_noise():
 @pytest.mark.slow
 def test_assignment_chains_winners_and_tests_once(eclipse, tmp_path):
     out = tmp_path / "A"
-    run_cli("study", "assignment", "--data", eclipse, "--out", out, "--epochs", 1, "--set", "image_size=32",
-            "--set", "batch_size=16")
+    run_cli(
+        "study",
+        "assignment",
+        "--data",
+        eclipse,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--set",
+        "image_size=32",
+        "--set",
+        "batch_size=16",
+    )
     for stage in ("regularization", "optimizers", "lr", "overfitting"):
         assert len(_rows(out / stage / "summary.csv")) == 4
     md = (out / "report.md").read_text()
@@ -104,8 +160,20 @@ def test_assignment_chains_winners_and_tests_once(eclipse, tmp_path):
     tested = list(out.rglob("evaluations.json"))
     assert len(tested) == 1 and len(json.loads(tested[0].read_text())) == 1
     # Rerunning the finished assignment redraws the report but does not score the test split again.
-    run_cli("study", "assignment", "--data", eclipse, "--out", out, "--epochs", 1, "--set", "image_size=32",
-            "--set", "batch_size=16")
+    run_cli(
+        "study",
+        "assignment",
+        "--data",
+        eclipse,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--set",
+        "image_size=32",
+        "--set",
+        "batch_size=16",
+    )
     assert len(json.loads(tested[0].read_text())) == 1
     # The optimizers stage ran on the regularization winner...
     reg = {r["run"]: float(r["best_val_f1"]) for r in _rows(out / "regularization" / "summary.csv")}

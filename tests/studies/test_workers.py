@@ -83,8 +83,27 @@ def _alive(pids: set[int], group: int) -> set[int]:
 
 
 def _study(eclipse, out: Path) -> list[str]:
-    return [sys.executable, "-m", "cnnlab", "study", "regularization", "--data", str(eclipse), "--out", str(out),
-            "--epochs", "20", "--set", "image_size=32", "--set", "batch_size=16", "--set", "patience=0", "--jobs", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "cnnlab",
+        "study",
+        "regularization",
+        "--data",
+        str(eclipse),
+        "--out",
+        str(out),
+        "--epochs",
+        "20",
+        "--set",
+        "image_size=32",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "patience=0",
+        "--jobs",
+        "2",
+    ]
 
 
 def _gone_within(family: set[int], group: int, since: float, seconds: float = 5) -> set[int]:
@@ -96,8 +115,14 @@ def _gone_within(family: set[int], group: int, since: float, seconds: float = 5)
 
 def _start_study(eclipse, out: Path) -> subprocess.Popen:
     """A `--jobs 2` study, long enough to be stopped while it trains, once its first epoch is written."""
-    p = subprocess.Popen(_study(eclipse, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)  # its own process group: whatever it starts is found by it
+    p = subprocess.Popen(
+        _study(eclipse, out),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own process group: whatever it starts is found by it
     deadline = time.monotonic() + 600
     while not list(out.glob("runs/*/history.csv")):
         assert p.poll() is None and time.monotonic() < deadline, p.communicate()
@@ -125,7 +150,7 @@ def test_sigterm_and_kill_leave_no_worker_behind_and_the_study_resumes(eclipse, 
     assert done.returncode == 0, done.stderr
     for run, rows in kept.items():
         after = list(csv.DictReader(open(tmp_path / "S" / "runs" / run / "history.csv")))
-        assert len(after) == 20 and after[:len(rows)] == rows
+        assert len(after) == 20 and after[: len(rows)] == rows
 
     # kill -9: nothing is left to stop the workers, which notice by themselves within seconds.
     p = _start_study(eclipse, tmp_path / "K")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnnlab.errors import UserError
 from cnnlab import teach
+from cnnlab.errors import UserError
 
 torch = pytest.importorskip("torch")
 
@@ -68,8 +68,7 @@ def _torch_optimizer(name, params, p):
         "sgd": lambda: torch.optim.SGD(params, lr=lr),
         "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=p["mu"]),
         "nesterov": lambda: torch.optim.SGD(params, lr=lr, momentum=p["mu"], nesterov=True),
-        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, eps=p["eps"], initial_accumulator_value=0,
-                                               lr_decay=0),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, eps=p["eps"], initial_accumulator_value=0, lr_decay=0),
         "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, alpha=p["mu"], eps=p["eps"]),
         "adam": lambda: torch.optim.Adam(params, lr=lr, betas=(p["beta"], p["mu"]), eps=p["eps"]),
     }
@@ -203,11 +202,11 @@ def _cli(*args):
 
 
 def test_cli_animate_writes_gifs_and_pngs(tmp_path):
-    res = _cli("animate", "-f", "f1", "-o", "sgd,adam", "--iters", "8", "--frames", "4", "--dpi", "30",
-               "--out", str(tmp_path))
+    res = _cli(
+        "animate", "-f", "f1", "-o", "sgd,adam", "--iters", "8", "--frames", "4", "--dpi", "30", "--out", str(tmp_path)
+    )
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "f1-adam.gif", "f1-paths.png", "f1-sgd.gif", "gaps.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f1-adam.gif", "f1-paths.png", "f1-sgd.gif", "gaps.png"]
     from PIL import Image
 
     with Image.open(tmp_path / "f1-adam.gif") as im:
@@ -219,7 +218,11 @@ def test_cli_compare_json():
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert [(r["function"], r["optimizer"]) for r in rows] == [
-        ("f1", "sgd"), ("f1", "adam"), ("f2", "sgd"), ("f2", "adam")]
+        ("f1", "sgd"),
+        ("f1", "adam"),
+        ("f2", "sgd"),
+        ("f2", "adam"),
+    ]
     assert "grid" in rows[1] and "grid" not in rows[0]
 
 
@@ -228,8 +231,15 @@ def test_cli_compare_table():
     assert res.exit_code == 0 and "iters to tol" in res.output and "rmsprop" in res.output
 
 
-@pytest.mark.parametrize("args", [("compare", "-o", "adamw"), ("animate", "-f", "f9"),
-                                  ("compare", "--lr", "fast"), ("compare", "--lr", "nesterov=0.1")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("compare", "-o", "adamw"),
+        ("animate", "-f", "f9"),
+        ("compare", "--lr", "fast"),
+        ("compare", "--lr", "nesterov=0.1"),
+    ],
+)
 def test_cli_user_error_is_one_line_exit_2(args):
     res = _cli(*args)
     assert res.exit_code == 2

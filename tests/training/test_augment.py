@@ -10,8 +10,21 @@ import torch
 from cnnlab.config import AugmentConfig, Config
 from cnnlab.training.augment import COPY_AUGMENT, Augmenter, mixup_draw
 
-ALL_ON = dict(hflip=True, vflip=True, rotate=15.0, translate=0.1, scale_min=0.8, scale_max=1.1, brightness=0.2,
-              contrast=0.2, gamma=0.3, blur=0.5, sharpness=0.5, jpeg=0.5, erase=0.5)
+ALL_ON = dict(
+    hflip=True,
+    vflip=True,
+    rotate=15.0,
+    translate=0.1,
+    scale_min=0.8,
+    scale_max=1.1,
+    brightness=0.2,
+    contrast=0.2,
+    gamma=0.3,
+    blur=0.5,
+    sharpness=0.5,
+    jpeg=0.5,
+    erase=0.5,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -52,7 +65,20 @@ def test_every_field_switches_the_augmenter_on():
     assert Augmenter(dataclasses.replace(off, noise=0.1)).active
     assert not Augmenter(dataclasses.replace(off, mixup=0.4)).active  # mixup is the loop's, not the augmenter's
     assert [Augmenter(dataclasses.replace(off, **{k: v})).geometric for k, v in ALL_ON.items()] == [
-        False, False, True, True, True, True, False, False, False, False, False, False, False]
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_same_seed_same_output_other_seed_differs():
@@ -160,7 +186,7 @@ def test_erase_blacks_out_one_rectangle():
         zero = o == 0
         rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
         assert len(rows) and len(cols)
-        box = zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = zero[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert bool(box.all()) and int(zero.sum()) == box.numel()  # one solid rectangle
         assert 2 <= int(zero.sum()) <= 0.2 * 400 + 2 * 20 + 1  # 2-20% of the area (+- edge pixels)
         assert bool((o[~zero] == 1).all())
@@ -171,7 +197,7 @@ def test_erase_blacks_out_one_rectangle():
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_jpeg_reencodes_picked_images(channels):
-    x = (torch.rand(6, channels, 16, 16, generator=gen(1)) * 0.5 + 0.25)
+    x = torch.rand(6, channels, 16, 16, generator=gen(1)) * 0.5 + 0.25
     x = (x * 255).round() / 255
     out = aug(jpeg=1.0).pixels(x.clone(), gen(2))
     assert out.shape == x.shape and out.dtype == x.dtype

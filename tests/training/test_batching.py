@@ -112,8 +112,11 @@ def test_steps_per_epoch_matches_the_batches_of_every_epoch(mode, steps):
         assert len(batches(images, order, 4)) == steps
 
 
-@pytest.mark.xfail(strict=True, reason="steps_per_epoch counts the batches of seed 0's epoch; with resize=keep and "
-                                       "over/undersampling, the size buckets (so the batch count) vary by epoch")
+@pytest.mark.xfail(
+    strict=True,
+    reason="steps_per_epoch counts the batches of seed 0's epoch; with resize=keep and "
+    "over/undersampling, the size buckets (so the batch count) vary by epoch",
+)
 def test_steps_per_epoch_is_exact_for_variable_sizes_with_resampling():
     shapes = [4 if i % 3 else 6 for i in range(30)]
     labels = [0] * 20 + [1] * 10
@@ -130,8 +133,10 @@ def test_gather_fixed_and_variable():
     images = fixed_set([0, 1, 0, 1, 0])
     idx = torch.tensor([3, 0, 4])
     assert gather(images, idx)[:, 0, 0, 0].tolist() == [3, 0, 4]
-    cl = image_set(torch.arange(5 * 3 * 4, dtype=torch.uint8).view(5, 3, 2, 2).contiguous(
-        memory_format=torch.channels_last), images.labels)
+    cl = image_set(
+        torch.arange(5 * 3 * 4, dtype=torch.uint8).view(5, 3, 2, 2).contiguous(memory_format=torch.channels_last),
+        images.labels,
+    )
     got = gather(cl, idx)
     assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, cl.images[[3, 0, 4]])
     var = image_set([torch.full((1, 3, 3), i, dtype=torch.uint8) for i in range(5)], [0] * 5)

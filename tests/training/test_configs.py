@@ -15,27 +15,30 @@ from cnnlab.training.checks import check_config
 from cnnlab.training.trainer import fit, resume
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("lr=nan", "lr must be positive and finite"),
-    ("lr=inf", "lr must be positive and finite"),
-    ("lr=0", "lr must be positive and finite"),
-    ("eval_batch_size=0", "eval_batch_size must be at least 1"),
-    ("threads=-1", "threads must be >= 0"),
-    ("dropout=1.5", "dropout must be in [0, 1)"),
-    ("image_size=12", "image_size 12 is too small for model simple-bn-dropout"),
-    ("image_size=5000", "image_size must be in [8, 4096]"),
-    ("model=resnett", "did you mean 'resnet'"),
-    ("activation=rleu", "did you mean 'relu'"),
-    ("optimizer=adm", "did you mean 'adam'"),
-    ("scheduler=cosin", "did you mean 'cosine'"),
-    ("precision=bf32", "unknown precision 'bf32'"),
-    ("monitor=val_f2", "unknown monitor 'val_f2'"),
-    ("device=tpu", "unknown device 'tpu'"),
-    ("resize=crop", "unknown resize policy 'crop'"),
-    ("val_fraction=1", "val_fraction must be in [0, 1)"),
-    ("scale_max=0.5", "scale_max must be in [1, 4]"),
-    ("nesterov=true", "nesterov needs optimizer sgd"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("lr=nan", "lr must be positive and finite"),
+        ("lr=inf", "lr must be positive and finite"),
+        ("lr=0", "lr must be positive and finite"),
+        ("eval_batch_size=0", "eval_batch_size must be at least 1"),
+        ("threads=-1", "threads must be >= 0"),
+        ("dropout=1.5", "dropout must be in [0, 1)"),
+        ("image_size=12", "image_size 12 is too small for model simple-bn-dropout"),
+        ("image_size=5000", "image_size must be in [8, 4096]"),
+        ("model=resnett", "did you mean 'resnet'"),
+        ("activation=rleu", "did you mean 'relu'"),
+        ("optimizer=adm", "did you mean 'adam'"),
+        ("scheduler=cosin", "did you mean 'cosine'"),
+        ("precision=bf32", "unknown precision 'bf32'"),
+        ("monitor=val_f2", "unknown monitor 'val_f2'"),
+        ("device=tpu", "unknown device 'tpu'"),
+        ("resize=crop", "unknown resize policy 'crop'"),
+        ("val_fraction=1", "val_fraction must be in [0, 1)"),
+        ("scale_max=0.5", "scale_max must be in [1, 4]"),
+        ("nesterov=true", "nesterov needs optimizer sgd"),
+    ],
+)
 def test_every_bad_value_is_one_line_before_anything_is_read_or_written(eclipse, tmp_path, setting, message):
     cache, out, before = tmp_path / "cache", tmp_path / "run", tree_hash(eclipse)
     cache.mkdir()
@@ -65,8 +68,18 @@ def test_the_assignment_recipe_differs_from_the_train_defaults_only_in_imbalance
 
 
 def test_resume_reads_the_run_split_and_never_splits_again(shapes, tmp_path, monkeypatch):
-    cfg = Config().update({"path": str(shapes), "model": "simple-bn", "image_size": 32, "batch_size": 8,
-                           "epochs": 3, "seed": 2, "precision": "fp32", "threads": 1})
+    cfg = Config().update(
+        {
+            "path": str(shapes),
+            "model": "simple-bn",
+            "image_size": 32,
+            "batch_size": 8,
+            "epochs": 3,
+            "seed": 2,
+            "precision": "fp32",
+            "threads": 1,
+        }
+    )
     fit(cfg.copy(), tmp_path / "whole", Reporter.quiet())
 
     real_write = run_folder.write_history
@@ -88,10 +101,14 @@ def test_resume_reads_the_run_split_and_never_splits_again(shapes, tmp_path, mon
             shutil.copy(f, d / f"new {f.name}")
     resume(tmp_path / "cut", Reporter.quiet())
     assert (tmp_path / "cut" / "split.csv").read_text() == split
-    strip = [{k: v for k, v in r.items() if k not in run_folder.TIMING_COLUMNS}
-             for r in run_folder.read_history(tmp_path / "whole" / "history.csv")]
-    assert [{k: v for k, v in r.items() if k not in run_folder.TIMING_COLUMNS}
-            for r in run_folder.read_history(tmp_path / "cut" / "history.csv")] == strip
+    strip = [
+        {k: v for k, v in r.items() if k not in run_folder.TIMING_COLUMNS}
+        for r in run_folder.read_history(tmp_path / "whole" / "history.csv")
+    ]
+    assert [
+        {k: v for k, v in r.items() if k not in run_folder.TIMING_COLUMNS}
+        for r in run_folder.read_history(tmp_path / "cut" / "history.csv")
+    ] == strip
 
 
 def test_resume_says_which_checkpoint_is_damaged(eclipse, tmp_path):

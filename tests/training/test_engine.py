@@ -24,8 +24,9 @@ def close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> None:
 
 def tiny_model(seed: int = 0, n_classes: int = 3) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, n_classes)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, n_classes)
+    ).eval()
 
 
 def engine(seed: int = 0, **overrides):

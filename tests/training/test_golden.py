@@ -83,13 +83,14 @@ def test_history_matches_the_code_before_the_redesign(data, tmp_path, name):
         golden = read_history(ref_set / f"{name}.csv")
         where = f"{name}, against {ref_set.name}"
         # Same columns in the same order; later versions only add columns after them (per-class recall).
-        assert [list(r)[:len(golden[0])] for r in ours] == [list(r) for r in golden], where
+        assert [list(r)[: len(golden[0])] for r in ours] == [list(r) for r in golden], where
         _close(ours[0]["train_loss"], golden[0]["train_loss"], EPOCH_TOLERANCE, f"{where}: epoch 1 train_loss")
         _close(ours[0]["val_loss"], golden[0]["val_loss"], EPOCH_TOLERANCE, f"{where}: epoch 1 val_loss")
         # The schedule; a plateau's depends on the validation loss, so only its first epoch is independent of it.
         scheduled = 1 if CONFIGS[name].get("scheduler") == "plateau" else len(golden)
-        assert [r["lr"] for r in ours[:scheduled]] == pytest.approx([r["lr"] for r in golden[:scheduled]],
-                                                                     rel=1e-9), f"{where}: learning rates"
+        assert [r["lr"] for r in ours[:scheduled]] == pytest.approx([r["lr"] for r in golden[:scheduled]], rel=1e-9), (
+            f"{where}: learning rates"
+        )
         if (ref_set / f"{name}-steps.json").is_file():
             steps = json.loads((ref_set / f"{name}-steps.json").read_text())
             assert len(losses) == len(steps), f"{where}: optimizer steps"

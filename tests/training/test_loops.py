@@ -49,8 +49,14 @@ def config(**kw) -> Config:
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 2))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
 
 
 def dark_and_bright(n_per_class: int = 16, size: int = 8, seed: int = 0, bright: int | None = None) -> ImageSet:
@@ -136,7 +142,7 @@ class Encoded(nn.Module):
 
     def forward(self, x):
         k = x[:, 0, 0, 0] * 255 / 50  # EvalInput with mean 0, std 1 gives x / 255
-        return -(k[:, None] - self.classes) ** 2 + 0.01 * x.mean(dim=(1, 2, 3))[:, None] + self.dummy
+        return -((k[:, None] - self.classes) ** 2) + 0.01 * x.mean(dim=(1, 2, 3))[:, None] + self.dummy
 
 
 def encoded_engine(n_classes: int, **overrides):
@@ -209,7 +215,7 @@ def test_predict_logits_keeps_input_order_across_batches():
     for bs in (2, 3, 7):
         close(predict_logits(eng, images, bs), whole, atol=1e-6)
     for i in range(len(TRUE)):
-        single = predict_logits(eng, image_set(images.images[i:i + 1], TRUE[i:i + 1]), 1)
+        single = predict_logits(eng, image_set(images.images[i : i + 1], TRUE[i : i + 1]), 1)
         close(single[0], whole[i], atol=1e-6)
     assert whole.shape == (10, 5)
 
@@ -222,7 +228,7 @@ def test_predict_logits_of_images_of_different_sizes():
     out = predict_logits(eng, images, 2)
     assert out.shape == (10, 5) and out.argmax(1).tolist() == PRED
     for i, im in enumerate(images.images):
-        ref = predict_logits(eng, image_set(im[None], TRUE[i:i + 1]), 1)
+        ref = predict_logits(eng, image_set(im[None], TRUE[i : i + 1]), 1)
         close(out[i], ref[0], atol=1e-6)
     v = validate_epoch(eng, images, Criterion(None, 0.0), 5, 3)
     assert v["val_acc"] == pytest.approx(0.7)

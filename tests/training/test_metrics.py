@@ -23,16 +23,23 @@ CASES = {  # (true, predicted, number of classes)
 def _sklearn(y, p, n):
     labels = list(range(n))
     prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=labels, zero_division=0)
-    return {"cm": confusion_matrix(y, p, labels=labels).tolist(), "precision": prec.tolist(),
-            "recall": rec.tolist(), "f1": f1.tolist(), "support": sup.tolist(),
-            "macro_all": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
-            "macro_present": float(f1_score(y, p, average="macro", zero_division=0))}
+    return {
+        "cm": confusion_matrix(y, p, labels=labels).tolist(),
+        "precision": prec.tolist(),
+        "recall": rec.tolist(),
+        "f1": f1.tolist(),
+        "support": sup.tolist(),
+        "macro_all": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
+        "macro_present": float(f1_score(y, p, average="macro", zero_division=0)),
+    }
 
 
 def _cases():
     rng = np.random.default_rng(0)
-    random = {f"random {n} classes": (rng.integers(0, n, 200).tolist(), rng.integers(0, n - 1, 200).tolist(), n)
-              for n in (2, 5, 9, 17, 40)}  # the last class is never predicted
+    random = {
+        f"random {n} classes": (rng.integers(0, n, 200).tolist(), rng.integers(0, n - 1, 200).tolist(), n)
+        for n in (2, 5, 9, 17, 40)
+    }  # the last class is never predicted
     return {**CASES, **random}
 
 

@@ -68,9 +68,13 @@ def test_equalize_ignores_monotone_intensity_maps_and_works_per_image():
 def test_eval_input_normalises_with_the_dataset_mean_and_std():
     x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).expand(1, 3, 1, 3).contiguous()
     out = EvalInput(MEAN, STD, "dataset", CPU, channels_last=False)(x)
-    expected = torch.tensor([[-2.0, -1.2, 2.0],  # (v/255 - 0.5) / 0.25
-                             [-2.0, -1.0, 3.0],  # (v/255 - 0.4) / 0.2
-                             [-3.0, -1.0, 7.0]])  # (v/255 - 0.3) / 0.1
+    expected = torch.tensor(
+        [
+            [-2.0, -1.2, 2.0],  # (v/255 - 0.5) / 0.25
+            [-2.0, -1.0, 3.0],  # (v/255 - 0.4) / 0.2
+            [-3.0, -1.0, 7.0],
+        ]
+    )  # (v/255 - 0.3) / 0.1
     assert out.dtype == torch.float32 and out.shape == (1, 3, 1, 3)
     close(out[0, :, 0, :], expected)
 

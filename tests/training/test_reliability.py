@@ -35,12 +35,14 @@ def test_no_command_writes_into_a_dataset_whatever_the_output_path(shapes, tmp_p
     before = tree_hash(shapes)
     inside = [shapes / "runs" / "r", shapes / "train" / "circle" / "out", shapes]
     for out in inside:
-        for args in (["train", "--data", shapes, *FAST, "--epochs", 1, "--out", out],
-                     ["study", "regularization", "--data", shapes, "--epochs", 1, "--out", out],
-                     ["data", "inspect", shapes, "--out", out],
-                     ["data", "audit", shapes, "--out", out],
-                     ["train", "--data", shapes, *FAST, "--cache-dir", out, "--out", tmp_path / "r"],
-                     ["cv", "--data", shapes, "--folds", tmp_path / "folds.csv", "--out", out]):
+        for args in (
+            ["train", "--data", shapes, *FAST, "--epochs", 1, "--out", out],
+            ["study", "regularization", "--data", shapes, "--epochs", 1, "--out", out],
+            ["data", "inspect", shapes, "--out", out],
+            ["data", "audit", shapes, "--out", out],
+            ["train", "--data", shapes, *FAST, "--cache-dir", out, "--out", tmp_path / "r"],
+            ["cv", "--data", shapes, "--folds", tmp_path / "folds.csv", "--out", out],
+        ):
             assert "inside the dataset" in one_line_error(*args)
     assert tree_hash(shapes) == before
     # ...and a symlink from elsewhere into the dataset is the dataset too.
@@ -81,8 +83,9 @@ def test_an_unreadable_sub_folder_is_skipped_with_a_row(shapes, monkeypatch):
 
     monkeypatch.setattr(os, "walk", walk_denied)
     ds = scan(shapes, warn=False)
-    assert ("cannot read folder: Permission denied" in dict(ds.skipped).get(str(shapes / "train" / "circle" /
-                                                                                 "locked"), ""))
+    assert "cannot read folder: Permission denied" in dict(ds.skipped).get(
+        str(shapes / "train" / "circle" / "locked"), ""
+    )
 
 
 # ------------------------------------------------------------------------------------- your runs
@@ -90,8 +93,25 @@ def test_an_unreadable_sub_folder_is_skipped_with_a_row(shapes, monkeypatch):
 
 def test_two_trainings_on_one_folder_never_mix(shapes, tmp_path):
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "cnnlab.cli", "train", "--data", str(shapes), "--model", "simple-bn",
-           "--image-size", "32", "--batch-size", "4", "--epochs", "8", "-q", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnlab.cli",
+        "train",
+        "--data",
+        str(shapes),
+        "--model",
+        "simple-bn",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "8",
+        "-q",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache")}
     first = subprocess.Popen([*cmd, "--set", "seed=1"], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -101,10 +121,12 @@ def test_two_trainings_on_one_folder_never_mix(shapes, tmp_path):
     first.wait(timeout=300)
     assert first.returncode == 0, first.stderr.read()
     assert second.returncode == 2
-    assert ("in use by another cnnlab process" in second.stderr or "already holds a run" in second.stderr)
+    assert "in use by another cnnlab process" in second.stderr or "already holds a run" in second.stderr
     assert "Traceback" not in second.stderr
-    seeds = {run_folder.read_config(out).train.seed, *(torch.load(out / name, weights_only=True)["config"]["train"]["seed"]
-                                                  for name in ("last.pt", "best.pt"))}
+    seeds = {
+        run_folder.read_config(out).train.seed,
+        *(torch.load(out / name, weights_only=True)["config"]["train"]["seed"] for name in ("last.pt", "best.pt")),
+    }
     assert seeds == {1}
 
 
@@ -113,7 +135,8 @@ def test_a_folder_that_is_not_a_run_is_refused_unless_forced(shapes, tmp_path):
     out.mkdir()
     (out / "history.csv").write_text("my own numbers\n")
     assert "not empty (history.csv) and holds no cnnlab run" in one_line_error(
-        "train", "--data", shapes, *FAST, "--epochs", 1, "--out", out)
+        "train", "--data", shapes, *FAST, "--epochs", 1, "--out", out
+    )
     assert (out / "history.csv").read_text() == "my own numbers\n"
     run_cli("train", "--data", shapes, *FAST, "--epochs", 1, "--out", out, "--force")
     assert run_folder.is_run(out)
@@ -123,8 +146,12 @@ def test_a_folder_that_is_not_a_run_is_refused_unless_forced(shapes, tmp_path):
 def test_an_output_path_that_is_a_file_is_one_line(shapes, tmp_path, where):
     (tmp_path / "f").write_text("x")
     out = tmp_path / "f" if where == "a file" else tmp_path / "f" / "r"
-    for args in (["train", "--data", shapes, *FAST, "--out", out], ["optim", "animate", "--out", out],
-                 ["study", "lr", "--data", shapes, "--out", out], ["data", "inspect", shapes, "--out", out]):
+    for args in (
+        ["train", "--data", shapes, *FAST, "--out", out],
+        ["optim", "animate", "--out", out],
+        ["study", "lr", "--data", shapes, "--out", out],
+        ["data", "inspect", shapes, "--out", out],
+    ):
         line = one_line_error(*args)
         assert "is a file" in line or "lies under the file" in line or "is a file" in line.lower(), line
 
@@ -205,8 +232,12 @@ def test_a_really_full_disk(shapes, tmp_path, monkeypatch):
     small = tmp_path / "small"
     small.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(small)],
-                                 capture_output=True).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(small)], capture_output=True
+            ).returncode
+            == 0
+        )
     except OSError:  # no mount command
         mounted = False
     if not mounted:
@@ -219,10 +250,38 @@ def test_a_really_full_disk(shapes, tmp_path, monkeypatch):
 
         monkeypatch.setattr(torch, "save", save_within_96k)
     try:
-        for args in (["train", "--data", shapes, "--model", "simple-bn", "--image-size", 32, "-q", "--epochs", 1,
-                      "--out", small / "r"],
-                     ["train", "--data", shapes, "--model", "mlp", "--image-size", 64, "-q", "--epochs", 1,
-                      "--cache-dir", small / "cache", "--out", tmp_path / "r"]):
+        for args in (
+            [
+                "train",
+                "--data",
+                shapes,
+                "--model",
+                "simple-bn",
+                "--image-size",
+                32,
+                "-q",
+                "--epochs",
+                1,
+                "--out",
+                small / "r",
+            ],
+            [
+                "train",
+                "--data",
+                shapes,
+                "--model",
+                "mlp",
+                "--image-size",
+                64,
+                "-q",
+                "--epochs",
+                1,
+                "--cache-dir",
+                small / "cache",
+                "--out",
+                tmp_path / "r",
+            ],
+        ):
             line = one_line_error(*args)
             assert "disk is full" in line, line
             assert not _leftovers(small)
@@ -256,8 +315,7 @@ def test_test_on_other_data_sets_judges_the_run_classes(shapes, tmp_path):
     run_cli("train", "--data", shapes, *FAST, "--epochs", 1, "--out", out)
     # A bare class tree with other names for two of the three classes (and no square at all).
     tree = make_shapes(tmp_path / "tree", splits=(("", 3),), classes=("round", "tri"))
-    res = json.loads(run_cli("test", out, "--data", tree, "--class-map", "round=circle,tri=triangle",
-                             "--json").output)
+    res = json.loads(run_cli("test", out, "--data", tree, "--class-map", "round=circle,tri=triangle", "--json").output)
     assert res["n_images"] == 6 and res["per_class"]["square"]["support"] == 0
     assert res["per_class"]["circle"]["support"] == 3
     # Unmapped, a folder name the run does not know is one line that says how to map it.
@@ -265,8 +323,11 @@ def test_test_on_other_data_sets_judges_the_run_classes(shapes, tmp_path):
     # A data set with its own training folder of other class names: only its test folder is read.
     other = make_shapes(tmp_path / "other", splits=(("Training", 2),), classes=("a", "b", "c", "d"))
     make_shapes(other, splits=(("Testing", 2),), classes=("Circle", "Square", "Triangle"))
-    res = json.loads(run_cli("test", out, "--data", other, "--class-map",
-                             "Circle=circle,Square=square,Triangle=triangle", "--json").output)
+    res = json.loads(
+        run_cli(
+            "test", out, "--data", other, "--class-map", "Circle=circle,Square=square,Triangle=triangle", "--json"
+        ).output
+    )
     assert res["n_images"] == 6 and sum(map(sum, res["confusion_matrix"])) == 6
     # A dataset with only a training folder has nothing to test on.
     only_train = make_shapes(tmp_path / "only", splits=(("train", 2),))
@@ -276,6 +337,17 @@ def test_test_on_other_data_sets_judges_the_run_classes(shapes, tmp_path):
 def test_a_summary_survives_a_history_one_epoch_behind_best_pt():
     from cnnlab.training.run_folder import summarize_history
 
-    history = [{"epoch": 1, "train_loss": 1.0, "train_f1": 0.5, "train_acc": 0.5, "val_loss": 1.0, "val_f1": 0.4,
-                "val_acc": 0.4, "epoch_s": 1.0, "images_per_s": 10.0}]
+    history = [
+        {
+            "epoch": 1,
+            "train_loss": 1.0,
+            "train_f1": 0.5,
+            "train_acc": 0.5,
+            "val_loss": 1.0,
+            "val_f1": 0.4,
+            "val_acc": 0.4,
+            "epoch_s": 1.0,
+            "images_per_s": 10.0,
+        }
+    ]
     assert summarize_history(history, best_epoch=2)["best_epoch"] == 1

@@ -75,8 +75,12 @@ def test_every_model_builds_and_trains_a_step(name):
 
 def test_simple_network_matches_the_assignment_layer_for_layer():
     cfg = Config().model
-    for name, n_bn, n_do in [("simple", 0, 0), ("simple-bn", 2, 0), ("simple-dropout", 0, 3),
-                             ("simple-bn-dropout", 2, 3)]:
+    for name, n_bn, n_do in [
+        ("simple", 0, 0),
+        ("simple-bn", 2, 0),
+        ("simple-dropout", 0, 3),
+        ("simple-bn-dropout", 2, 3),
+    ]:
         cfg.model = name
         m = build(cfg, 3, 4, 128)
         kinds = [type(layer).__name__ for layer in m]
@@ -133,8 +137,20 @@ def test_weight_ema_follows_every_step(eclipse, tmp_path):
 
 def test_run_folder_explains_itself(eclipse, tmp_path):
     out = tmp_path / "r"
-    run_cli("train", "--data", eclipse, "--model", "simple-bn-dropout", "--epochs", 2, "--set", "seed=3",
-            "--out", out, *FAST)
+    run_cli(
+        "train",
+        "--data",
+        eclipse,
+        "--model",
+        "simple-bn-dropout",
+        "--epochs",
+        2,
+        "--set",
+        "seed=3",
+        "--out",
+        out,
+        *FAST,
+    )
     for name in ("config.toml", "split.csv", "skipped.csv", "history.csv", "curves.png", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
@@ -146,18 +162,47 @@ def test_run_folder_explains_itself(eclipse, tmp_path):
     assert "already holds a run" in one_line_error("train", "--data", eclipse, "--out", out)
 
 
-@pytest.mark.parametrize("over", [
-    {"imbalance": "weights", "label_smoothing": 0.1, "scheduler": "plateau"},
-    {"imbalance": "oversample", "optimizer": "sgd", "nesterov": True, "scheduler": "onecycle"},
-    {"imbalance": "undersample", "optimizer": "rmsprop", "scheduler": "cosine", "warmup_epochs": 1},
-    {"optimizer": "adagrad", "scheduler": "step", "step_size": 1, "hflip": True, "rotate": 10, "contrast": 0.2,
-     "gamma": 0.2, "blur": 0.5, "noise": 0.1, "scale_min": 0.8, "ema": 0.9, "tta": True},
-    {"optimizer": "adamw", "model": "adaptive", "resize": "keep", "image_size": 48, "width": 8, "channels": 1,
-     "normalize": "image"},
-    {"model": "resnet", "width": 8, "depth": 1, "resize": "pad", "crop": "foreground", "normalize": "equalize",
-     "gamma": 0.3},
-    {"model": "mlp", "hidden": 32, "precision": "bf16"},
-])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"imbalance": "weights", "label_smoothing": 0.1, "scheduler": "plateau"},
+        {"imbalance": "oversample", "optimizer": "sgd", "nesterov": True, "scheduler": "onecycle"},
+        {"imbalance": "undersample", "optimizer": "rmsprop", "scheduler": "cosine", "warmup_epochs": 1},
+        {
+            "optimizer": "adagrad",
+            "scheduler": "step",
+            "step_size": 1,
+            "hflip": True,
+            "rotate": 10,
+            "contrast": 0.2,
+            "gamma": 0.2,
+            "blur": 0.5,
+            "noise": 0.1,
+            "scale_min": 0.8,
+            "ema": 0.9,
+            "tta": True,
+        },
+        {
+            "optimizer": "adamw",
+            "model": "adaptive",
+            "resize": "keep",
+            "image_size": 48,
+            "width": 8,
+            "channels": 1,
+            "normalize": "image",
+        },
+        {
+            "model": "resnet",
+            "width": 8,
+            "depth": 1,
+            "resize": "pad",
+            "crop": "foreground",
+            "normalize": "equalize",
+            "gamma": 0.3,
+        },
+        {"model": "mlp", "hidden": 32, "precision": "bf16"},
+    ],
+)
 def test_training_options_run(eclipse, tmp_path, over):
     summary = fit(_cfg(eclipse, epochs=2, **over), tmp_path / "r", Reporter.quiet())
     assert summary["epochs"] == 2 and 0 <= summary["best_val_f1"] <= 1
@@ -170,8 +215,9 @@ def test_save_every_keeps_loadable_epoch_checkpoints(eclipse, tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").glob("epoch-*.pt")) == ["epoch-002.pt", "epoch-004.pt"]
     _, ckpt, _ = load_run(tmp_path / "r", "epoch-004")
     assert ckpt["epoch"] == 4
-    assert "save_every must be >= 0" in one_line_error("train", "--data", eclipse, "--set", "save_every=-1",
-                                                       "--out", tmp_path / "x")
+    assert "save_every must be >= 0" in one_line_error(
+        "train", "--data", eclipse, "--set", "save_every=-1", "--out", tmp_path / "x"
+    )
 
 
 def test_early_stopping_keeps_the_best_epoch(eclipse, tmp_path):
@@ -187,8 +233,22 @@ def test_fixed_size_model_refuses_variable_size_input(eclipse, tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_history(eclipse, tmp_path):
-    args = ["train", "--data", str(eclipse), "--model", "simple-bn-dropout", "--image-size", "32",
-            "--batch-size", "8", "--epochs", "6", "--set", "seed=3", "-q"]
+    args = [
+        "train",
+        "--data",
+        str(eclipse),
+        "--model",
+        "simple-bn-dropout",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "6",
+        "--set",
+        "seed=3",
+        "-q",
+    ]
     run_cli(*args, "--out", tmp_path / "full")
     cut = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *args, "--out", str(cut)])
@@ -201,8 +261,9 @@ def test_kill_9_then_resume_gives_the_uninterrupted_history(eclipse, tmp_path):
     proc.wait()
     assert 2 <= len(read_history(cut / "history.csv")) < 6
     run_cli("train", "--resume", cut, "-q")
-    assert _strip_timing(read_history(cut / "history.csv")) == _strip_timing(read_history(tmp_path / "full" /
-                                                                                          "history.csv"))
+    assert _strip_timing(read_history(cut / "history.csv")) == _strip_timing(
+        read_history(tmp_path / "full" / "history.csv")
+    )
 
 
 # ------------------------------------------------------------------------------- test and predict
@@ -214,7 +275,7 @@ def test_test_once_then_predict(eclipse, tmp_path):
     res = json.loads(run_cli("test", out, "--data", eclipse, "--json").output)
     assert {"macro_f1", "accuracy", "per_class", "confusion_matrix"} <= set(res)
     assert sum(map(sum, res["confusion_matrix"])) == res["n_images"] == 12
-    folder, = (out / "tests").iterdir()  # RUN/tests/NAME/, NAME from the data set and its images
+    (folder,) = (out / "tests").iterdir()  # RUN/tests/NAME/, NAME from the data set and its images
     assert (folder / "test.json").is_file() and (folder / "test_confusion.png").is_file()
     again = run_cli("test", out, "--data", eclipse)
     assert "already evaluated 1 time" in again.output
@@ -252,7 +313,8 @@ def test_equalize_ignores_monotone_intensity_changes_and_keeps_zeros():
     assert torch.equal(a == 0, idx == 0)  # zeros (padding) stay zero
     assert torch.allclose(a.flatten(1).amax(1), torch.ones(3))  # the brightest level maps to 1
     assert "unknown normalize policy 'rank'" in one_line_error(
-        "train", "--data", "x", "--set", "normalize=rank", "--out", "y")
+        "train", "--data", "x", "--set", "normalize=rank", "--out", "y"
+    )
 
 
 def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
@@ -262,9 +324,22 @@ def test_augmentation_is_seeded_bounded_and_jpeg_touches_only_its_picks():
     from cnnlab.training.augment import Augmenter
 
     x = torch.rand(16, 1, 32, 32)
-    full = Augmenter(AugmentConfig(hflip=True, rotate=20, translate=0.1, scale_min=0.8, scale_max=1.2,
-                                   brightness=0.2, contrast=0.3, gamma=0.3, blur=0.5, sharpness=1.0, jpeg=0.5,
-                                   erase=0.5))
+    full = Augmenter(
+        AugmentConfig(
+            hflip=True,
+            rotate=20,
+            translate=0.1,
+            scale_min=0.8,
+            scale_max=1.2,
+            brightness=0.2,
+            contrast=0.3,
+            gamma=0.3,
+            blur=0.5,
+            sharpness=1.0,
+            jpeg=0.5,
+            erase=0.5,
+        )
+    )
     a = full.pixels(x, torch.Generator().manual_seed(3))
     b = full.pixels(x, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, x)

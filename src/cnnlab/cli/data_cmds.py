@@ -67,19 +67,36 @@ def data_synth(out, train_per_class, test_per_class, size, seed):
 
 @data.command("audit")
 @click.argument("dataset")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the summary as JSON (the group listing goes to audit.json).")
-@click.option("--out", type=click.Path(), help="Folder for audit.json, leak_free_test.csv, the distance "
-              "histogram and galleries of the largest and of every cross-label group.")
-@click.option("--threshold", type=float, default=4.0, show_default=True,
-              help="Near copy: mean absolute difference, in gray levels (0-255), between 64x64 gray "
-                   "thumbnails. The default sits in the gap of the MRI data's distance histogram.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as JSON (the group listing goes to audit.json)."
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    help="Folder for audit.json, leak_free_test.csv, the distance "
+    "histogram and galleries of the largest and of every cross-label group.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="Near copy: mean absolute difference, in gray levels (0-255), between 64x64 gray "
+    "thumbnails. The default sits in the gap of the MRI data's distance histogram.",
+)
 @click.option("--cache-dir", type=click.Path(), help="Decode cache folder (default: the user cache).")
-@click.option("--class-map", help="Map class names to DATASET's train classes: its test folders "
-              "(test_name=train_name,...) and, with --against, the other data set's classes (other_name=name,...).")
-@click.option("--against", "other", metavar="OTHER",
-              help="Also find the copies of DATASET's images in the data set OTHER, and the label conflicts "
-                   "among them (against_copies.csv, gallery_against_conflicts.png).")
+@click.option(
+    "--class-map",
+    help="Map class names to DATASET's train classes: its test folders "
+    "(test_name=train_name,...) and, with --against, the other data set's classes (other_name=name,...).",
+)
+@click.option(
+    "--against",
+    "other",
+    metavar="OTHER",
+    help="Also find the copies of DATASET's images in the data set OTHER, and the label conflicts "
+    "among them (against_copies.csv, gallery_against_conflicts.png).",
+)
 def audit(dataset, as_json, out, threshold, cache_dir, class_map, other):
     """Find exact and near duplicates, label conflicts, and test images copied from train.
 
@@ -108,8 +125,9 @@ def audit(dataset, as_json, out, threshold, cache_dir, class_map, other):
     else:
         from cnnlab.datatools.audit_against import audit_against, format_against
 
-        report = audit_against(dataset, other, threshold=threshold / 255, cache_dir=cache_dir, out=out,
-                               class_map=class_map)
+        report = audit_against(
+            dataset, other, threshold=threshold / 255, cache_dir=cache_dir, out=out, class_map=class_map
+        )
         extra = format_against(report)
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "groups"}, indent=2))

@@ -29,8 +29,16 @@ def main(out, per_class, epochs):
         synth_eclipse(data, train_per_class=per_class, test_per_class=per_class // 3, size=96, seed=0)
         click.echo(format_report(cnnlab.inspect(data, out=out / "inspect")))
         click.echo("\nregularization study: the assignment's CNN plain, +BatchNorm, +Dropout, +both")
-        cnnlab.study("regularization", data, out=out / "study", image_size=64, batch_size=32, epochs=epochs,
-                      patience=5, log=click.echo)
+        cnnlab.study(
+            "regularization",
+            data,
+            out=out / "study",
+            image_size=64,
+            batch_size=32,
+            epochs=epochs,
+            patience=5,
+            log=click.echo,
+        )
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -34,8 +34,9 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except click.UsageError as e:  # a bad option value or a missing argument: one line, like any user error
-            click.echo(f"error: {e.format_message()}" + (f" (see: {e.ctx.command_path} --help)" if e.ctx else ""),
-                       err=True)
+            click.echo(
+                f"error: {e.format_message()}" + (f" (see: {e.ctx.command_path} --help)" if e.ctx else ""), err=True
+            )
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

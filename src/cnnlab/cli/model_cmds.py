@@ -18,10 +18,16 @@ from cnnlab.errors import UserError
 @click.option("--method", default="gradcam", show_default=True, help="gradcam or gradcam++.")
 @click.option("--class", "target", help="Explain this class (default: each image's predicted class).")
 @click.option("--data", help="With --boxes: the dataset root the box paths are relative to (default: the run's).")
-@click.option("--boxes", type=click.Path(), help="CSV path,cx,cy,w,h (0-1, YOLO): score how well heatmaps point "
-                                                 "at these boxes (pointing game, energy in box).")
-@click.option("--manifest", type=click.Path(), help="With --boxes: only the images listed (its test rows, if it "
-                                                    "has a split column).")
+@click.option(
+    "--boxes",
+    type=click.Path(),
+    help="CSV path,cx,cy,w,h (0-1, YOLO): score how well heatmaps point at these boxes (pointing game, energy in box).",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(),
+    help="With --boxes: only the images listed (its test rows, if it has a split column).",
+)
 @click.option("--json", "as_json", is_flag=True, help="With --boxes: print the scores as JSON.")
 def explain_cmd(run, images, out, method, target, data, boxes, manifest, as_json):
     """Heatmaps (Grad-CAM, Grad-CAM++) of what drove a run's predictions: an overlay PNG per image and a contact
@@ -42,15 +48,18 @@ def explain_cmd(run, images, out, method, target, data, boxes, manifest, as_json
         if as_json:
             click.echo(json.dumps(r, indent=2))
         else:
-            click.echo(f"{r['n_images']} images, {method}: pointing game {r['pointing_game']:.3f} (random "
-                       f"{r['random_pointing_game']:.3f}), energy in box {r['energy_in_box']:.3f} (random "
-                       f"{r['random_energy_in_box']:.3f})" + (f"; wrote {out}" if out else ""))
+            click.echo(
+                f"{r['n_images']} images, {method}: pointing game {r['pointing_game']:.3f} (random "
+                f"{r['random_pointing_game']:.3f}), energy in box {r['energy_in_box']:.3f} (random "
+                f"{r['random_energy_in_box']:.3f})" + (f"; wrote {out}" if out else "")
+            )
         return
     if data or manifest or as_json:
         raise UserError("--data, --manifest and --json go with --boxes")
     if not images:
-        raise UserError("no images given: cnnlab explain RUN IMAGES... --out DIR (or --boxes CSV for the "
-                        "localisation score)")
+        raise UserError(
+            "no images given: cnnlab explain RUN IMAGES... --out DIR (or --boxes CSV for the localisation score)"
+        )
     if not out:
         raise UserError("--out DIR is needed: the overlays are written there")
     for r in explain_images(Path(run), list(images), out, method, target):
@@ -81,8 +90,12 @@ def export_cmd(run, onnx_file):
 @click.command("serve")
 @click.argument("run", type=click.Path())
 @click.option("--port", type=int, default=7860, show_default=True, help="The page's port.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="The address to listen on (0.0.0.0 opens the page to the network).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on (0.0.0.0 opens the page to the network).",
+)
 def serve_cmd(run, port, host):
     """A local web page (Gradio) that classifies a dropped image with a run's best checkpoint: class
     probabilities, a heatmap over the image, and the run's summary and curves. Needs cnnlab[serve].

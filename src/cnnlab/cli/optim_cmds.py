@@ -46,20 +46,42 @@ def _lr_grids(values, optimizers):
 
 
 _function_opt = click.option(
-    "--function", "-f", "functions", multiple=True, default=("f1", "f2"), show_default=True,
-    help="Function name(s): f1, f2, rosenbrock, beale, himmelblau, or 'all'. Repeat or comma-separate.")
+    "--function",
+    "-f",
+    "functions",
+    multiple=True,
+    default=("f1", "f2"),
+    show_default=True,
+    help="Function name(s): f1, f2, rosenbrock, beale, himmelblau, or 'all'. Repeat or comma-separate.",
+)
 _optimizer_opt = click.option(
-    "--optimizer", "-o", "optimizers", multiple=True, default=_ASSIGNMENT_OPTIMIZERS, show_default=True,
-    help="Optimizer name(s): sgd, momentum, nesterov, adagrad, rmsprop, adam, or 'all'.")
-_iters_opt = click.option("--iters", "n_iter", type=click.IntRange(1, 100_000), default=100,
-                          show_default=True, help="Iterations per run.")
-_tol_opt = click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-3,
-                        show_default=True, help="Converged once |f - f*| < tol.")
+    "--optimizer",
+    "-o",
+    "optimizers",
+    multiple=True,
+    default=_ASSIGNMENT_OPTIMIZERS,
+    show_default=True,
+    help="Optimizer name(s): sgd, momentum, nesterov, adagrad, rmsprop, adam, or 'all'.",
+)
+_iters_opt = click.option(
+    "--iters", "n_iter", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Iterations per run."
+)
+_tol_opt = click.option(
+    "--tol",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Converged once |f - f*| < tol.",
+)
 _lr_opt = click.option(
-    "--lr", "lr", multiple=True, metavar="[NAME=]GRID",
+    "--lr",
+    "lr",
+    multiple=True,
+    metavar="[NAME=]GRID",
     help="Search the step size over GRID ('0.001,0.01,0.1' or 'LOW:HIGH:COUNT', log-spaced) and keep "
-         "the best per function; NAME= limits it to one optimizer. Repeatable. "
-         "Default: the assignment's settings.")
+    "the best per function; NAME= limits it to one optimizer. Repeatable. "
+    "Default: the assignment's settings.",
+)
 
 
 def _resolve(functions, optimizers, lr):
@@ -89,13 +111,23 @@ def optim():
 @optim.command()
 @_function_opt
 @_optimizer_opt
-@click.option("--out", type=click.Path(file_okay=False), default="optim-anim", show_default=True,
-              help="Folder for the GIFs and PNGs (created).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="optim-anim",
+    show_default=True,
+    help="Folder for the GIFs and PNGs (created).",
+)
 @_iters_opt
 @_lr_opt
 @_tol_opt
-@click.option("--frames", type=click.IntRange(2, 1000), default=40, show_default=True,
-              help="GIF frames per run (steps are skipped evenly; the last frame shows the whole run).")
+@click.option(
+    "--frames",
+    type=click.IntRange(2, 1000),
+    default=40,
+    show_default=True,
+    help="GIF frames per run (steps are skipped evenly; the last frame shows the whole run).",
+)
 @click.option("--dpi", type=click.IntRange(20, 300), default=70, show_default=True, help="GIF resolution.")
 def animate(functions, optimizers, out, n_iter, lr, tol, frames, dpi):
     """Animate each optimizer on each function over log-scaled contour lines.
@@ -115,11 +147,9 @@ def animate(functions, optimizers, out, n_iter, lr, tol, frames, dpi):
     fns, opts, grids = _resolve(functions, optimizers, lr)
     output_folder(out)
     start = time.perf_counter()
-    paths = teach.animate_all(out, fns, opts, n_iter=n_iter, lr_grid=grids, tol=tol,
-                                frames=frames, dpi=dpi)
+    paths = teach.animate_all(out, fns, opts, n_iter=n_iter, lr_grid=grids, tol=tol, frames=frames, dpi=dpi)
     gifs = sum(p.suffix == ".gif" for p in paths)
-    click.echo(f"wrote {gifs} GIFs and {len(paths) - gifs} PNGs to {out} "
-               f"in {time.perf_counter() - start:.1f} s")
+    click.echo(f"wrote {gifs} GIFs and {len(paths) - gifs} PNGs to {out} in {time.perf_counter() - start:.1f} s")
 
 
 @optim.command()
@@ -160,8 +190,17 @@ def format_table(rows) -> str:
         params = " ".join(f"{k}={v:.3g}" for k, v in r["params"].items() if k != "eps_inside")
         reached = "-" if r["iters_to_tol"] is None else str(r["iters_to_tol"])
         status = r["status"] if r["status"] == "ok" else f"{r['status']} (step {r['steps'] + 1})"
-        lines.append((r["function"], r["optimizer"], params, reached, f"{r['final_gap']:.3g}",
-                      "?" if r["final_distance"] is None else f"{r['final_distance']:.3g}", status))
+        lines.append(
+            (
+                r["function"],
+                r["optimizer"],
+                params,
+                reached,
+                f"{r['final_gap']:.3g}",
+                "?" if r["final_distance"] is None else f"{r['final_distance']:.3g}",
+                status,
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths))]
@@ -169,4 +208,3 @@ def format_table(rows) -> str:
     if rows:
         out.append(f"tol = {rows[0]['tol']:g}; '-' = not reached in {rows[0]['n_iter']} iterations")
     return "\n".join(out)
-

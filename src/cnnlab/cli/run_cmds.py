@@ -15,8 +15,12 @@ from cnnlab.errors import UserError
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(),
-              help="TOML config, or a shipped recipe by name (assignment, mri); flags and --set override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(),
+    help="TOML config, or a shipped recipe by name (assignment, mri); flags and --set override it.",
+)
 @click.option("--data", help="Dataset root (train/test or Training/Testing split folders, or a class tree).")
 @click.option("--model", help="simple, simple-bn, simple-dropout, simple-bn-dropout, mlp, adaptive, resnet.")
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
@@ -34,8 +38,26 @@ from cnnlab.errors import UserError
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last epoch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.option("--force", is_flag=True, help="Write into an existing non-empty --out that holds no run.")
-def train(config_file, data, model, epochs, image_size, batch_size, optimizer, lr, device, dedupe, strict,
-          class_map, cache_dir, sets, out, resume, quiet, force):
+def train(
+    config_file,
+    data,
+    model,
+    epochs,
+    image_size,
+    batch_size,
+    optimizer,
+    lr,
+    device,
+    dedupe,
+    strict,
+    class_map,
+    cache_dir,
+    sets,
+    out,
+    resume,
+    quiet,
+    force,
+):
     """Train one model from scratch; writes config.toml, split.csv, history.csv, curves.png, checkpoints.
 
     \b
@@ -46,17 +68,10 @@ def train(config_file, data, model, epochs, image_size, batch_size, optimizer, l
     """
     from cnnlab import api
 
-    flags = {"data.path": data, "model.model": model, "train.epochs": epochs, "data.image_size": image_size,
-             "train.batch_size": batch_size, "optim.optimizer": optimizer, "optim.lr": lr, "train.device": device,
-             "data.dedupe": dedupe, "data.strict": strict, "data.class_map": class_map,
-             "data.cache_dir": cache_dir}
+    params = click.get_current_context().params
+    flags = {field: params[name] for name, field in _FLAG_FIELDS.items()}  # the config field of each flag
     if resume:
-        ctx = click.get_current_context()
-        given = [max(p.opts, key=len) for p in ctx.command.params if p.name not in ("resume", "quiet")
-                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise UserError(f"--resume continues a run exactly as it was configured: {', '.join(given)} cannot "
-                            "change it (start a new run with --out to train differently)")
+        _refuse_changes_on_resume()
         out = Path(resume)
         run = lambda: api.load(out).resume(progress=not quiet, log=click.echo)  # noqa: E731
     else:
@@ -71,8 +86,42 @@ def train(config_file, data, model, epochs, image_size, batch_size, optimizer, l
     except KeyboardInterrupt:
         click.echo(_interrupted_advice(out), err=True)
         sys.exit(130)
-    click.echo(f"run {out}: best val macro-F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']} "
-               f"of {summary['epochs']}; curves in {out / 'curves.png'}")
+    click.echo(
+        f"run {out}: best val macro-F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']} "
+        f"of {summary['epochs']}; curves in {out / 'curves.png'}"
+    )
+
+
+_FLAG_FIELDS = {
+    "data": "data.path",
+    "model": "model.model",
+    "epochs": "train.epochs",
+    "image_size": "data.image_size",
+    "batch_size": "train.batch_size",
+    "optimizer": "optim.optimizer",
+    "lr": "optim.lr",
+    "device": "train.device",
+    "dedupe": "data.dedupe",
+    "strict": "data.strict",
+    "class_map": "data.class_map",
+    "cache_dir": "data.cache_dir",
+}
+
+
+def _refuse_changes_on_resume() -> None:
+    """--resume continues a run as it was configured: any other option given on the command line is an error."""
+    ctx = click.get_current_context()
+    given = [
+        max(p.opts, key=len)
+        for p in ctx.command.params
+        if p.name not in ("resume", "quiet")
+        and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise UserError(
+            f"--resume continues a run exactly as it was configured: {', '.join(given)} cannot "
+            "change it (start a new run with --out to train differently)"
+        )
 
 
 def _interrupted_advice(out: Path) -> str:
@@ -105,8 +154,10 @@ def test_cmd(run, data, manifest, class_map, as_json):
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
-    click.echo(f"{r['split']}: {r['n_images']} images  macro-F1 {r['macro_f1']:.4f}  accuracy {r['accuracy']:.4f}"
-               f"  (evaluation #{r['evaluation_number']} of this split)")
+    click.echo(
+        f"{r['split']}: {r['n_images']} images  macro-F1 {r['macro_f1']:.4f}  accuracy {r['accuracy']:.4f}"
+        f"  (evaluation #{r['evaluation_number']} of this split)"
+    )
     width = max(len(c) for c in r["per_class"])
     click.echo(f"  {'class':<{width}}  precision  recall     f1  support")
     for c, m in r["per_class"].items():

@@ -11,22 +11,41 @@ import click
 
 def executor_options(f):
     """--jobs, --executor, --address and --gpus-per-run: where the runs of a study or a cross-validation train."""
-    for option in reversed([
-        click.option("--jobs", default="auto", show_default=True,
-                     help="Runs at once, each in a worker process, the cores divided among them; auto: one a core, "
-                          "up to 4; 1: one after another in this process, with progress bars. With ray, jobs (auto "
-                          "too) only divides this machine's cores into each run's threads, as it does locally, so "
-                          "every run has the same config under either executor; Ray runs as many at once as the "
-                          "cluster's CPUs allow."),
-        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray])."),
-        click.option("--address", help="Ray cluster to join (as `ray start` printed it, or auto); default: "
-                                       "$RAY_ADDRESS, a Ray already started on this machine, or a new one on its "
-                                       "cores."),
-        click.option("--gpus-per-run", type=float, default=0.25, show_default=True,
-                     help="With ray, the share of a GPU each run reserves when its device is cuda or auto on a "
-                          "cluster with GPUs (0.25: four runs per GPU)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--jobs",
+                default="auto",
+                show_default=True,
+                help="Runs at once, each in a worker process, the cores divided among them; auto: one a core, "
+                "up to 4; 1: one after another in this process, with progress bars. With ray, jobs (auto "
+                "too) only divides this machine's cores into each run's threads, as it does locally, so "
+                "every run has the same config under either executor; Ray runs as many at once as the "
+                "cluster's CPUs allow.",
+            ),
+            click.option(
+                "--executor",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                show_default=True,
+                help="Where runs train: this machine, or one Ray task each (pip install cnnlab[ray]).",
+            ),
+            click.option(
+                "--address",
+                help="Ray cluster to join (as `ray start` printed it, or auto); default: "
+                "$RAY_ADDRESS, a Ray already started on this machine, or a new one on its "
+                "cores.",
+            ),
+            click.option(
+                "--gpus-per-run",
+                type=float,
+                default=0.25,
+                show_default=True,
+                help="With ray, the share of a GPU each run reserves when its device is cuda or auto on a "
+                "cluster with GPUs (0.25: four runs per GPU).",
+            ),
+        ]
+    ):
         f = option(f)
     return f
 
@@ -34,16 +53,29 @@ def executor_options(f):
 @click.command()
 @click.argument("name")
 @click.option("--data", help="Dataset root.")
-@click.option("--out", type=click.Path(), required=True,
-              help="Study folder (runs, summary.csv, report); with ray, on a file system every node shares.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    required=True,
+    help="Study folder (runs, summary.csv, report); with ray, on a file system every node shares.",
+)
 @click.option("--epochs", type=int, help="Maximum epochs per run (default 50, early stopping at patience 10).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every run.")
 @click.option("--param", help="Sweep any field: NAME=v1,v2,... (replaces the lr values of the lr study).")
 @click.option("--seeds", default=1, show_default=True, help="Repeat each run with K seeds (mean ± std).")
-@click.option("--config", "config_file", type=click.Path(),
-              help="Base config for every run: a TOML file or a recipe name (default: assignment).")
-@click.option("--lang", type=click.Choice(["en", "ru"]), default="en", show_default=True,
-              help="Language of report.md/report.html and the conclusions.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(),
+    help="Base config for every run: a TOML file or a recipe name (default: assignment).",
+)
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "ru"]),
+    default="en",
+    show_default=True,
+    help="Language of report.md/report.html and the conclusions.",
+)
 @executor_options
 def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, lang, executor, address, gpus_per_run):
     """Run a comparison study (or resume one): summary.csv, overlay plot, report.md and report.html.
@@ -69,24 +101,50 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, lang, 
     from cnnlab import api
     from cnnlab.config import parse_sets
 
-    api.study(name, data, out=out, seeds=seeds, jobs=jobs, config=config_file, param=param, executor=executor,
-              address=address, gpus_per_run=gpus_per_run, lang=lang, log=click.echo,
-              **{"train.epochs": epochs, **parse_sets(sets)})
+    api.study(
+        name,
+        data,
+        out=out,
+        seeds=seeds,
+        jobs=jobs,
+        config=config_file,
+        param=param,
+        executor=executor,
+        address=address,
+        gpus_per_run=gpus_per_run,
+        lang=lang,
+        log=click.echo,
+        **{"train.epochs": epochs, **parse_sets(sets)},
+    )
     out = Path(out)
     click.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(),
-              help="Config of every fold's run: a TOML file or a recipe name (default: cnnlab train's defaults).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(),
+    help="Config of every fold's run: a TOML file or a recipe name (default: cnnlab train's defaults).",
+)
 @click.option("--data", required=True, help="Dataset root.")
-@click.option("--folds", "folds_csv", type=click.Path(), required=True,
-              help="CSV with the columns path (relative to --data), class, fold.")
+@click.option(
+    "--folds",
+    "folds_csv",
+    type=click.Path(),
+    required=True,
+    help="CSV with the columns path (relative to --data), class, fold.",
+)
 @click.option("--out", type=click.Path(), required=True, help="Folder for the folds' runs, cv.json and the report.")
 @click.option("--epochs", type=int, help="Maximum epochs per fold.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every fold.")
-@click.option("--lang", type=click.Choice(["en", "ru"]), default="en", show_default=True,
-              help="Language of report.md/report.html and the conclusions.")
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "ru"]),
+    default="en",
+    show_default=True,
+    help="Language of report.md/report.html and the conclusions.",
+)
 @executor_options
 def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, address, gpus_per_run):
     """Cross-validate on the data set's own folds (e.g. patient-wise): each fold scored once by a run trained on
@@ -102,8 +160,21 @@ def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, ad
     from cnnlab import api
     from cnnlab.config import parse_sets
 
-    r = api.cv(data, folds_csv, out=out, config=config_file, jobs=jobs, executor=executor, address=address,
-               gpus_per_run=gpus_per_run, lang=lang, log=click.echo, command=shlex.join(["cnnlab", *sys.argv[1:]]),
-               **{"train.epochs": epochs, **parse_sets(sets)})
-    click.echo(f"{len(r['folds'])} folds: accuracy {r['mean_accuracy']:.4f} ± {r['std_accuracy']:.4f}, macro-F1 "
-               f"{r['mean_macro_f1']:.4f} ± {r['std_macro_f1']:.4f}; report: {Path(out) / 'report.md'}")
+    r = api.cv(
+        data,
+        folds_csv,
+        out=out,
+        config=config_file,
+        jobs=jobs,
+        executor=executor,
+        address=address,
+        gpus_per_run=gpus_per_run,
+        lang=lang,
+        log=click.echo,
+        command=shlex.join(["cnnlab", *sys.argv[1:]]),
+        **{"train.epochs": epochs, **parse_sets(sets)},
+    )
+    click.echo(
+        f"{len(r['folds'])} folds: accuracy {r['mean_accuracy']:.4f} ± {r['std_accuracy']:.4f}, macro-F1 "
+        f"{r['mean_macro_f1']:.4f} ± {r['std_macro_f1']:.4f}; report: {Path(out) / 'report.md'}"
+    )

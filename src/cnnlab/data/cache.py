@@ -130,14 +130,18 @@ class ImageCache:
                 gone[str(s.path)] = f"cannot read: {e.strerror or e}"
                 keys.append(None)
         store = self._read()
-        missing = [i for i, k in enumerate(keys)
-                   if k is not None and k not in store["entries"] and k not in store["bad"]]
+        missing = [
+            i for i, k in enumerate(keys) if k is not None and k not in store["entries"] and k not in store["bad"]
+        ]
         if missing:
             output_folder(self.dir, [self.root], "cache folder")
             with _locked(self.dir / "lock"):
                 store = self._read()  # another process may have filled it meanwhile
-                missing = [i for i, k in enumerate(keys)
-                           if k is not None and k not in store["entries"] and k not in store["bad"]]
+                missing = [
+                    i
+                    for i, k in enumerate(keys)
+                    if k is not None and k not in store["entries"] and k not in store["bad"]
+                ]
                 self._decode_into(store, [samples[i].path for i in missing], [keys[i] for i in missing], progress)
                 self._write(store)
         self.stats.decoded = len(missing)
@@ -175,18 +179,19 @@ class ImageCache:
 
         with ThreadPoolExecutor(self.workers) as pool:
             results = pool.map(work, paths)
-            for k, r in progress_bar(zip(keys, results, strict=True), total=len(keys), desc="decoding", unit="img",
-                                     enabled=progress):
+            for k, r in progress_bar(
+                zip(keys, results, strict=True), total=len(keys), desc="decoding", unit="img", enabled=progress
+            ):
                 if isinstance(r, str):
                     store["bad"][k] = r
                 else:
                     arr, size, mode = r
-                    store["entries"][k] = {"image": torch.from_numpy(arr), "size": torch.tensor(size),
-                                           "mode": mode}
+                    store["entries"][k] = {"image": torch.from_numpy(arr), "size": torch.tensor(size), "mode": mode}
 
 
-def load_images(samples: list[Sample], root: Path, prep: DecodeSettings, cache_dir=None, progress=False,
-                strict=False) -> tuple[ImageSet, list[tuple[str, str]], CacheStats]:
+def load_images(
+    samples: list[Sample], root: Path, prep: DecodeSettings, cache_dir=None, progress=False, strict=False
+) -> tuple[ImageSet, list[tuple[str, str]], CacheStats]:
     """Decode `samples` (paths under `root`) with `prep` through the cache, each file once per setting.
 
     Returns (ImageSet of the usable ones, (path, reason) of the unusable ones, CacheStats); with `strict`, an
@@ -198,4 +203,3 @@ def load_images(samples: list[Sample], root: Path, prep: DecodeSettings, cache_d
 
         report_skipped(bad, strict=True)
     return images, bad, cache.stats
-

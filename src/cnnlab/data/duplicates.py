@@ -53,8 +53,11 @@ def file_hashes(paths: list[Path]) -> list[str]:
     skipped ones."""
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(_sha256, paths))
-    failed = [(str(p), f"cannot read: {r.strerror or r}") for p, r in zip(paths, results, strict=True)
-              if isinstance(r, OSError)]
+    failed = [
+        (str(p), f"cannot read: {r.strerror or r}")
+        for p, r in zip(paths, results, strict=True)
+        if isinstance(r, OSError)
+    ]
     if failed:
         report_skipped(failed, strict=False)
     return [f"unreadable: {p}" if isinstance(r, OSError) else r for p, r in zip(paths, results, strict=True)]
@@ -73,8 +76,9 @@ def _level(x: torch.Tensor, grid: int) -> torch.Tensor:
     return (_block_sums(x, grid) if grid < SIDE else x.flatten(1)).to(torch.int16)  # sums < 2^15 here
 
 
-def close_pairs(thumbs: torch.Tensor, cap: float, chunk: int = 1024,
-                other: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def close_pairs(
+    thumbs: torch.Tensor, cap: float, chunk: int = 1024, other: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs (i < j) whose mean absolute difference is at most `cap` (0-1 scale), with that distance.
 
     `thumbs`: N x 1 x 64 x 64 uint8. Exact (integer arithmetic, no candidate is ever missed): an all-pairs
@@ -94,7 +98,7 @@ def close_pairs(thumbs: torch.Tensor, cap: float, chunk: int = 1024,
     found = []
     for a in range(0, n, chunk):
         start = 0 if cross else a  # within one set, only the pairs i < j
-        d = torch.cdist(coarse[a:a + chunk], coarse_y[start:], p=1)
+        d = torch.cdist(coarse[a : a + chunk], coarse_y[start:], p=1)
         ii, jj = (d <= cap_l1 + 0.5).nonzero(as_tuple=True)
         keep = torch.ones_like(ii, dtype=torch.bool) if cross else jj > ii
         found.append(torch.stack([ii[keep] + a, jj[keep] + start], 1))
@@ -104,9 +108,13 @@ def close_pairs(thumbs: torch.Tensor, cap: float, chunk: int = 1024,
         level = _level(x, grid)
         level_y = _level(y, grid) if cross else level
         step = max(1, (1 << 22) // level.shape[1])  # about 8 MB of int16 per gathered block
-        dist = torch.cat([(level[pairs[c:c + step, 0]] - level_y[pairs[c:c + step, 1]])
-                          .abs().sum(1, dtype=torch.int32) for c in range(0, len(pairs), step)]
-                         or [torch.zeros(0, dtype=torch.int32)])
+        dist = torch.cat(
+            [
+                (level[pairs[c : c + step, 0]] - level_y[pairs[c : c + step, 1]]).abs().sum(1, dtype=torch.int32)
+                for c in range(0, len(pairs), step)
+            ]
+            or [torch.zeros(0, dtype=torch.int32)]
+        )
         keep = dist <= cap_l1
         pairs, dist = pairs[keep], dist[keep]
     return pairs, dist.to(torch.float64) / (255 * SIDE * SIDE)
@@ -152,8 +160,9 @@ def thumbnails(samples: list[Sample], root: Path, cache_dir) -> tuple[torch.Tens
     return thumbs, good
 
 
-def duplicate_groups(ds: Dataset, split: str = "train", cache_dir=None,
-                     threshold: float = DEFAULT_THRESHOLD) -> dict[str, int]:
+def duplicate_groups(
+    ds: Dataset, split: str = "train", cache_dir=None, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, int]:
     """Relative path -> group id for the files of one split that have an exact or near copy in it.
 
     For `split_train_val(..., groups=...)`: each group goes wholly to train or to validation. Files alone

@@ -21,14 +21,32 @@ from PIL import Image
 
 from cnnlab.errors import UserError
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 IGNORED_DIRS = {"__pycache__", "__MACOSX"}
 MAX_WRAPPING = 3  # folders holding nothing but one folder, read through down to the data set
 # A folder of images beside a folder of annotations: a detection or segmentation layout, not classes.
 IMAGE_DIR_NAMES = {"images", "image", "imgs", "img", "jpegimages", "pictures", "photos"}
-LABEL_DIR_NAMES = {"labels", "label", "annotations", "annotation", "masks", "mask", "segmentationclass", "gt",
-                   "groundtruth", "ground_truth", "targets"}
+LABEL_DIR_NAMES = {
+    "labels",
+    "label",
+    "annotations",
+    "annotation",
+    "masks",
+    "mask",
+    "segmentationclass",
+    "gt",
+    "groundtruth",
+    "ground_truth",
+    "targets",
+}
 
 
 def image_extensions() -> set[str]:
@@ -151,18 +169,24 @@ def _split_folders(folder: Path, subs: list[Path], exts: set[str]) -> tuple[dict
     others = [d for d in subs if d not in named]
     class_like = [d for d in others if _has_images(d, exts)]
     if class_like:
-        raise UserError(f"{printable(folder)} holds split folders ({_names(named)}) and also class folders beside "
-                        f"them ({_names(class_like)}): cannot tell which are the classes; expected only split "
-                        "folders (train/, val/, test/), each holding one folder per class, or only class folders")
+        raise UserError(
+            f"{printable(folder)} holds split folders ({_names(named)}) and also class folders beside "
+            f"them ({_names(class_like)}): cannot tell which are the classes; expected only split "
+            "folders (train/, val/, test/), each holding one folder per class, or only class folders"
+        )
     for d in named:
         if not _subdirs(d) and _has_images(d, exts):
-            raise UserError(f"split folder {printable(d)} holds images but no class folders: a split folder holds "
-                            f"one folder per class (and a class may not be named {d.name})")
+            raise UserError(
+                f"split folder {printable(d)} holds images but no class folders: a split folder holds "
+                f"one folder per class (and a class may not be named {d.name})"
+            )
     notes = []
     ignored = [d for d in others if any(_has_images(c, exts) for c in _subdirs(d))]
     if ignored:
-        notes.append(f"ignored folder(s) beside the split folders of {printable(folder)}: {_names(ignored)} "
-                     "(only train/, val/ and test/ folders are read)")
+        notes.append(
+            f"ignored folder(s) beside the split folders of {printable(folder)}: {_names(ignored)} "
+            "(only train/, val/ and test/ folders are read)"
+        )
     order = ["train", "val", "test"]
     return {k: found[k] for k in order if k in found}, notes
 
@@ -280,8 +304,11 @@ def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Datas
     ref_split = "train" if "train" in per_split else next(iter(per_split))
     classes = sorted(per_split[ref_split])
     if len(classes) < 2:
-        hint = (f" ({classes[0]}/ holding the image files themselves is not a tree of class folders)"
-                if classes[0].lower() in IMAGE_DIR_NAMES else "")
+        hint = (
+            f" ({classes[0]}/ holding the image files themselves is not a tree of class folders)"
+            if classes[0].lower() in IMAGE_DIR_NAMES
+            else ""
+        )
         raise UserError(f"only one class ({classes[0]}) in {split_dirs[ref_split]}: need at least two{hint}")
     for split, names in per_split.items():
         if sorted(names) != classes:
@@ -289,10 +316,13 @@ def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Datas
             missing = sorted(set(classes) - set(names))
             raise UserError(
                 f"classes of {split} differ from {ref_split}: only in {split}: {extra or 'none'}; "
-                f"missing from {split}: {missing or 'none'} (map names with --class-map test=train,...)")
+                f"missing from {split}: {missing or 'none'} (map names with --class-map test=train,...)"
+            )
 
-    splits = {split: [Sample(p, classes.index(name), split) for name in classes for p in names[name]]
-              for split, names in per_split.items()}
+    splits = {
+        split: [Sample(p, classes.index(name), split) for name in classes for p in names[name]]
+        for split, names in per_split.items()
+    }
     ds = Dataset(root, classes, splits, skipped, folders=dict(split_dirs), notes=_layout_notes(layout, root, given))
     if warn:
         for note in ds.notes:
@@ -309,21 +339,27 @@ def _class_files(folder: Path, exts: set[str], skipped: list, mapping: dict[str,
     lower = {d.name.lower(): d for d in class_dirs}
     images, labels = sorted(set(lower) & IMAGE_DIR_NAMES), sorted(set(lower) & LABEL_DIR_NAMES)
     if images and labels:
-        raise UserError(f"{printable(folder)} holds {_names([lower[images[0]]])} beside {_names([lower[labels[0]]])}: "
-                        "images and their annotations (a detection or segmentation layout), not one folder per class")
+        raise UserError(
+            f"{printable(folder)} holds {_names([lower[images[0]]])} beside {_names([lower[labels[0]]])}: "
+            "images and their annotations (a detection or segmentation layout), not one folder per class"
+        )
     for cdir in class_dirs:
         if cdir.name.lower() in SPLIT_ALIASES:
-            raise UserError(f"class folder {printable(cdir)} is named like a split folder: a split folder's name is "
-                            "never read as a class (expected <split>/<class>/ folders)")
+            raise UserError(
+                f"class folder {printable(cdir)} is named like a split folder: a split folder's name is "
+                "never read as a class (expected <split>/<class>/ folders)"
+            )
         try:  # names first: a class folder of 10,000 files costs no stat
             with os.scandir(cdir) as entries:
                 inner = sorted(e.name for e in entries if e.name.lower() in SPLIT_ALIASES and e.is_dir())
         except OSError as e:
             raise UserError(f"cannot read class folder {cdir}: {e.strerror or e}") from e
         if inner:  # class/split/, or a data set beside other folders: its test images would be trained on
-            raise UserError(f"folder {printable(cdir)} holds split folders ({', '.join(f'{n}/' for n in inner)}), so "
-                            "it is not a class folder: expected <split>/<class>/ folders (or give that folder itself "
-                            "as the data set)")
+            raise UserError(
+                f"folder {printable(cdir)} holds split folders ({', '.join(f'{n}/' for n in inner)}), so "
+                "it is not a class folder: expected <split>/<class>/ folders (or give that folder itself "
+                "as the data set)"
+            )
     names: dict[str, list[Path]] = {}
     for cdir in class_dirs:
         files = _scan_class_dir(cdir, exts, skipped)
@@ -346,15 +382,19 @@ def scored_split(root, classes: list[str], class_map=None, strict: bool = False)
     folder = splits.get("test")
     if folder is None:
         if layout.kind != "classes":
-            raise UserError(f"no test split in {root}: expected a test/ or testing/ folder, or a folder of class "
-                            "folders to score whole")
+            raise UserError(
+                f"no test split in {root}: expected a test/ or testing/ folder, or a folder of class "
+                "folders to score whole"
+            )
         folder = splits["train"]
     skipped: list[tuple[str, str]] = []
     found = _class_files(folder, image_extensions(), skipped, parse_class_map(class_map))
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise UserError(f"class folder(s) {', '.join(unknown)} in {folder} are not classes of the run {classes}: "
-                        "map them with --class-map THEIRS=OURS,...")
+        raise UserError(
+            f"class folder(s) {', '.join(unknown)} in {folder} are not classes of the run {classes}: "
+            "map them with --class-map THEIRS=OURS,..."
+        )
     report_skipped(skipped, strict)
     return folder, [Sample(p, classes.index(name), "test") for name in classes for p in found.get(name, [])], skipped
 
@@ -370,4 +410,3 @@ def report_skipped(skipped: list[tuple[str, str]], strict: bool, warn: bool = Tr
         raise UserError(f"{len(skipped)} unusable file(s) (--strict): {listed}{more}")
     if warn:
         warnings.warn(f"skipped {len(skipped)} unusable file(s): {listed}{more}", UserWarning, stacklevel=2)
-

@@ -21,8 +21,11 @@ def expand_paths(paths) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in exts
-                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            found = sorted(
+                q
+                for q in p.rglob("*")
+                if q.suffix.lower() in exts and not any(part.startswith(".") for part in q.relative_to(p).parts)
+            )
             for q in found:
                 if q.is_file():
                     out.append(q)
@@ -59,4 +62,4 @@ def shape_batches(arrays: list[np.ndarray], batch_size: int) -> list[list[int]]:
     groups: dict[tuple, list[int]] = {}
     for i, a in enumerate(arrays):
         groups.setdefault(a.shape, []).append(i)
-    return [members[k:k + batch_size] for members in groups.values() for k in range(0, len(members), batch_size)]
+    return [members[k : k + batch_size] for members in groups.values() for k in range(0, len(members), batch_size)]

@@ -34,8 +34,10 @@ def check_sizes(path: Path, root: Path) -> None:
                 if not p.is_file() or p.stat().st_size != int(row["bytes"]):
                     changed.append(row["path"])
     if changed:
-        raise UserError(f"the data at {root} no longer matches {path}: {len(changed)} listed file(s) are missing "
-                        f"or changed, e.g. {changed[0]}")
+        raise UserError(
+            f"the data at {root} no longer matches {path}: {len(changed)} listed file(s) are missing "
+            f"or changed, e.g. {changed[0]}"
+        )
 
 
 def manifest_classes(path: Path) -> list[str]:

@@ -46,7 +46,7 @@ def block_groups(ds: Dataset, size: int, split: str = "train") -> dict[str, int]
     for label in sorted(by_class):
         rels = sorted(by_class[label], key=lambda r: natural_key(os.path.basename(r)))
         for start in range(0, len(rels), size):
-            out.update((r, gid) for r in rels[start:start + size])
+            out.update((r, gid) for r in rels[start : start + size])
             gid += 1
     return out
 
@@ -183,13 +183,15 @@ def split_by_manifest(ds: Dataset, path: Path, groups: dict[str, int] | None = N
         if g is not None:
             s.group = g
         if rel in listed and listed[rel] != s.label:
-            raise UserError(f"{path}: {rel} is listed as '{ds.classes[listed[rel]]}' but lies in the "
-                            f"'{ds.classes[s.label]}' folder")
+            raise UserError(
+                f"{path}: {rel} is listed as '{ds.classes[listed[rel]]}' but lies in the '{ds.classes[s.label]}' folder"
+            )
         (val if rel in listed or g in in_val else train).append(s)
     missing = listed.keys() - {ds.rel(s.path) for s in val}
     if missing:
-        raise UserError(f"{path}: {len(missing)} listed image(s) are not in the training folder, "
-                        f"e.g. {sorted(missing)[0]}")
+        raise UserError(
+            f"{path}: {len(missing)} listed image(s) are not in the training folder, e.g. {sorted(missing)[0]}"
+        )
     for c, name in enumerate(ds.classes):
         if not any(s.label == c for s in train):
             raise UserError(f"{path}: validation takes every training image of class '{name}'")
@@ -205,10 +207,14 @@ def keep_listed(ds: Dataset, path: Path) -> None:
     kept = [s for s in ds.splits["train"] if ds.rel(s.path) in listed]
     for s in kept:
         if listed[ds.rel(s.path)] != s.label:
-            raise UserError(f"{path}: {ds.rel(s.path)} is listed as '{ds.classes[listed[ds.rel(s.path)]]}' but lies "
-                            f"in the '{ds.classes[s.label]}' folder")
+            raise UserError(
+                f"{path}: {ds.rel(s.path)} is listed as '{ds.classes[listed[ds.rel(s.path)]]}' but lies "
+                f"in the '{ds.classes[s.label]}' folder"
+            )
     missing = listed.keys() - {ds.rel(s.path) for s in kept}
     if missing:
-        raise UserError(f"{path}: {len(missing)} listed image(s) are not usable training images of {ds.root}, "
-                        f"e.g. {sorted(missing)[0]}")
+        raise UserError(
+            f"{path}: {len(missing)} listed image(s) are not usable training images of {ds.root}, "
+            f"e.g. {sorted(missing)[0]}"
+        )
     ds.splits["train"] = kept

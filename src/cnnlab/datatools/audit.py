@@ -76,10 +76,17 @@ def _index(ds: Dataset, threshold: float, cache_dir) -> _Index:
     pairs = torch.from_numpy(good_idx)[pairs] if len(pairs) else pairs  # back to indices into `samples`
     readable = np.zeros(len(samples), dtype=bool)
     readable[good_idx] = True
-    return _Index(samples=samples, rel=[ds.rel(s.path) for s in samples],
-                  split_of=np.array([s.split for s in samples]), label_of=np.array([s.label for s in samples]),
-                  hashes=hashes, readable=readable, pairs=pairs, dist=dist,
-                  near_pairs=pairs[dist <= threshold + 1e-12].tolist())
+    return _Index(
+        samples=samples,
+        rel=[ds.rel(s.path) for s in samples],
+        split_of=np.array([s.split for s in samples]),
+        label_of=np.array([s.label for s in samples]),
+        hashes=hashes,
+        readable=readable,
+        pairs=pairs,
+        dist=dist,
+        near_pairs=pairs[dist <= threshold + 1e-12].tolist(),
+    )
 
 
 def _copy_groups(idx: _Index) -> tuple[list[list[int]], list[list[int]]]:
@@ -138,8 +145,7 @@ def _distance_histogram(idx: _Index, threshold: float, has_test: bool) -> dict:
         "what": "gray levels (0-255) from each image to its nearest train-side image other than itself",
         "edges": edges.tolist(),
         "train": nearest_hist(nn[(idx.split_of == "train") & idx.readable], edges, threshold),
-        **({"test": nearest_hist(nn[(idx.split_of == "test") & idx.readable], edges, threshold)}
-           if has_test else {}),
+        **({"test": nearest_hist(nn[(idx.split_of == "test") & idx.readable], edges, threshold)} if has_test else {}),
     }
 
 
@@ -151,10 +157,12 @@ def hist_edges(threshold: float) -> np.ndarray:
 def nearest_hist(nn: np.ndarray, edges: np.ndarray, threshold: float) -> dict:
     """Nearest distances (0-1, inf above the cap) binned in gray levels, and the two sides of the threshold."""
     d = nn * 255
-    return {"counts": np.histogram(d[np.isfinite(d)], bins=edges)[0].tolist(),
-            "above_cap": int((~np.isfinite(d)).sum()),
-            "largest_within_threshold": _r(d[d <= threshold * 255 + 1e-9], max),
-            "smallest_above_threshold": _r(d[np.isfinite(d) & (d > threshold * 255 + 1e-9)], min)}
+    return {
+        "counts": np.histogram(d[np.isfinite(d)], bins=edges)[0].tolist(),
+        "above_cap": int((~np.isfinite(d)).sum()),
+        "largest_within_threshold": _r(d[d <= threshold * 255 + 1e-9], max),
+        "smallest_above_threshold": _r(d[np.isfinite(d) & (d > threshold * 255 + 1e-9)], min),
+    }
 
 
 def _r(values: np.ndarray, pick) -> float | None:
@@ -184,15 +192,22 @@ def _group_counts(idx: _Index, ds: Dataset, exact_groups, near_groups) -> dict:
 
 def _group_listing(idx: _Index, ds: Dataset, near_groups) -> list[dict]:
     return [
-        {"id": gid, "size": len(m), "exact": len({idx.hashes[i] for i in m}) == 1,
-         "classes": sorted({ds.classes[idx.label_of[i]] for i in m}),
-         "members": [{"path": idx.rel[i], "split": str(idx.split_of[i]), "class": ds.classes[idx.label_of[i]]}
-                     for i in m]}
-        for gid, m in enumerate(near_groups)]
+        {
+            "id": gid,
+            "size": len(m),
+            "exact": len({idx.hashes[i] for i in m}) == 1,
+            "classes": sorted({ds.classes[idx.label_of[i]] for i in m}),
+            "members": [
+                {"path": idx.rel[i], "split": str(idx.split_of[i]), "class": ds.classes[idx.label_of[i]]} for i in m
+            ],
+        }
+        for gid, m in enumerate(near_groups)
+    ]
 
 
-def run_audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, class_map=None,
-          extend=None) -> dict:
+def run_audit(
+    root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, class_map=None, extend=None
+) -> dict:
     """Exact and near duplicates within and across splits, label conflicts, and test leakage.
 
     `threshold`: near-copy distance, mean absolute difference on the 0-1 scale. With `out`, writes
@@ -217,7 +232,7 @@ def run_audit(root, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=No
         "threshold": threshold,
         "threshold_gray": round(threshold * 255, 4),
         "method": "near copy: mean |difference| <= threshold between 64x64 gray thumbnails (squash resize), "
-                  "all pairs, exact; groups: connected components of exact-or-near",
+        "all pairs, exact; groups: connected components of exact-or-near",
         **_group_counts(idx, ds, exact_groups, near_groups),
         **leakage,
         "distance_histogram": _distance_histogram(idx, threshold, has_test="test" in ds.splits),
@@ -263,15 +278,21 @@ def _write_outputs(report, ds, idx: _Index, leak_free, group_id, out_dir: Path) 
     files.append("distance_hist.png")
     groups = report["groups"]
     if groups:
-        figures.group_gallery(gallery_rows(ds.root, groups[:GALLERY_LARGEST]), out_dir / "gallery_largest.png",
-                            f"largest duplicate groups ({min(len(groups), GALLERY_LARGEST)} of {len(groups)})")
+        figures.group_gallery(
+            gallery_rows(ds.root, groups[:GALLERY_LARGEST]),
+            out_dir / "gallery_largest.png",
+            f"largest duplicate groups ({min(len(groups), GALLERY_LARGEST)} of {len(groups)})",
+        )
         files.append("gallery_largest.png")
     cross = [g for g in groups if len(g["classes"]) > 1]
     for page in range(0, len(cross), GALLERY_ROWS_PER_PAGE):
         number = page // GALLERY_ROWS_PER_PAGE + 1
         name = "gallery_cross_label.png" if number == 1 else f"gallery_cross_label_{number}.png"
-        figures.group_gallery(gallery_rows(ds.root, cross[page:page + GALLERY_ROWS_PER_PAGE]), out_dir / name,
-                            f"groups whose copies carry different labels ({len(cross)})")
+        figures.group_gallery(
+            gallery_rows(ds.root, cross[page : page + GALLERY_ROWS_PER_PAGE]),
+            out_dir / name,
+            f"groups whose copies carry different labels ({len(cross)})",
+        )
         files.append(name)
     return files + ["audit.json"]
 
@@ -301,32 +322,44 @@ def format_audit(r: dict, extra: list[str] | tuple[str, ...] = ()) -> str:
     """The terminal summary; `extra` lines go before the list of files written."""
     splits = list(r["images"])
     cols = [*splits, "across"]
-    lines = [f"audit of {r['dataset']}: {sum(r['images'].values())} images ("
-             + ", ".join(f"{k} {v}" for k, v in r["images"].items()) + ")",
-             f"near copy: mean |difference| <= {r['threshold_gray']:g}/255 between 64x64 gray thumbnails",
-             "",
-             f"{'':26}{'groups':>8}{'redundant':>11}" + "".join(f"{'in ' + c if c != 'across' else c:>12}"
-                                                                  for c in cols)]
+    lines = [
+        f"audit of {r['dataset']}: {sum(r['images'].values())} images ("
+        + ", ".join(f"{k} {v}" for k, v in r["images"].items())
+        + ")",
+        f"near copy: mean |difference| <= {r['threshold_gray']:g}/255 between 64x64 gray thumbnails",
+        "",
+        f"{'':26}{'groups':>8}{'redundant':>11}" + "".join(f"{'in ' + c if c != 'across' else c:>12}" for c in cols),
+    ]
     for name, key in (("exact (byte-identical)", "exact"), ("exact or near", "near")):
         by = r[f"{key}_groups_by_split"]
-        lines.append(f"{name:26}{r[f'{key}_groups']:>8}{r[f'{key}_redundant']:>11}"
-                     + "".join(f"{by.get(c, 0):>12}" for c in cols))
-    lines.append(f"{'label conflicts':26}{r['cross_label_groups']:>8}  groups with copies in different "
-                 f"classes ({r['cross_label_exact_groups']} of them byte-identical)")
+        lines.append(
+            f"{name:26}{r[f'{key}_groups']:>8}{r[f'{key}_redundant']:>11}"
+            + "".join(f"{by.get(c, 0):>12}" for c in cols)
+        )
+    lines.append(
+        f"{'label conflicts':26}{r['cross_label_groups']:>8}  groups with copies in different "
+        f"classes ({r['cross_label_exact_groups']} of them byte-identical)"
+    )
     if r.get("test_near_in_train") is not None:
         n_test = r["images"]["test"]
-        lines += ["",
-                  f"test images with a copy in train: {r['test_exact_in_train']} byte-identical, "
-                  f"{r['test_near_in_train']} exact or near, of {n_test}",
-                  f"leak-free test images: {r['test_leak_free']}"]
+        lines += [
+            "",
+            f"test images with a copy in train: {r['test_exact_in_train']} byte-identical, "
+            f"{r['test_near_in_train']} exact or near, of {n_test}",
+            f"leak-free test images: {r['test_leak_free']}",
+        ]
         t = r["distance_histogram"]["test"]
         above = t["smallest_above_threshold"]
         above = above if above is not None else f"> {r['distance_histogram']['edges'][-1]:g}"
-        lines.append(f"nearest train image of each test image: copies at <= {t['largest_within_threshold']}, "
-                     f"the others at >= {above} gray levels (threshold {r['threshold_gray']:g})")
+        lines.append(
+            f"nearest train image of each test image: copies at <= {t['largest_within_threshold']}, "
+            f"the others at >= {above} gray levels (threshold {r['threshold_gray']:g})"
+        )
     if r.get("val_near_in_train") is not None:
-        lines.append(f"validation images with a copy in train: {r['val_exact_in_train']} byte-identical, "
-                     f"{r['val_near_in_train']} exact or near, of {r['images']['val']}")
+        lines.append(
+            f"validation images with a copy in train: {r['val_exact_in_train']} byte-identical, "
+            f"{r['val_near_in_train']} exact or near, of {r['images']['val']}"
+        )
     if r["unreadable"]:
         lines.append(f"unreadable images (exact comparison only): {r['unreadable']}")
     if r.get("skipped"):

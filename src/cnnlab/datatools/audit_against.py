@@ -27,8 +27,17 @@ from cnnlab.datatools import audit
 from cnnlab.errors import UserError, nearest
 from cnnlab.files import atomic_write, output_folder
 
-AGAINST_FIELDS = ["path", "class", "split", "other_path", "other_class", "other_as", "kind", "distance_gray",
-                  "conflict"]
+AGAINST_FIELDS = [
+    "path",
+    "class",
+    "split",
+    "other_path",
+    "other_class",
+    "other_as",
+    "kind",
+    "distance_gray",
+    "conflict",
+]
 
 
 @dataclass
@@ -129,8 +138,11 @@ def _summary(ds, idx, other: _Other, copies: list[_Copy], found, threshold: floa
         "against_distance_histogram": {
             "what": "gray levels (0-255) from each image of this data set to its nearest image of the other",
             "edges": edges.tolist(),
-            **{split: audit.nearest_hist(nn[(idx.split_of == split) & idx.readable], edges, threshold)
-               for split in ds.splits}},
+            **{
+                split: audit.nearest_hist(nn[(idx.split_of == split) & idx.readable], edges, threshold)
+                for split in ds.splits
+            },
+        },
     }
 
 
@@ -141,13 +153,15 @@ def _by_folder(ds, idx, copied: np.ndarray, conflicted: np.ndarray) -> dict:
         out[split] = {}
         for k, name in enumerate(ds.classes):
             here = (idx.split_of == split) & (idx.label_of == k)
-            out[split][name] = {"images": int(here.sum()), "copies": int((here & copied).sum()),
-                                "conflicts": int((here & conflicted).sum())}
+            out[split][name] = {
+                "images": int(here.sum()),
+                "copies": int((here & copied).sum()),
+                "conflicts": int((here & conflicted).sum()),
+            }
     return out
 
 
-def audit_against(root, other, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None,
-                  class_map=None) -> dict:
+def audit_against(root, other, threshold: float = DEFAULT_THRESHOLD, cache_dir=None, out=None, class_map=None) -> dict:
     """The audit of `root` (`run_audit`) plus its copies in the data set `other` and their labels.
 
     `class_map` (`name=dir_name,...`) maps `other`'s class names to `root`'s, and `root`'s own test folders as
@@ -171,8 +185,7 @@ def audit_against(root, other, threshold: float = DEFAULT_THRESHOLD, cache_dir=N
         summary = _summary(ds, idx, o, copies, found, threshold)
         return summary, (_write(ds, idx, o, copies, out_dir) if out_dir else [])
 
-    return audit.run_audit(root, threshold=threshold, cache_dir=cache_dir, out=out, class_map=class_map,
-                           extend=extend)
+    return audit.run_audit(root, threshold=threshold, cache_dir=cache_dir, out=out, class_map=class_map, extend=extend)
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -185,10 +198,19 @@ def _write(ds, idx, other: _Other, copies: list[_Copy], out_dir: Path) -> list[s
         w.writerow(AGAINST_FIELDS)
         for c in copies:
             s = other.samples[c.j]
-            w.writerow([idx.rel[c.i], ds.classes[idx.label_of[c.i]], str(idx.split_of[c.i]),
-                        other.ds.rel(s.path), other.ds.classes[s.label], other.classes_as[s.label] or "",
-                        "exact" if c.exact else "near", "" if c.dist is None else round(c.dist * 255, 3),
-                        int(c.conflict)])
+            w.writerow(
+                [
+                    idx.rel[c.i],
+                    ds.classes[idx.label_of[c.i]],
+                    str(idx.split_of[c.i]),
+                    other.ds.rel(s.path),
+                    other.ds.classes[s.label],
+                    other.classes_as[s.label] or "",
+                    "exact" if c.exact else "near",
+                    "" if c.dist is None else round(c.dist * 255, 3),
+                    int(c.conflict),
+                ]
+            )
     return ["against_copies.csv", *_conflict_gallery(ds, idx, other, copies, out_dir)]
 
 
@@ -204,19 +226,29 @@ def _conflict_gallery(ds, idx, other: _Other, copies: list[_Copy], out_dir: Path
         if not any(c.conflict for c in cs):
             continue
         cs = sorted(cs, key=lambda c: not c.conflict)  # stable: nearest first within each kind
-        members = [{"path": str(idx.samples[i].path), "split": str(idx.split_of[i]),
-                    "class": ds.classes[idx.label_of[i]]}]
-        members += [{"path": str(other.samples[c.j].path), "split": "other",
-                     "class": other.ds.classes[other.samples[c.j].label]} for c in cs]
+        members = [
+            {"path": str(idx.samples[i].path), "split": str(idx.split_of[i]), "class": ds.classes[idx.label_of[i]]}
+        ]
+        members += [
+            {
+                "path": str(other.samples[c.j].path),
+                "split": "other",
+                "class": other.ds.classes[other.samples[c.j].label],
+            }
+            for c in cs
+        ]
         groups.append({"id": len(groups), "size": len(members), "members": members})
     files = []
     per_page = audit.GALLERY_ROWS_PER_PAGE
     for page in range(0, len(groups), per_page):
         number = page // per_page + 1
         name = "gallery_against_conflicts.png" if number == 1 else f"gallery_against_conflicts_{number}.png"
-        figures.group_gallery(audit.gallery_rows(ds.root, groups[page:page + per_page], what="conflict"),
-                            out_dir / name, f"label conflicts against {other.ds.root.name} ({len(groups)})\n"
-                            "an image of this set, then its copies there")
+        figures.group_gallery(
+            audit.gallery_rows(ds.root, groups[page : page + per_page], what="conflict"),
+            out_dir / name,
+            f"label conflicts against {other.ds.root.name} ({len(groups)})\n"
+            "an image of this set, then its copies there",
+        )
         files.append(name)
     return files
 
@@ -227,23 +259,31 @@ def format_against(r: dict) -> list[str]:
     unreadable = f", {r['against_unreadable']} unreadable" if r["against_unreadable"] else ""
     unreadable += f", {r['against_skipped']} skipped" if r.get("against_skipped") else ""
     mapped = [f"{k} -> {v}" for k, v in r["against_classes"].items() if v is not None]
-    lines = ["", f"against {r['against']}: {n_other} images ("
-             + ", ".join(f"{k} {v}" for k, v in r["against_images"].items()) + f"{unreadable})",
-             "its classes here: " + (", ".join(mapped) or "none"),
-             f"images here with a copy there: {r['against_copies']} ({r['against_exact_copies']} byte-identical) "
-             f"of {sum(r['images'].values())}; label conflicts: {r['against_label_conflicts']}",
-             f"{'':34}{'images':>8}{'copies':>8}{'conflicts':>11}"]
+    lines = [
+        "",
+        f"against {r['against']}: {n_other} images ("
+        + ", ".join(f"{k} {v}" for k, v in r["against_images"].items())
+        + f"{unreadable})",
+        "its classes here: " + (", ".join(mapped) or "none"),
+        f"images here with a copy there: {r['against_copies']} ({r['against_exact_copies']} byte-identical) "
+        f"of {sum(r['images'].values())}; label conflicts: {r['against_label_conflicts']}",
+        f"{'':34}{'images':>8}{'copies':>8}{'conflicts':>11}",
+    ]
     for split, classes in r["against_by_folder"].items():
         for name, c in classes.items():
             lines.append(f"{(split + '/' + name)[:34]:34}{c['images']:>8}{c['copies']:>8}{c['conflicts']:>11}")
     unmapped = [k for k, v in r["against_classes"].items() if v is None]
     if unmapped:
-        lines.append(f"classes there with no counterpart here (never a conflict): {', '.join(unmapped)}; "
-                     f"{r['against_unmapped_copies']} images here have a copy in them (map with --class-map)")
+        lines.append(
+            f"classes there with no counterpart here (never a conflict): {', '.join(unmapped)}; "
+            f"{r['against_unmapped_copies']} images here have a copy in them (map with --class-map)"
+        )
     h = r["against_distance_histogram"]
     for split in r["against_by_folder"]:
         above = h[split]["smallest_above_threshold"]
         above = above if above is not None else f"> {h['edges'][-1]:g}"
-        lines.append(f"nearest image there of each {split} image: copies at <= {h[split]['largest_within_threshold']}, "
-                     f"the others at >= {above} gray levels (threshold {r['threshold_gray']:g})")
+        lines.append(
+            f"nearest image there of each {split} image: copies at <= {h[split]['largest_within_threshold']}, "
+            f"the others at >= {above} gray levels (threshold {r['threshold_gray']:g})"
+        )
     return lines

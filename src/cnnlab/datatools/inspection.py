@@ -26,10 +26,13 @@ def _size_stats(sizes: list[tuple[int, int]]) -> dict:
     w = np.array([s[0] for s in sizes])
     h = np.array([s[1] for s in sizes])
     common = Counter(f"{a}x{b}" for a, b in sizes).most_common(5)
-    return {"width": {"min": int(w.min()), "median": float(np.median(w)), "max": int(w.max())},
-            "height": {"min": int(h.min()), "median": float(np.median(h)), "max": int(h.max())},
-            "distinct": len(set(sizes)), "most_common": [[s, n] for s, n in common],
-            "aspect": {"min": float((w / h).min()), "max": float((w / h).max())}}
+    return {
+        "width": {"min": int(w.min()), "median": float(np.median(w)), "max": int(w.max())},
+        "height": {"min": int(h.min()), "median": float(np.median(h)), "max": int(h.max())},
+        "distinct": len(set(sizes)),
+        "most_common": [[s, n] for s, n in common],
+        "aspect": {"min": float((w / h).min()), "max": float((w / h).max())},
+    }
 
 
 def inspect_dataset(root, out: Path | None = None, cache_dir=None, class_map=None, per_class: int = 8) -> dict:
@@ -45,21 +48,33 @@ def inspect_dataset(root, out: Path | None = None, cache_dir=None, class_map=Non
     sheets = {}
     for split, samples in ds.splits.items():
         images, bad, _ = load_images(samples, ds.root, THUMB, cache_dir)
-        skipped = [{"path": p, "reason": why} for p, why in ds.skipped
-                   if Path(p).is_relative_to(ds.root) and _split_of(ds, Path(p)) == split]
+        skipped = [
+            {"path": p, "reason": why}
+            for p, why in ds.skipped
+            if Path(p).is_relative_to(ds.root) and _split_of(ds, Path(p)) == split
+        ]
         skipped += [{"path": p, "reason": why} for p, why in bad]
         classes = {}
         labels = images.labels.numpy()
         for c, name in enumerate(ds.classes):
             sel = np.nonzero(labels == c)[0]
             sizes = [images.sizes[i] for i in sel]
-            classes[name] = {"count": int(len(sel)), "sizes": _size_stats(sizes),
-                             "modes": dict(Counter(images.modes[i] for i in sel))}
-        report["splits"][split] = {"count": len(images), "classes": classes, "sizes": _size_stats(images.sizes),
-                                   "modes": dict(Counter(images.modes)), "skipped": skipped}
-        sheets[split] = {name: [images.images[i].permute(1, 2, 0).numpy()
-                                for i in np.nonzero(labels == c)[0][:per_class]]
-                         for c, name in enumerate(ds.classes)}
+            classes[name] = {
+                "count": int(len(sel)),
+                "sizes": _size_stats(sizes),
+                "modes": dict(Counter(images.modes[i] for i in sel)),
+            }
+        report["splits"][split] = {
+            "count": len(images),
+            "classes": classes,
+            "sizes": _size_stats(images.sizes),
+            "modes": dict(Counter(images.modes)),
+            "skipped": skipped,
+        }
+        sheets[split] = {
+            name: [images.images[i].permute(1, 2, 0).numpy() for i in np.nonzero(labels == c)[0][:per_class]]
+            for c, name in enumerate(ds.classes)
+        }
     if out is not None:
         from cnnlab.reporting.figures import contact_sheet
 
@@ -85,17 +100,20 @@ def format_report(r: dict) -> str:
         sz = s["sizes"]
         lines.append(f"\n[{split}] {s['count']} images, modes {s['modes']}")
         if sz:
-            lines.append(f"  sizes: {sz['distinct']} distinct; width {sz['width']['min']}-{sz['width']['max']} "
-                         f"(median {sz['width']['median']:g}), height {sz['height']['min']}-{sz['height']['max']} "
-                         f"(median {sz['height']['median']:g}); most common "
-                         + ", ".join(f"{a} ({n})" for a, n in sz["most_common"][:3]))
+            lines.append(
+                f"  sizes: {sz['distinct']} distinct; width {sz['width']['min']}-{sz['width']['max']} "
+                f"(median {sz['width']['median']:g}), height {sz['height']['min']}-{sz['height']['max']} "
+                f"(median {sz['height']['median']:g}); most common "
+                + ", ".join(f"{a} ({n})" for a, n in sz["most_common"][:3])
+            )
         width = max(len(c) for c in s["classes"])
         for name, c in s["classes"].items():
             common = c["sizes"].get("most_common", [["-", 0]])[0]
             lines.append(f"  {name:<{width}}  {c['count']:6d}   most common size {common[0]} ({common[1]})")
         if s["skipped"]:
-            lines.append(f"  skipped {len(s['skipped'])}: " + "; ".join(
-                f"{k['path']} ({k['reason']})" for k in s["skipped"][:3]))
+            lines.append(
+                f"  skipped {len(s['skipped'])}: " + "; ".join(f"{k['path']} ({k['reason']})" for k in s["skipped"][:3])
+            )
     if r.get("contact_sheets"):
         lines.append("\ncontact sheets: " + ", ".join(r["contact_sheets"]))
     return "\n".join(lines)

@@ -35,8 +35,16 @@ def class_index(name: str, classes: list[str]) -> int:
     return classes.index(name)
 
 
-def explain_arrays(eng: Engine, arrays: list[np.ndarray], classes: list[str], method: str = "gradcam",
-                   target: str | None = None, *, model_name: str, batch_size: int = 32) -> list[dict]:
+def explain_arrays(
+    eng: Engine,
+    arrays: list[np.ndarray],
+    classes: list[str],
+    method: str = "gradcam",
+    target: str | None = None,
+    *,
+    model_name: str,
+    batch_size: int = 32,
+) -> list[dict]:
     """Heatmaps for decoded images, e.g. an upload the web demo decoded with `data.read_images`.
 
     eng: a loaded run's engine (`evaluation.load_run(run)[2]`); arrays: C x H x W uint8 arrays as `data.decode`
@@ -59,15 +67,21 @@ def explain_arrays(eng: Engine, arrays: list[np.ndarray], classes: list[str], me
             probs = eng.logits(eng.eval_input(x)).float().softmax(1).cpu()
         picks = [wanted if wanted is not None else int(p.argmax()) for p in probs]
         # Gradients are needed even if a caller runs under no_grad; the map in fp32, whatever the run's precision.
-        with torch.enable_grad(), torch.autocast(eng.device.type, enabled=False), \
-                make_cam(model=eng.model, target_layers=[layer]) as cam:
+        with (
+            torch.enable_grad(),
+            torch.autocast(eng.device.type, enabled=False),
+            make_cam(model=eng.model, target_layers=[layer]) as cam,
+        ):
             maps = cam(input_tensor=eng.eval_input(x), targets=[ClassifierOutputTarget(k) for k in picks])
         eng.model.zero_grad(set_to_none=True)
         for j, i in enumerate(idx):
             label = int(probs[j].argmax())
-            rows[i] = {"label": classes[label], "prob": float(probs[j, label]),
-                       "probs": {c: float(probs[j, k]) for k, c in enumerate(classes)},
-                       "target": classes[picks[j]],
-                       "heatmap": np.clip(np.nan_to_num(maps[j]), 0, 1).astype(np.float32),
-                       "image": np.ascontiguousarray(arrays[i].transpose(1, 2, 0))}
+            rows[i] = {
+                "label": classes[label],
+                "prob": float(probs[j, label]),
+                "probs": {c: float(probs[j, k]) for k, c in enumerate(classes)},
+                "target": classes[picks[j]],
+                "heatmap": np.clip(np.nan_to_num(maps[j]), 0, 1).astype(np.float32),
+                "image": np.ascontiguousarray(arrays[i].transpose(1, 2, 0)),
+            }
     return rows

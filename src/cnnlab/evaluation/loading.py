@@ -23,8 +23,10 @@ def load_run(run: Path, which: str = "best") -> tuple[Config, dict, Engine]:
     run_folder.read_config(run)  # a clear error for a folder that is not a run
     path = run / f"{which}.pt"
     if which == "best" and not path.is_file() and (run / run_folder.LAST).is_file():
-        raise UserError(f"{path} is missing although {run / run_folder.LAST} exists: the run has finished epochs, "
-                        "but its best checkpoint was deleted or moved")
+        raise UserError(
+            f"{path} is missing although {run / run_folder.LAST} exists: the run has finished epochs, "
+            "but its best checkpoint was deleted or moved"
+        )
     ckpt = run_folder.load_checkpoint(path, hint="" if path.is_file() else ": the run has not finished an epoch yet")
     cfg = Config.from_dict(ckpt["config"])
     cfg.train.device = "cpu" if not torch.cuda.is_available() else cfg.train.device

@@ -15,8 +15,14 @@ from cnnlab.data.image_files import read_images
 
 def prediction_rows(files: list[Path], probs, classes: list[str]) -> list[dict]:
     """The rows `cnnlab predict` prints, one a file: path, label, probs (from a checkpoint or an ONNX file)."""
-    return [{"path": printable(f), "label": classes[int(pr.argmax())],
-             "probs": {c: float(pr[i]) for i, c in enumerate(classes)}} for f, pr in zip(files, probs, strict=True)]
+    return [
+        {
+            "path": printable(f),
+            "label": classes[int(pr.argmax())],
+            "probs": {c: float(pr[i]) for i, c in enumerate(classes)},
+        }
+        for f, pr in zip(files, probs, strict=True)
+    ]
 
 
 def predict_files(run: Path, paths, batch_size: int = 256) -> list[dict]:
@@ -31,8 +37,12 @@ def predict_files(run: Path, paths, batch_size: int = 256) -> list[dict]:
     prep = DecodeSettings.of(cfg.data)
     files, arrays = read_images(paths, prep)
     tensors = [torch.from_numpy(a) for a in arrays]
-    images = ImageSet(images=torch.stack(tensors) if prep.resize != "keep" else tensors,
-                      labels=torch.zeros(len(files), dtype=torch.long),
-                      samples=[Sample(f, -1, "predict") for f in files], sizes=[], modes=[])
+    images = ImageSet(
+        images=torch.stack(tensors) if prep.resize != "keep" else tensors,
+        labels=torch.zeros(len(files), dtype=torch.long),
+        samples=[Sample(f, -1, "predict") for f in files],
+        sizes=[],
+        modes=[],
+    )
     probs = predict_logits(eng, images, batch_size).softmax(1)
     return prediction_rows(files, probs, list(ckpt["classes"]))

@@ -48,8 +48,9 @@ def _content_id(samples, classes: list[str]) -> str:
     from cnnlab.data.duplicates import file_hashes
 
     h = hashlib.sha1()
-    for item in sorted(f"{d}:{classes[s.label]}" for d, s in zip(file_hashes([s.path for s in samples]), samples,
-                                                                    strict=True)):
+    for item in sorted(
+        f"{d}:{classes[s.label]}" for d, s in zip(file_hashes([s.path for s in samples]), samples, strict=True)
+    ):
         h.update(item.encode())
     return h.hexdigest()[:16]
 
@@ -63,8 +64,10 @@ def _evaluations(path: Path) -> list[dict]:
             return history
     except (json.JSONDecodeError, UnicodeDecodeError):
         pass
-    raise UserError(f"{path} is damaged: it counts this run's test evaluations, and a test cannot be counted "
-                    "without it (restore it from a backup; deleting it would hide earlier evaluations)")
+    raise UserError(
+        f"{path} is damaged: it counts this run's test evaluations, and a test cannot be counted "
+        "without it (restore it from a backup; deleting it would hide earlier evaluations)"
+    )
 
 
 TESTS = "tests"  # RUN/tests/NAME/: one folder an evaluation
@@ -76,8 +79,7 @@ def folder_name(root: Path, manifest: str | None, content_id: str) -> str:
     """The folder of an evaluation in RUN/tests/: the data set folder's name, then the manifest's stem, then the
     first 8 characters of the content id (so two data sets of one name never share a folder, and the same images
     tested again reuse theirs), e.g. `ecl-1f3a9c0d`, `ecl-leak_free_test-77b2e410`."""
-    return "-".join([*(_safe(p) for p in (root.name, *([Path(manifest).stem] if manifest else []))),
-                     content_id[:8]])
+    return "-".join([*(_safe(p) for p in (root.name, *([Path(manifest).stem] if manifest else []))), content_id[:8]])
 
 
 def _safe(part: str) -> str:
@@ -109,15 +111,25 @@ def find_test(run: Path, data: str | Path, manifest: str | None = None) -> dict 
     folders for that data set; else, in a run folder of before tests/, the top-level test.json."""
     run, root = Path(run), Path(data).expanduser().resolve()
     prefix = folder_name(root, manifest, "")  # ends in "-"
-    mine = [p for p in (run / TESTS).glob(f"*/{RESULT}") if p.parent.name.startswith(prefix)
-            and _HASH.fullmatch(p.parent.name[len(prefix):]) and read_test(p).get("data") == str(root)]
+    mine = [
+        p
+        for p in (run / TESTS).glob(f"*/{RESULT}")
+        if p.parent.name.startswith(prefix)
+        and _HASH.fullmatch(p.parent.name[len(prefix) :])
+        and read_test(p).get("data") == str(root)
+    ]
     if mine:
         return read_test(max(mine, key=lambda p: p.stat().st_mtime_ns))
     return read_test(run / RESULT) if (run / RESULT).is_file() else None
 
 
-def test_run(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
-             name: str | None = None) -> dict:
+def test_run(
+    run: Path,
+    data: str | None = None,
+    manifest: str | None = None,
+    class_map: str | None = None,
+    name: str | None = None,
+) -> dict:
     """Score the run's best checkpoint on a test folder (or the images a manifest lists), once: the evaluation is
     counted in evaluations.json, and a repeat warns. Writes test.json and the rest into RUN/tests/NAME/
     (`folder_name`); `name` labels the split in them (default `test`, or `test-MANIFEST` for a manifest).
@@ -125,8 +137,13 @@ def test_run(run: Path, data: str | None = None, manifest: str | None = None, cl
     return run_test(run, data, manifest, class_map, name)[0]
 
 
-def run_test(run: Path, data: str | None = None, manifest: str | None = None, class_map: str | None = None,
-             name: str | None = None) -> tuple[dict, Path]:
+def run_test(
+    run: Path,
+    data: str | None = None,
+    manifest: str | None = None,
+    class_map: str | None = None,
+    name: str | None = None,
+) -> tuple[dict, Path]:
     """`test_run`, and the folder it wrote: choose the images, count the evaluation, predict, score, write the
     files, record the evaluation, draw the gallery of errors."""
     run = Path(run)
@@ -138,9 +155,17 @@ def run_test(run: Path, data: str | None = None, manifest: str | None = None, cl
     history, earlier = _earlier_evaluations(run, split_id, content_id)
     logits = predict_logits(eng, images, cfg.train.eval_batch_size)
     cm, scored = _score(images.labels, logits.argmax(1), classes)
-    result = {"run": str(run), "data": str(root), "split": split, "n_images": int(len(images.labels)), **scored,
-              "classes": classes, "best_epoch": int(ckpt["epoch"]), "evaluation_number": earlier + 1,
-              "skipped": skipped}
+    result = {
+        "run": str(run),
+        "data": str(root),
+        "split": split,
+        "n_images": int(len(images.labels)),
+        **scored,
+        "classes": classes,
+        "best_epoch": int(ckpt["epoch"]),
+        "evaluation_number": earlier + 1,
+        "skipped": skipped,
+    }
     folder = run / TESTS / folder_name(root, manifest, content_id)
     _write_files(folder, result, cm, images, root, logits)
     _record_evaluation(run, history, split_id, content_id, result)
@@ -149,8 +174,9 @@ def run_test(run: Path, data: str | None = None, manifest: str | None = None, cl
     return result, folder
 
 
-def _choose_images(cfg: Config, classes: list[str], data: str | None, manifest: str | None, class_map: str | None,
-                   name: str | None) -> tuple[Path, ImageSet, int, str]:
+def _choose_images(
+    cfg: Config, classes: list[str], data: str | None, manifest: str | None, class_map: str | None, name: str | None
+) -> tuple[Path, ImageSet, int, str]:
     """The images to score: a manifest's, else the test split of `data` (default: the run's own data set), decoded
     as the run was trained; -> the data set's root, the images, how many were skipped, and the split's label."""
     root = check_root(Path(data or cfg.data.path))
@@ -158,10 +184,8 @@ def _choose_images(cfg: Config, classes: list[str], data: str | None, manifest: 
         samples = read_manifest(Path(manifest), root, classes, split="test")
         name = name or f"test-{Path(manifest).stem}"
     else:  # the run's classes decide: any layout, other names mapped, another training folder never read
-        own = root == check_root(Path(cfg.data.path)) if cfg.data.path and Path(cfg.data.path).is_dir() \
-            else not data
-        _, samples, _ = scored_split(root, classes, class_map or (cfg.data.class_map if own else None),
-                                     cfg.data.strict)
+        own = root == check_root(Path(cfg.data.path)) if cfg.data.path and Path(cfg.data.path).is_dir() else not data
+        _, samples, _ = scored_split(root, classes, class_map or (cfg.data.class_map if own else None), cfg.data.strict)
         name = name or "test"
     images, bad, _ = load_images(samples, root, DecodeSettings.of(cfg.data), cfg.data.cache_dir or None)
     if bad:
@@ -173,18 +197,31 @@ def _earlier_evaluations(run: Path, split_id: str, content_id: str) -> tuple[lis
     """evaluations.json's entries, and how many of them evaluated these images (by content; by paths for entries
     from before content ids): warns when any did."""
     history = _evaluations(run / EVALUATIONS)
-    earlier = [e for e in history if (e["content_id"] == content_id if "content_id" in e
-                                      else e.get("split_id") == split_id)]
+    earlier = [
+        e for e in history if (e["content_id"] == content_id if "content_id" in e else e.get("split_id") == split_id)
+    ]
     if earlier:
-        warnings.warn(f"this test split was already evaluated {len(earlier)} time(s) for {run}: a test score "
-                      "reused for choices is no longer a fair estimate", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"this test split was already evaluated {len(earlier)} time(s) for {run}: a test score "
+            "reused for choices is no longer a fair estimate",
+            UserWarning,
+            stacklevel=3,
+        )
     return history, len(earlier)
 
 
 def _record_evaluation(run: Path, history: list[dict], split_id: str, content_id: str, result: dict) -> None:
     """This evaluation appended to evaluations.json (the run's count of its tests, at the run folder's top)."""
-    history.append({"content_id": content_id, "split_id": split_id, "split": result["split"],
-                    "n_images": result["n_images"], "time": time.time(), "macro_f1": result["macro_f1"]})
+    history.append(
+        {
+            "content_id": content_id,
+            "split_id": split_id,
+            "split": result["split"],
+            "n_images": result["n_images"],
+            "time": time.time(),
+            "macro_f1": result["macro_f1"],
+        }
+    )
     write_text(run / EVALUATIONS, json.dumps(history, indent=2))
 
 
@@ -198,23 +235,43 @@ def _score(y: torch.Tensor, pred: torch.Tensor, classes: list[str]) -> tuple[tor
     return cm, {
         "macro_f1": macro_f1(cm, every_class=True),
         "accuracy": float(accuracy_score(y.numpy(), pred.numpy())),
-        "per_class": {c: {"precision": float(pc["precision"][i]), "recall": float(pc["recall"][i]),
-                          "f1": float(pc["f1"][i]), "support": int(pc["support"][i])} for i, c in enumerate(classes)},
-        "confusion_matrix": cm.tolist()}
+        "per_class": {
+            c: {
+                "precision": float(pc["precision"][i]),
+                "recall": float(pc["recall"][i]),
+                "f1": float(pc["f1"][i]),
+                "support": int(pc["support"][i]),
+            }
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": cm.tolist(),
+    }
 
 
-def _write_files(folder: Path, result: dict, cm: torch.Tensor, images: ImageSet, root: Path,
-                 logits: torch.Tensor) -> None:
+def _write_files(
+    folder: Path, result: dict, cm: torch.Tensor, images: ImageSet, root: Path, logits: torch.Tensor
+) -> None:
     """test.json, test_predictions.csv and test_confusion.png into the evaluation's folder."""
     from cnnlab.reporting.figures import confusion_panels
 
     folder.mkdir(parents=True, exist_ok=True)
     classes, split = result["classes"], result["split"]
     write_text(folder / RESULT, json.dumps(result, indent=2))
-    _write_predictions(folder / "test_predictions.csv", images.samples, root, images.labels.numpy(),
-                       logits.argmax(1).numpy(), logits.softmax(1), classes)
-    confusion_panels(cm.numpy(), classes, folder / "test_confusion.png",
-                     title=f"{split}: macro-F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}")
+    _write_predictions(
+        folder / "test_predictions.csv",
+        images.samples,
+        root,
+        images.labels.numpy(),
+        logits.argmax(1).numpy(),
+        logits.softmax(1),
+        classes,
+    )
+    confusion_panels(
+        cm.numpy(),
+        classes,
+        folder / "test_confusion.png",
+        title=f"{split}: macro-F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}",
+    )
 
 
 def _write_predictions(path: Path, samples, root: Path, y, pred, probs: torch.Tensor, classes: list[str]) -> None:
@@ -229,8 +286,16 @@ def _write_predictions(path: Path, samples, root: Path, y, pred, probs: torch.Te
             w.writerow([printable(rel), classes[t], classes[p], *(f"{v:.6f}" for v in pr)])
 
 
-def error_gallery(cfg: Config, eng: Engine, images: ImageSet, logits: torch.Tensor, classes: list[str], path: Path,
-                  title: str, most: int = 24) -> None:
+def error_gallery(
+    cfg: Config,
+    eng: Engine,
+    images: ImageSet,
+    logits: torch.Tensor,
+    classes: list[str],
+    path: Path,
+    title: str,
+    most: int = 24,
+) -> None:
     """The misclassified images, the most confident errors first, each with the heatmap of its predicted class
     (`cam.explain_arrays`), true and predicted label and probability. Without heatmaps (an MLP, or grad-cam not
     installed) the images alone, and the title says why."""
@@ -247,10 +312,20 @@ def error_gallery(cfg: Config, eng: Engine, images: ImageSet, logits: torch.Tens
         maps = [r["heatmap"] for r in explain_arrays(eng, arrays, classes, model_name=cfg.model.model)]
     except UserError as e:
         maps, note = [None] * len(arrays), f" (no heatmaps: {e})"
-    cells = [{"image": a.transpose(1, 2, 0), "heatmap": m,
-              "caption": f"{images.samples[i].path.name[:18]}\ntrue {classes[int(images.labels[i])]}\n"
-                         f"pred {classes[int(pred[i])]} {float(conf[i]):.0%}"}
-             for i, a, m in zip(wrong, arrays, maps, strict=True)]
+    cells = [
+        {
+            "image": a.transpose(1, 2, 0),
+            "heatmap": m,
+            "caption": f"{images.samples[i].path.name[:18]}\ntrue {classes[int(images.labels[i])]}\n"
+            f"pred {classes[int(pred[i])]} {float(conf[i]):.0%}",
+        }
+        for i, a, m in zip(wrong, arrays, maps, strict=True)
+    ]
     n_wrong = int((pred != images.labels).sum())
-    heatmap_grid(cells, path, cols=6, title=f"{title}: {n_wrong} of {len(images)} misclassified; the {len(cells)} "
-                                            f"most confident, heatmap of the predicted class{note}")
+    heatmap_grid(
+        cells,
+        path,
+        cols=6,
+        title=f"{title}: {n_wrong} of {len(images)} misclassified; the {len(cells)} "
+        f"most confident, heatmap of the predicted class{note}",
+    )

@@ -73,8 +73,12 @@ def explain_images(run, paths, out, method: str = "gradcam", target: str | None 
         r["overlay"] = str(out / f"{stem}.png")
         heatmap_grid([cell], Path(r["overlay"]), title=f"{name} ({method})", cols=1, side=4.0)
         cells.append({**cell, "caption": f"{name[:20]}\n{caption}"})
-    heatmap_grid(cells[:SHEET], out / "contact_sheet.png", cols=8,
-                 title=f"{method}: {run}" + (f" (first {SHEET} of {len(cells)})" if len(cells) > SHEET else ""))
+    heatmap_grid(
+        cells[:SHEET],
+        out / "contact_sheet.png",
+        cols=8,
+        title=f"{method}: {run}" + (f" (first {SHEET} of {len(cells)})" if len(cells) > SHEET else ""),
+    )
     return rows
 
 
@@ -126,8 +130,11 @@ def box_scores(heatmap: np.ndarray, boxes) -> dict:
     area = float(mask.mean())
     peaks = heat == heat.max()
     total = float(heat.sum())
-    return {"hit": float(mask[peaks].mean()), "energy": float(heat[mask].sum() / total) if total > 0 else area,
-            "area": area}
+    return {
+        "hit": float(mask[peaks].mean()),
+        "energy": float(heat[mask].sum() / total) if total > 0 else area,
+        "area": area,
+    }
 
 
 class _Sample:
@@ -159,8 +166,7 @@ def _box_items(root: Path, table: dict, boxes_csv, manifest, classes: list[str])
     keys, unboxed = list(table), 0
     if manifest:
         try:
-            labels = {_rel(s.path, root): s.label for s in read_manifest(Path(manifest), root, classes,
-                                                                                  split="test")}
+            labels = {_rel(s.path, root): s.label for s in read_manifest(Path(manifest), root, classes, split="test")}
         except ValueError:
             raise UserError(f"{manifest} lists images outside the data folder {root}") from None
         keys = [k for k in labels if k in table]
@@ -169,8 +175,7 @@ def _box_items(root: Path, table: dict, boxes_csv, manifest, classes: list[str])
             raise UserError(f"none of the images {manifest} lists has a box in {boxes_csv}")
     missing = [k for k in keys if not (root / k).is_file()]
     if missing:
-        raise UserError(f"{boxes_csv}: {len(missing)} box row(s) name images that are not in {root}, e.g. "
-                        f"{missing[0]}")
+        raise UserError(f"{boxes_csv}: {len(missing)} box row(s) name images that are not in {root}, e.g. {missing[0]}")
     return [(k, labels.get(k, -1)) for k in keys], unboxed
 
 
@@ -193,36 +198,75 @@ def _score(eng, cfg, classes, root: Path, items, table, method, target, shown, c
         if s["area"] == 0:  # the crop cut the box away: nothing to point at
             counts["no_area"] += 1
             continue
-        rows.append({"path": key, "label": e["label"], "true": classes[label] if label >= 0 else "",
-                     "target": e["target"], "prob": e["prob"], "hit": s["hit"], "energy_in_box": s["energy"],
-                     "box_area": s["area"]})
+        rows.append(
+            {
+                "path": key,
+                "label": e["label"],
+                "true": classes[label] if label >= 0 else "",
+                "target": e["target"],
+                "prob": e["prob"],
+                "hit": s["hit"],
+                "energy_in_box": s["energy"],
+                "box_area": s["area"],
+            }
+        )
         caption = f"{Path(key).name[:16]}: {e['label']} {e['prob']:.0%}\n{s['energy']:.0%} of heat in box"
         shown["hits" if s["hit"] >= 0.5 else "misses"].add(
-            lambda e=e, boxes=boxes, caption=caption: {"image": e["image"], "heatmap": e["heatmap"],
-                                                       "boxes": boxes, "point": _peak(e["heatmap"]),
-                                                       "caption": caption})
+            lambda e=e, boxes=boxes, caption=caption: {
+                "image": e["image"],
+                "heatmap": e["heatmap"],
+                "boxes": boxes,
+                "point": _peak(e["heatmap"]),
+                "caption": caption,
+            }
+        )
     return rows
 
 
 def _summary(rows: list[dict], classes: list[str]) -> dict:
     mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if rs else None  # noqa: E731
-    out = {"n_images": len(rows), "pointing_game": mean(rows, "hit"), "energy_in_box": mean(rows, "energy_in_box"),
-           "random_pointing_game": mean(rows, "box_area"), "random_energy_in_box": mean(rows, "box_area")}
+    out = {
+        "n_images": len(rows),
+        "pointing_game": mean(rows, "hit"),
+        "energy_in_box": mean(rows, "energy_in_box"),
+        "random_pointing_game": mean(rows, "box_area"),
+        "random_energy_in_box": mean(rows, "box_area"),
+    }
     known = [r for r in rows if r["true"]]
     by = "true" if known else "label"
     if known:
         correct = [r for r in known if r["label"] == r["true"]]
-        out.update(accuracy=len(correct) / len(known), n_correct=len(correct),
-                   pointing_game_correct=mean(correct, "hit"), energy_in_box_correct=mean(correct, "energy_in_box"))
-    out["per_class"] = {c: {"n": len(rs), "pointing_game": mean(rs, "hit"), "energy_in_box": mean(rs, "energy_in_box"),
-                            "random_pointing_game": mean(rs, "box_area")}
-                        for c in classes if (rs := [r for r in rows if r[by] == c])}
+        out.update(
+            accuracy=len(correct) / len(known),
+            n_correct=len(correct),
+            pointing_game_correct=mean(correct, "hit"),
+            energy_in_box_correct=mean(correct, "energy_in_box"),
+        )
+    out["per_class"] = {
+        c: {
+            "n": len(rs),
+            "pointing_game": mean(rs, "hit"),
+            "energy_in_box": mean(rs, "energy_in_box"),
+            "random_pointing_game": mean(rs, "box_area"),
+        }
+        for c in classes
+        if (rs := [r for r in rows if r[by] == c])
+    }
     out["per_class_by"] = "true class" if known else "predicted class"
     return out
 
 
-def localisation(run, boxes, data=None, manifest=None, method: str = "gradcam", target: str | None = None,
-                 out=None, which: str = "best", chunk: int = 64) -> dict:
+def localisation(
+    run,
+    boxes,
+    data=None,
+    manifest=None,
+    method: str = "gradcam",
+    target: str | None = None,
+    out=None,
+    which: str = "best",
+    chunk: int = 64,
+) -> dict:
     """`cnnlab explain RUN --boxes CSV`: how well the heatmaps point at the boxes (`box_scores`), over the boxed
     images (those of the manifest's test rows, with a manifest), each box mapped through the run's decoding (crop,
     resize, pad). With `out`: explain.json, localisation.csv (a row an image) and galleries hits.png, misses.png."""
@@ -238,16 +282,28 @@ def localisation(run, boxes, data=None, manifest=None, method: str = "gradcam", 
     items, unboxed = _box_items(root, table, boxes, manifest, classes)
     shown, counts, rows = {"hits": _Sample(), "misses": _Sample()}, {"skipped": [], "no_area": 0}, []
     for start in range(0, len(items), chunk):
-        rows += _score(eng, cfg, classes, root, items[start:start + chunk], table, method, target, shown, counts)
+        rows += _score(eng, cfg, classes, root, items[start : start + chunk], table, method, target, shown, counts)
     if counts["skipped"]:
-        warnings.warn(f"skipped {len(counts['skipped'])} unreadable image(s), e.g. {counts['skipped'][0]}",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"skipped {len(counts['skipped'])} unreadable image(s), e.g. {counts['skipped'][0]}",
+            UserWarning,
+            stacklevel=2,
+        )
     if not rows:
         raise UserError("no image could be scored: none was readable with a box left after the crop")
-    result = {"run": str(run), "method": method, "target": target or "predicted", "data": str(root),
-              "boxes": str(boxes), "manifest": str(manifest) if manifest else None, **_summary(rows, classes),
-              "n_skipped": len(counts["skipped"]), "n_box_cropped_away": counts["no_area"],
-              "n_listed_without_box": unboxed, "decode": vars(DecodeSettings.of(cfg.data)) | {"normalize": cfg.data.normalize}}
+    result = {
+        "run": str(run),
+        "method": method,
+        "target": target or "predicted",
+        "data": str(root),
+        "boxes": str(boxes),
+        "manifest": str(manifest) if manifest else None,
+        **_summary(rows, classes),
+        "n_skipped": len(counts["skipped"]),
+        "n_box_cropped_away": counts["no_area"],
+        "n_listed_without_box": unboxed,
+        "decode": vars(DecodeSettings.of(cfg.data)) | {"normalize": cfg.data.normalize},
+    }
     if out:
         _write_localisation(output_folder(out, datasets=[root]), result, rows, shown)
     return result
@@ -266,6 +322,10 @@ def _write_localisation(out: Path, result: dict, rows: list[dict], shown: dict) 
     write_text(out / "localisation.csv", table.getvalue())
     for name, sample in shown.items():
         if sample.items:
-            heatmap_grid(sample.items, out / f"{name}.png", cols=6,
-                         title=f"{name} of the pointing game ({result['method']}): {len(sample.items)} of "
-                               f"{sample.n}; green: the box, x: the heatmap's maximum")
+            heatmap_grid(
+                sample.items,
+                out / f"{name}.png",
+                cols=6,
+                title=f"{name} of the pointing game ({result['method']}): {len(sample.items)} of "
+                f"{sample.n}; green: the box, x: the heatmap's maximum",
+            )

@@ -62,11 +62,19 @@ def cpu_engine(run: Path) -> tuple[Config, dict, Engine]:
 def metadata(cfg: Config, ckpt: dict) -> dict[str, str]:
     """What a consumer needs beside the graph: how to decode, the classes, and where the file came from."""
     d = cfg.data
-    return {"classes": json.dumps(list(ckpt["classes"])), "image_size": str(d.image_size), "resize": d.resize,
-            "channels": str(d.channels), "crop": d.crop, "normalize": d.normalize,
-            "mean": json.dumps(torch.as_tensor(ckpt["mean"]).tolist()),
-            "std": json.dumps(torch.as_tensor(ckpt["std"]).tolist()), "tta": json.dumps(bool(cfg.train.tta)),
-            "cnnlab_version": __version__, "epoch": str(ckpt.get("epoch", ""))}
+    return {
+        "classes": json.dumps(list(ckpt["classes"])),
+        "image_size": str(d.image_size),
+        "resize": d.resize,
+        "channels": str(d.channels),
+        "crop": d.crop,
+        "normalize": d.normalize,
+        "mean": json.dumps(torch.as_tensor(ckpt["mean"]).tolist()),
+        "std": json.dumps(torch.as_tensor(ckpt["std"]).tolist()),
+        "tta": json.dumps(bool(cfg.train.tta)),
+        "cnnlab_version": __version__,
+        "epoch": str(ckpt.get("epoch", "")),
+    }
 
 
 def write_graph(eng: Engine, prep: DecodeSettings, path: Path, meta: dict[str, str]) -> None:
@@ -78,9 +86,16 @@ def write_graph(eng: Engine, prep: DecodeSettings, path: Path, meta: dict[str, s
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer remarks
             # .eval(): the exporter puts the module back in its mode afterwards, and a new module is in training
-            torch.onnx.export(Preprocessed(eng).eval(), (x,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": axes, "logits": {0: "batch"}})
+            torch.onnx.export(
+                Preprocessed(eng).eval(),
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": {0: "batch"}},
+            )
     except OSError:
         raise
     except Exception as e:  # an operator the exporter cannot write: name it, no traceback
@@ -122,8 +137,12 @@ def check_images(run: Path, cfg: Config, prep: DecodeSettings) -> tuple[list[np.
             continue  # the run skipped it too
     if arrays:
         return arrays, f"{len(arrays)} of the run's images"
-    warnings.warn(f"no image of {run}'s data is readable at {cfg.data.path or '(no data path)'}: the export is "
-                  "checked on random images instead", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"no image of {run}'s data is readable at {cfg.data.path or '(no data path)'}: the export is "
+        "checked on random images instead",
+        UserWarning,
+        stacklevel=3,
+    )
     side = max(16, round(prep.image_size / 16) * 16) if prep.resize == "keep" else prep.image_size
     rng = np.random.default_rng(0)
     return list(rng.integers(0, 256, (8, prep.channels, side, side), dtype=np.uint8)), "8 random images"
@@ -153,10 +172,19 @@ def export_onnx(run: Path, out: Path, log=print) -> dict:
             raise UserError(f"the exported model fails on {what}: {str(e).strip().splitlines()[0][:160]}") from None
         logit_diff = float(np.abs(ours - theirs).max())
         prob_diff = float(np.abs(softmax(ours) - softmax(theirs)).max())
-        log(f"checked on {what}: max |logit difference| {logit_diff:.2e}, max |probability difference| "
-            f"{prob_diff:.2e} (PyTorch vs onnxruntime)")
+        log(
+            f"checked on {what}: max |logit difference| {logit_diff:.2e}, max |probability difference| "
+            f"{prob_diff:.2e} (PyTorch vs onnxruntime)"
+        )
         if not logit_diff <= TOLERANCE:  # NaN fails too
-            raise UserError(f"the ONNX model differs from PyTorch by {logit_diff:.2e} in a logit (tolerance "
-                            f"{TOLERANCE:g}) on {what}: {out} was not written")
-    return {"path": str(out), "checked": len(arrays), "max_logit_diff": logit_diff, "max_prob_diff": prob_diff,
-            "epoch": ckpt.get("epoch")}
+            raise UserError(
+                f"the ONNX model differs from PyTorch by {logit_diff:.2e} in a logit (tolerance "
+                f"{TOLERANCE:g}) on {what}: {out} was not written"
+            )
+    return {
+        "path": str(out),
+        "checked": len(arrays),
+        "max_logit_diff": logit_diff,
+        "max_prob_diff": prob_diff,
+        "epoch": ckpt.get("epoch"),
+    }

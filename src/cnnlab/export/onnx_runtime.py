@@ -21,8 +21,19 @@ from cnnlab.errors import UserError
 from cnnlab.evaluation.prediction import prediction_rows
 
 # The metadata `cnnlab export` writes (metadata_props, all strings; lists as JSON), the ones needed to predict first.
-META_KEYS = ("classes", "image_size", "resize", "channels", "crop", "normalize", "mean", "std", "tta",
-             "cnnlab_version", "epoch")
+META_KEYS = (
+    "classes",
+    "image_size",
+    "resize",
+    "channels",
+    "crop",
+    "normalize",
+    "mean",
+    "std",
+    "tta",
+    "cnnlab_version",
+    "epoch",
+)
 NEEDED = META_KEYS[:5]
 INSTALL = "pip install onnx onnxruntime (or: pip install cnnlab[export])"
 
@@ -68,8 +79,13 @@ def open_model(path: Path) -> OnnxModel:
         prep = DecodeSettings(int(meta["image_size"]), meta["resize"], int(meta["channels"]), meta["crop"])
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} has damaged cnnlab metadata ({_first_line(e)})") from None
-    if (not isinstance(classes, list) or prep.resize not in RESIZE_POLICIES or prep.crop not in CROP_POLICIES
-            or prep.channels not in (1, 3) or prep.image_size < 1):
+    if (
+        not isinstance(classes, list)
+        or prep.resize not in RESIZE_POLICIES
+        or prep.crop not in CROP_POLICIES
+        or prep.channels not in (1, 3)
+        or prep.image_size < 1
+    ):
         raise UserError(f"{path} has damaged cnnlab metadata (classes {meta['classes'][:80]}, {prep})")
     return OnnxModel(path, session, [str(c) for c in classes], prep, meta)
 

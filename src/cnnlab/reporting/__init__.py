@@ -8,6 +8,8 @@ Names are imported from their modules on first use (`cnnlab.lazy_face`).
 from cnnlab import lazy_face
 
 _EXPORTS = {
+    "Report": "display",
+    "Image": "display",
     "Reporter": "reporter",
     "epoch_line": "reporter",
     "progress_bar": "progress",

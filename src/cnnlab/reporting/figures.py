@@ -46,8 +46,7 @@ def overlay_figure(runs: dict[str, list[dict]], title: str = "") -> Figure:
         c = colors(i % colors.N)
         for ax, key in zip(axes, ("loss", "f1"), strict=True):
             ax.plot(ep, [r[f"train_{key}"] for r in hist], color=c, lw=1.8, label=f"{name} train")
-            ax.plot(ep, [r[f"val_{key}"] for r in hist], color=c, lw=1.8, alpha=0.4, ls="--",
-                    label=f"{name} val")
+            ax.plot(ep, [r[f"val_{key}"] for r in hist], color=c, lw=1.8, alpha=0.4, ls="--", label=f"{name} val")
     for ax, ylabel in zip(axes, ("loss", "macro-F1"), strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -71,8 +70,15 @@ def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> Non
     hi = cm.max() if cm.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > hi / 2 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > hi / 2 else "black",
+                fontsize=9,
+            )
     if title:
         ax.set_title(title)
     save(fig, path)
@@ -81,8 +87,7 @@ def confusion_matrix(cm, classes: list[str], path: Path, title: str = "") -> Non
 def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, title: str = "", thumb: int = 96) -> None:
     """One row per class: label on the left, sample images (H x W x C uint8, any size) beside it."""
     cols = max((len(v) for v in rows.values()), default=1)
-    fig, axes = _subplots(len(rows), cols, figsize=(cols * thumb / 60, len(rows) * thumb / 60 + 0.4),
-                             squeeze=False)
+    fig, axes = _subplots(len(rows), cols, figsize=(cols * thumb / 60, len(rows) * thumb / 60 + 0.4), squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         for c in range(cols):
             ax = axes[r][c]
@@ -92,8 +97,7 @@ def contact_sheet(rows: dict[str, list[np.ndarray]], path: Path, title: str = ""
                 side.set_visible(False)
             if c < len(images):
                 im = images[c]
-                ax.imshow(im.squeeze(), cmap="gray" if im.ndim == 2 or im.shape[-1] == 1 else None, vmin=0,
-                          vmax=255)
+                ax.imshow(im.squeeze(), cmap="gray" if im.ndim == 2 or im.shape[-1] == 1 else None, vmin=0, vmax=255)
             if c == 0:
                 ax.set_ylabel(name[:22], rotation=0, ha="right", va="center", fontsize=8)
     if title:
@@ -112,8 +116,9 @@ def distance_histogram(report: dict, path: Path) -> None:
         counts = h[split]["counts"] + [h[split]["above_cap"]]
         x = np.append(edges[:-1], edges[-1] + width / 2)
         ax.bar(x, counts, width=width * 0.9, align="edge", color=["C0"] * (len(counts) - 1) + ["0.6"])
-        ax.axvline(report["threshold_gray"], color="C3", ls="--", lw=1.2,
-                   label=f"threshold {report['threshold_gray']:g}")
+        ax.axvline(
+            report["threshold_gray"], color="C3", ls="--", lw=1.2, label=f"threshold {report['threshold_gray']:g}"
+        )
         ax.set_yscale("symlog", linthresh=1)
         ax.set_xlabel("distance to nearest train image (gray levels, 64 px)")
         ax.set_ylabel("images")
@@ -150,8 +155,10 @@ def confusion_panels(cm, classes: list[str], path: Path, title: str = "") -> Non
     rows = cm.sum(1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
     fig, axes = _subplots(1, 2, figsize=(2 * (1.2 * n + 2.5), 1.1 * n + 2), gridspec_kw={"wspace": 0.6})
-    for ax, values, text, name in ((axes[0], cm, lambda v: str(v), "counts"),
-                                   (axes[1], share, lambda v: f"{100 * v:.0f}%", "share of each true class")):
+    for ax, values, text, name in (
+        (axes[0], cm, lambda v: str(v), "counts"),
+        (axes[1], share, lambda v: f"{100 * v:.0f}%", "share of each true class"),
+    ):
         ax.imshow(values, cmap="Blues", vmin=0)
         ax.set_xticks(range(n), [c[:18] for c in classes], rotation=45, ha="right")
         ax.set_yticks(range(n), [c[:18] for c in classes])
@@ -161,15 +168,23 @@ def confusion_panels(cm, classes: list[str], path: Path, title: str = "") -> Non
         hi = values.max() if values.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, text(values[i, j]), ha="center", va="center", fontsize=9,
-                        color="white" if values[i, j] > hi / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    text(values[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if values[i, j] > hi / 2 else "black",
+                )
     if title:
         fig.suptitle(title)
     save(fig, path)
 
 
-def heatmap_grid(cells: list[dict], path: Path, title: str = "", cols: int = 6, side: float = 2.2,
-                 alpha: float = 0.45) -> None:
+def heatmap_grid(
+    cells: list[dict], path: Path, title: str = "", cols: int = 6, side: float = 2.2, alpha: float = 0.45
+) -> None:
     """Images with their heatmaps blended in (jet), a caption each. A cell: image (H x W x C uint8, C 1 or 3),
     heatmap (H x W in [0, 1], or None: the image alone), caption, and optionally boxes ([(x0, y0, x1, y1)] in
     continuous pixels, pixel i covering [i, i + 1): drawn green) and point ((column, row): a white cross)."""

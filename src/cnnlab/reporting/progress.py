@@ -13,8 +13,15 @@ def in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in shell.config
 
 
-def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True,
-        leave: bool = False):
+def progress_bar(
+    iterable=None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool = True,
+    leave: bool = False,
+):
     """A tqdm bar: the widget in a notebook (what `tqdm.auto` would pick, without its warning), else the text bar,
     which stays silent when output goes to a file or a pipe. Disabled, it is a no-op with the same methods."""
     from tqdm import tqdm

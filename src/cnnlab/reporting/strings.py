@@ -13,16 +13,16 @@ EN = {
     # study and assignment reports
     "study.title": "Study: {name}",
     "study.header": "Data `{path}`; {date}; machine: {machine}. Validation is a {fraction:.0%} stratified split of "
-                    "the training folder (seed {seed}); every choice below uses validation macro-F1 only.",
+    "the training folder (seed {seed}); every choice below uses validation macro-F1 only.",
     "study.footer": "Per-run figures: `summary.csv`; each run folder holds its config.toml, history.csv and "
-                    "curves.png.",
+    "curves.png.",
     "study.overlay_alt": "{study}: loss and macro-F1 per epoch, train solid, validation dashed",
     "study.conclusion": "Conclusion",
     "assignment.title": "The assignment, end to end",
     "assignment.carried": "Carried forward: **{winner}** (validation macro-F1 {f1:.4f}).",
     "assignment.final": "Final choice, scored once on the test split",
     "assignment.gap": "Validation macro-F1 {val:.4f} against test macro-F1 {test:.4f}: a gap of {gap:+.4f}. The "
-                      "test split was used for this score only, after every choice was made.",
+    "test split was used for this score only, after every choice was made.",
     "assignment.no_test": "The dataset has no test split: nothing was scored on test.",
     # conclusions
     "c.no_run": "No run finished.",
@@ -33,18 +33,18 @@ EN = {
     "c.separated": "larger than twice the standard error over seeds",
     "c.margin_one": "Its margin over {second} is {margin:.4f}, {verdict} ({noise:.4f}).",
     "c.below_spread": "smaller than the epoch-to-epoch spread of validation F1, so one seed cannot tell them apart; "
-                      "rerun with --seeds 3",
+    "rerun with --seeds 3",
     "c.above_spread": "larger than the epoch-to-epoch spread of validation F1 over the last 10 epochs",
     "c.worst": "Worst: {run} at {f1:.4f}, {drop:.4f} below the best.",
     "c.left_out": "Left out of the comparisons below, at less than half the best score: {runs}.",
     "c.overfitting": "Overfitting (train minus validation macro-F1 at the last epoch): smallest for {low} "
-                     "({low_gap:+.3f}), largest for {high} ({high_gap:+.3f}).",
+    "({low_gap:+.3f}), largest for {high} ({high_gap:+.3f}).",
     "c.stability": "Stability (std of validation macro-F1 over the last 10 epochs): steadiest {steady} "
-                   "({steady_std:.4f}), most erratic {erratic} ({erratic_std:.4f}).",
+    "({steady_std:.4f}), most erratic {erratic} ({erratic_std:.4f}).",
     "c.convergence": "Convergence: {early} peaked earliest (epoch {early_epoch:.0f}), {late} latest "
-                     "(epoch {late_epoch:.0f}).",
+    "(epoch {late_epoch:.0f}).",
     "c.speed": "Speed: {fast} fastest ({fast_ips:.0f} images/s), {slow} slowest ({slow_ips:.0f} images/s); the "
-               "study took {wall:.0f} s of training in all.",
+    "study took {wall:.0f} s of training in all.",
     # table headers
     "col.run": "run",
     "col.best_val_f1": "best val macro-F1",
@@ -72,9 +72,9 @@ EN = {
     # cross-validation report
     "cv.title": "Cross-validation on the data set's folds",
     "cv.intro": "`{command}`; {date}; machine: {machine}. Each fold is scored once by the run trained on the other "
-                "folds; that run validated on one of them, never on the scored fold.",
+    "folds; that run validated on one of them, never on the scored fold.",
     "cv.scores": "**Accuracy {acc:.4f} ± {acc_std:.4f}, macro-F1 {f1:.4f} ± {f1_std:.4f}** (mean ± std over "
-                 "{n} folds).",
+    "{n} folds).",
     "cv.confusion_alt": "confusion matrix summed over the folds",
     "cv.curves_alt": "loss and macro-F1 per epoch of every fold's run",
     # the built-in studies' questions
@@ -84,7 +84,7 @@ EN = {
     "question.overfitting": "Do a learning-rate scheduler and label smoothing reduce overfitting?",
     "question.imbalance": "How should class imbalance be handled?",
     "question.architecture": "What do convolutions, size-agnostic pooling and residual blocks buy over a fully "
-                             "connected net?",
+    "connected net?",
     "question.activations": "Does the activation function matter for the assignment's CNN?",
     "question.sweep": "Which value of {key} works best?",
 }
@@ -92,18 +92,17 @@ EN = {
 RU = {
     "study.title": "Исследование: {name}",
     "study.header": "Данные: `{path}`; {date}; машина: {machine}. Валидационная выборка: {fraction:.0%} обучающей "
-                    "папки, стратифицированное разбиение (сид {seed}); все решения ниже приняты только по macro-F1 "
-                    "на валидации.",
+    "папки, стратифицированное разбиение (сид {seed}); все решения ниже приняты только по macro-F1 "
+    "на валидации.",
     "study.footer": "Показатели каждого запуска: `summary.csv`; в папке каждого запуска лежат его config.toml, "
-                    "history.csv и curves.png.",
-    "study.overlay_alt": "{study}: функция потерь и macro-F1 по эпохам; обучение — сплошные линии, валидация — "
-                         "пунктир",
+    "history.csv и curves.png.",
+    "study.overlay_alt": "{study}: функция потерь и macro-F1 по эпохам; обучение — сплошные линии, валидация — пунктир",
     "study.conclusion": "Выводы",
     "assignment.title": "Задание целиком: все этапы по порядку",
     "assignment.carried": "На следующий этап переходит **{winner}** (macro-F1 на валидации {f1:.4f}).",
     "assignment.final": "Итоговый выбор: однократная оценка на тестовой выборке",
     "assignment.gap": "На валидации macro-F1 — {val:.4f}, на тесте — {test:.4f}: разрыв {gap:+.4f}. Тестовая выборка "
-                      "использована только для этой оценки, после того как все решения были приняты.",
+    "использована только для этой оценки, после того как все решения были приняты.",
     "assignment.no_test": "В наборе данных нет тестовой выборки: на тесте ничего не оценивалось.",
     "c.no_run": "Ни один запуск не завершился.",
     "c.best_seeds": "Лучший по macro-F1 на валидации: **{run}**, {score} (среднее по сидам, n = {n}).",
@@ -113,18 +112,18 @@ RU = {
     "c.separated": "это больше удвоенной стандартной ошибки по сидам",
     "c.margin_one": "Его отрыв от {second} составляет {margin:.4f}: {verdict} ({noise:.4f}).",
     "c.below_spread": "это меньше колебаний F1 на валидации от эпохи к эпохе, поэтому по одному сиду их не "
-                      "различить; перезапустите с --seeds 3",
+    "различить; перезапустите с --seeds 3",
     "c.above_spread": "это больше колебаний F1 на валидации от эпохи к эпохе за последние 10 эпох",
     "c.worst": "Худший: {run}, {f1:.4f}, на {drop:.4f} ниже лучшего.",
     "c.left_out": "Не участвуют в сравнениях ниже (меньше половины лучшего результата): {runs}.",
     "c.overfitting": "Переобучение (разность macro-F1 на обучающей и валидационной выборках на последней эпохе): "
-                     "наименьшее у {low} ({low_gap:+.3f}), наибольшее у {high} ({high_gap:+.3f}).",
+    "наименьшее у {low} ({low_gap:+.3f}), наибольшее у {high} ({high_gap:+.3f}).",
     "c.stability": "Стабильность (стандартное отклонение macro-F1 на валидации за последние 10 эпох): самый "
-                   "стабильный — {steady} ({steady_std:.4f}), самый нестабильный — {erratic} ({erratic_std:.4f}).",
+    "стабильный — {steady} ({steady_std:.4f}), самый нестабильный — {erratic} ({erratic_std:.4f}).",
     "c.convergence": "Сходимость: {early} раньше всех достиг максимума (эпоха {early_epoch:.0f}), {late} — позже "
-                     "всех (эпоха {late_epoch:.0f}).",
+    "всех (эпоха {late_epoch:.0f}).",
     "c.speed": "Скорость: быстрее всех {fast} ({fast_ips:.0f} изобр./с), медленнее всех {slow} ({slow_ips:.0f} "
-               "изобр./с); всего обучение в исследовании заняло {wall:.0f} с.",
+    "изобр./с); всего обучение в исследовании заняло {wall:.0f} с.",
     "col.run": "запуск",
     "col.best_val_f1": "лучший macro-F1 на валидации",
     "col.val_acc": "accuracy на валидации",
@@ -150,21 +149,21 @@ RU = {
     "col.minutes": "время, мин",
     "cv.title": "Кросс-валидация по фолдам набора данных",
     "cv.intro": "`{command}`; {date}; машина: {machine}. Каждый фолд оценивается один раз моделью, обученной на "
-                "остальных фолдах; валидационной выборкой для неё служил один из этих фолдов, но никогда не "
-                "оцениваемый.",
+    "остальных фолдах; валидационной выборкой для неё служил один из этих фолдов, но никогда не "
+    "оцениваемый.",
     "cv.scores": "**Accuracy {acc:.4f} ± {acc_std:.4f}, macro-F1 {f1:.4f} ± {f1_std:.4f}** (среднее ± стандартное "
-                 "отклонение по фолдам, n = {n}).",
+    "отклонение по фолдам, n = {n}).",
     "cv.confusion_alt": "матрица ошибок, просуммированная по всем фолдам",
     "cv.curves_alt": "функция потерь и macro-F1 по эпохам для модели каждого фолда",
     "question.regularization": "Как BatchNorm и Dropout влияют на CNN из задания?",
     "question.optimizers": "Какой оптимизатор из torch.optim лучше всего обучает выбранную сеть при одной и той же "
-                           "скорости обучения?",
+    "скорости обучения?",
     "question.lr": "Какая скорость обучения лучше всего подходит выбранному оптимизатору?",
     "question.overfitting": "Уменьшают ли переобучение планировщик скорости обучения и сглаживание меток "
-                            "(label smoothing)?",
+    "(label smoothing)?",
     "question.imbalance": "Как лучше всего учитывать дисбаланс классов?",
     "question.architecture": "Что дают свёртки, пулинг, не зависящий от размера входа, и остаточные блоки по "
-                             "сравнению с полносвязной сетью?",
+    "сравнению с полносвязной сетью?",
     "question.activations": "Важен ли выбор функции активации для CNN из задания?",
     "question.sweep": "Какое значение {key} работает лучше всего?",
 }

@@ -68,16 +68,23 @@ def summary_markdown(s: Served) -> str:
     from cnnlab.evaluation.testing import result_files
 
     classes = list(s.ckpt["classes"])
-    lines = [f"**Run** `{s.run}`",
-             f"- **Model** `{s.cfg.model.model}`, {s.cfg.data.image_size} px, "
-             f"{'gray' if s.cfg.data.channels == 1 else 'RGB'}",
-             f"- **Data** `{s.cfg.data.path}`: {len(classes)} classes ({', '.join(classes)})"]
+    lines = [
+        f"**Run** `{s.run}`",
+        f"- **Model** `{s.cfg.model.model}`, {s.cfg.data.image_size} px, "
+        f"{'gray' if s.cfg.data.channels == 1 else 'RGB'}",
+        f"- **Data** `{s.cfg.data.path}`: {len(classes)} classes ({', '.join(classes)})",
+    ]
     history = s.run / run_folder.HISTORY
-    summary = run_folder.summarize_history(run_folder.read_history(history), int(s.ckpt.get("epoch", 0))) \
-        if history.is_file() else {}
+    summary = (
+        run_folder.summarize_history(run_folder.read_history(history), int(s.ckpt.get("epoch", 0)))
+        if history.is_file()
+        else {}
+    )
     if summary:
-        lines.append(f"- **Validation** best macro-F1 **{summary['best_val_f1']:.3f}** at epoch "
-                     f"{summary['best_epoch']} of {summary['epochs']} (accuracy {summary['best_val_acc']:.3f})")
+        lines.append(
+            f"- **Validation** best macro-F1 **{summary['best_val_f1']:.3f}** at epoch "
+            f"{summary['best_epoch']} of {summary['epochs']} (accuracy {summary['best_val_acc']:.3f})"
+        )
     else:
         lines.append("- **Validation** no history.csv in the run")
     tests = result_files(s.run)  # RUN/tests/NAME/test.json, one an evaluation (or an older run's test.json)
@@ -91,8 +98,10 @@ def summary_markdown(s: Served) -> str:
 def _test_line(path: Path) -> str:
     try:
         t = json.loads(path.read_text(encoding="utf-8"))
-        return (f"macro-F1 **{t['macro_f1']:.3f}**, accuracy {t['accuracy']:.3f} on {t['n_images']} images "
-                f"(evaluation {t.get('evaluation_number', 1)})")
+        return (
+            f"macro-F1 **{t['macro_f1']:.3f}**, accuracy {t['accuracy']:.3f} on {t['n_images']} images "
+            f"(evaluation {t.get('evaluation_number', 1)})"
+        )
     except (ValueError, KeyError, TypeError):  # a damaged test.json must not take the page down
         return f"{path.name} is damaged or not a cnnlab test result"
 
@@ -189,27 +198,45 @@ def make_app(run: Path):
                 message = gr.Markdown("Drop an image or click to pick one.", elem_id="message")
                 probs = gr.Label(label="Class probabilities", num_top_classes=TOP_CLASSES, elem_id="probs")
             with gr.Column(scale=1):
-                heat = gr.Image(label="As the model sees it, and its heatmap (red: what drove the prediction)",
-                                type="numpy", interactive=False, elem_id="heatmap", format="png")
+                heat = gr.Image(
+                    label="As the model sees it, and its heatmap (red: what drove the prediction)",
+                    type="numpy",
+                    interactive=False,
+                    elem_id="heatmap",
+                    format="png",
+                )
         with gr.Row():
             with gr.Column(scale=1):
                 gr.Markdown(summary_markdown(s), elem_id="summary")
             with gr.Column(scale=1):
                 curves = s.run / run_folder.CURVES
-                gr.Image(str(curves) if curves.is_file() else None, label="Training curves", interactive=False,
-                         elem_id="curves")
+                gr.Image(
+                    str(curves) if curves.is_file() else None,
+                    label="Training curves",
+                    interactive=False,
+                    elem_id="curves",
+                )
         # One upload at a time (Gradio's default concurrency of 1): the heatmap hooks into the shared model.
-        upload.change(lambda p: predict_image(s, p), inputs=upload, outputs=[message, probs, heat],
-                      concurrency_limit=1)
+        upload.change(lambda p: predict_image(s, p), inputs=upload, outputs=[message, probs, heat], concurrency_limit=1)
     return app
 
 
 def start(app, host: str = "127.0.0.1", port: int = 7860) -> str:
     """Start the page's server in the background; -> its URL. A port in use is a UserError."""
     try:
-        app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, share=False,
-                   show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False,
-                   max_file_size="100mb", footer_links=["gradio", "settings"])
+        app.launch(
+            server_name=host,
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=True,
+            share=False,
+            show_error=True,
+            ssr_mode=False,
+            mcp_server=False,
+            enable_monitoring=False,
+            max_file_size="100mb",
+            footer_links=["gradio", "settings"],
+        )
     except OSError as e:
         raise UserError(f"cannot serve on {host}:{port}: {e}") from None
     return f"http://{host}:{port}/"

@@ -62,8 +62,10 @@ def read_folds(path: Path, ds: Dataset) -> dict[str, list[tuple[str, str]]]:
             raise UserError(f"{path}:{i}: {rel} is listed in folds {fold_of[rel]} and {fold}")
         folds.setdefault(fold, []).append((rel, row["class"]))
     if len(folds) < 3:
-        raise UserError(f"{path} has {len(folds)} fold(s): cross-validation here needs at least 3 "
-                        "(one to test, one to validate, the rest to train)")
+        raise UserError(
+            f"{path} has {len(folds)} fold(s): cross-validation here needs at least 3 "
+            "(one to test, one to validate, the rest to train)"
+        )
     return dict(sorted(folds.items(), key=lambda kv: natural_key(kv[0])))
 
 
@@ -92,16 +94,24 @@ def _jobs(base: Config, manifests: dict[str, Path], out: Path, threads: int) -> 
     jobs = []
     for k, manifest in manifests.items():
         try:
-            cfg = make_config(base.absolute(), {"train_manifest": str(manifest), "val_manifest": str(manifest),
-                                                "threads": threads})
+            cfg = make_config(
+                base.absolute(), {"train_manifest": str(manifest), "val_manifest": str(manifest), "threads": threads}
+            )
             jobs.append(Job(f"fold-{k}", cfg.train.seed, cfg, str(out / f"fold-{k}")))
         except UserError as e:
             raise UserError(f"fold {k}: {e}") from None
     return jobs
 
 
-def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None = None, jobs: int = 1,
-           reporter: Reporter | None = None, command: str = "") -> dict:
+def run_cv(
+    base: Config,
+    folds_csv: Path,
+    out: Path,
+    executor: Executor | None = None,
+    jobs: int = 1,
+    reporter: Reporter | None = None,
+    command: str = "",
+) -> dict:
     """Train every fold (or resume), test each once, write cv.json and the report (in the reporter's
     language; cv.json is the same in every language); -> the cv.json contents."""
     reporter = reporter or Reporter()
@@ -121,10 +131,13 @@ def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None =
         # A rerun reads the fold's one test back (RUN/tests/NAME/test.json, or an older run's test.json): it is
         # never scored twice.
         res = find_test(Path(job.out), ds.root, job.config.data.train_manifest) or test_run(
-            Path(job.out), str(ds.root), manifest=job.config.data.train_manifest, name="test")
+            Path(job.out), str(ds.root), manifest=job.config.data.train_manifest, name="test"
+        )
         scored.append((job, summary, res))
-        reporter.line(f"  {job.run}: test accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} "
-            f"({res['n_images']} images)")
+        reporter.line(
+            f"  {job.run}: test accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} "
+            f"({res['n_images']} images)"
+        )
     result = summarize_folds(scored, ds.classes, command)
     write_text(out / "cv.json", json.dumps(result, indent=2) + "\n")
     cv_report(result, scored, out, reporter.lang)
@@ -132,11 +145,19 @@ def run_cv(base: Config, folds_csv: Path, out: Path, executor: Executor | None =
 
 
 def summarize_folds(scored: list[tuple[Job, dict, dict]], classes: list[str], command: str) -> dict:
-    folds = [{"fold": job.run.removeprefix("fold-"), "accuracy": res["accuracy"], "macro_f1": res["macro_f1"],
-              "per_class_recall": {c: m["recall"] for c, m in res["per_class"].items()},
-              "n_images": res["n_images"], "best_val_f1": summary.get("best_val_f1"),
-              "best_epoch": summary.get("best_epoch"), "train_minutes": summary.get("wall_s", 0.0) / 60}
-             for job, summary, res in scored]
+    folds = [
+        {
+            "fold": job.run.removeprefix("fold-"),
+            "accuracy": res["accuracy"],
+            "macro_f1": res["macro_f1"],
+            "per_class_recall": {c: m["recall"] for c, m in res["per_class"].items()},
+            "n_images": res["n_images"],
+            "best_val_f1": summary.get("best_val_f1"),
+            "best_epoch": summary.get("best_epoch"),
+            "train_minutes": summary.get("wall_s", 0.0) / 60,
+        }
+        for job, summary, res in scored
+    ]
 
     def spread(key: str) -> tuple[float, float]:
         values = [f[key] for f in folds]
@@ -144,9 +165,18 @@ def summarize_folds(scored: list[tuple[Job, dict, dict]], classes: list[str], co
 
     (acc, acc_sd), (f1, f1_sd) = spread("accuracy"), spread("macro_f1")
     confusion = np.sum([np.array(res["confusion_matrix"]) for _, _, res in scored], axis=0)
-    return {"folds": folds, "mean_accuracy": acc, "std_accuracy": acc_sd, "mean_macro_f1": f1,
-            "std_macro_f1": f1_sd, "classes": classes, "confusion": confusion.tolist(), "command": command,
-            "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    return {
+        "folds": folds,
+        "mean_accuracy": acc,
+        "std_accuracy": acc_sd,
+        "mean_macro_f1": f1,
+        "std_macro_f1": f1_sd,
+        "classes": classes,
+        "confusion": confusion.tolist(),
+        "command": command,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def cv_report(result: dict, scored: list[tuple[Job, dict, dict]], out: Path, lang: str = "en") -> None:
@@ -157,19 +187,44 @@ def cv_report(result: dict, scored: list[tuple[Job, dict, dict]], out: Path, lan
 
     doc = Doc(t("cv.title"), lang)
     doc.p(t("cv.intro", command=result["command"], date=result["date"], machine=result["machine"]))
-    doc.p(t("cv.scores", acc=result["mean_accuracy"], acc_std=result["std_accuracy"], f1=result["mean_macro_f1"],
-            f1_std=result["std_macro_f1"], n=len(result["folds"])))
+    doc.p(
+        t(
+            "cv.scores",
+            acc=result["mean_accuracy"],
+            acc_std=result["std_accuracy"],
+            f1=result["mean_macro_f1"],
+            f1_std=result["std_macro_f1"],
+            n=len(result["folds"]),
+        )
+    )
     classes = result["classes"]
-    doc.table([*(t(f"col.{c}") for c in ("fold", "images", "accuracy", "macro_f1")),
-               *(t("col.recall", cls=c) for c in classes),
-               *(t(f"col.{c}") for c in ("val_f1", "best_epoch", "minutes"))],
-              [[f["fold"], f["n_images"], f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}",
-                *(f"{f['per_class_recall'][c]:.3f}" for c in classes), f"{f['best_val_f1']:.4f}",
-                f["best_epoch"], f"{f['train_minutes']:.1f}"] for f in result["folds"]])
+    doc.table(
+        [
+            *(t(f"col.{c}") for c in ("fold", "images", "accuracy", "macro_f1")),
+            *(t("col.recall", cls=c) for c in classes),
+            *(t(f"col.{c}") for c in ("val_f1", "best_epoch", "minutes")),
+        ],
+        [
+            [
+                f["fold"],
+                f["n_images"],
+                f"{f['accuracy']:.4f}",
+                f"{f['macro_f1']:.4f}",
+                *(f"{f['per_class_recall'][c]:.3f}" for c in classes),
+                f"{f['best_val_f1']:.4f}",
+                f["best_epoch"],
+                f"{f['train_minutes']:.1f}",
+            ]
+            for f in result["folds"]
+        ],
+    )
     cm = np.array(result["confusion"])
     confusion_matrix(cm, classes, out / "confusion.png", title="all folds: rows true, columns predicted")
     doc.image(out / "confusion.png", t("cv.confusion_alt"))
-    overlay({job.run: run_folder.read_history(Path(job.out) / run_folder.HISTORY) for job, _, _ in scored},
-            out / "curves.png", title="folds: train solid, validation dashed")
+    overlay(
+        {job.run: run_folder.read_history(Path(job.out) / run_folder.HISTORY) for job, _, _ in scored},
+        out / "curves.png",
+        title="folds: train solid, validation dashed",
+    )
     doc.image(out / "curves.png", t("cv.curves_alt"))
     doc.write(out)

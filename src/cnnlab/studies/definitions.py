@@ -58,32 +58,66 @@ def _builtin(name: str, runs: dict[str, dict], carries: tuple[str, ...] = ()) ->
     return Study(name, runs, question=asked["en"], carries=carries, questions=asked)
 
 
-STUDIES: dict[str, Study] = {s.name: s for s in [
-    _builtin("regularization", {
-        "simple": {"model": "simple"}, "simple-bn": {"model": "simple-bn"},
-        "simple-dropout": {"model": "simple-dropout"}, "simple-bn-dropout": {"model": "simple-bn-dropout"},
-    }, carries=("model",)),
-    _builtin("optimizers", {
-        "sgd": {"optimizer": "sgd", "momentum": 0.0}, "rmsprop": {"optimizer": "rmsprop"},
-        "adam": {"optimizer": "adam"}, "adagrad": {"optimizer": "adagrad"},
-    }, carries=("optimizer", "momentum")),
-    _builtin("lr", {f"lr={v:g}": {"lr": v} for v in (1e-3, 5e-3, 1e-2, 5e-2)}, carries=("lr",)),
-    _builtin("overfitting", {
-        "baseline": {}, "plateau": {"scheduler": "plateau", "plateau_patience": 3, "plateau_factor": 0.1},
-        "label-smoothing": {"label_smoothing": 0.1},
-        "plateau+smoothing": {"scheduler": "plateau", "plateau_patience": 3, "plateau_factor": 0.1,
-                              "label_smoothing": 0.1},
-    }, carries=("scheduler", "plateau_patience", "plateau_factor", "label_smoothing")),
-    _builtin("imbalance", {
-        "none": {"imbalance": "none"}, "weights": {"imbalance": "weights"},
-        "oversample": {"imbalance": "oversample"}, "undersample": {"imbalance": "undersample"},
-    }),
-    _builtin("architecture", {
-        "mlp": {"model": "mlp", "resize": "squash"}, "simple-bn-dropout": {"model": "simple-bn-dropout"},
-        "adaptive": {"model": "adaptive", "resize": "keep"}, "resnet": {"model": "resnet"},
-    }),
-    _builtin("activations", {a: {"activation": a} for a in ("relu", "leaky_relu", "tanh", "gelu")}),
-]}
+STUDIES: dict[str, Study] = {
+    s.name: s
+    for s in [
+        _builtin(
+            "regularization",
+            {
+                "simple": {"model": "simple"},
+                "simple-bn": {"model": "simple-bn"},
+                "simple-dropout": {"model": "simple-dropout"},
+                "simple-bn-dropout": {"model": "simple-bn-dropout"},
+            },
+            carries=("model",),
+        ),
+        _builtin(
+            "optimizers",
+            {
+                "sgd": {"optimizer": "sgd", "momentum": 0.0},
+                "rmsprop": {"optimizer": "rmsprop"},
+                "adam": {"optimizer": "adam"},
+                "adagrad": {"optimizer": "adagrad"},
+            },
+            carries=("optimizer", "momentum"),
+        ),
+        _builtin("lr", {f"lr={v:g}": {"lr": v} for v in (1e-3, 5e-3, 1e-2, 5e-2)}, carries=("lr",)),
+        _builtin(
+            "overfitting",
+            {
+                "baseline": {},
+                "plateau": {"scheduler": "plateau", "plateau_patience": 3, "plateau_factor": 0.1},
+                "label-smoothing": {"label_smoothing": 0.1},
+                "plateau+smoothing": {
+                    "scheduler": "plateau",
+                    "plateau_patience": 3,
+                    "plateau_factor": 0.1,
+                    "label_smoothing": 0.1,
+                },
+            },
+            carries=("scheduler", "plateau_patience", "plateau_factor", "label_smoothing"),
+        ),
+        _builtin(
+            "imbalance",
+            {
+                "none": {"imbalance": "none"},
+                "weights": {"imbalance": "weights"},
+                "oversample": {"imbalance": "oversample"},
+                "undersample": {"imbalance": "undersample"},
+            },
+        ),
+        _builtin(
+            "architecture",
+            {
+                "mlp": {"model": "mlp", "resize": "squash"},
+                "simple-bn-dropout": {"model": "simple-bn-dropout"},
+                "adaptive": {"model": "adaptive", "resize": "keep"},
+                "resnet": {"model": "resnet"},
+            },
+        ),
+        _builtin("activations", {a: {"activation": a} for a in ("relu", "leaky_relu", "tanh", "gelu")}),
+    ]
+}
 ASSIGNMENT_STAGES = ("regularization", "optimizers", "lr", "overfitting")
 NAMES = (*STUDIES, "assignment")
 
@@ -119,8 +153,14 @@ def sweep(study: Study, param: str) -> Study:
         Config().set(key.strip(), v)
     key = key.strip()
     asked = translations("question.sweep", key=key)
-    return Study(f"{key}-sweep", {f"{key}={v}": {key: v} for v in values}, study.base, asked["en"],
-                 carries=(key,), questions=asked)
+    return Study(
+        f"{key}-sweep",
+        {f"{key}={v}": {key: v} for v in values},
+        study.base,
+        asked["en"],
+        carries=(key,),
+        questions=asked,
+    )
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -153,8 +193,16 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=+" else "_" for c in name)
 
 
-def run_study(study: Study, base: Config, out: Path, seeds: int = 1, executor: Executor | None = None,
-              jobs: int = 1, reporter: Reporter | None = None, known: dict[str, dict] | None = None) -> list[dict]:
+def run_study(
+    study: Study,
+    base: Config,
+    out: Path,
+    seeds: int = 1,
+    executor: Executor | None = None,
+    jobs: int = 1,
+    reporter: Reporter | None = None,
+    known: dict[str, dict] | None = None,
+) -> list[dict]:
     """Run (or resume) every run of a study; write summary.csv, overlay.png, report.md and report.html (in the
     reporter's language; summary.csv is the same in every language).
 
@@ -198,8 +246,14 @@ def mean_by_run(results: list[dict], key: str = "best_val_f1") -> dict[str, floa
     return {k: sum(v) / len(v) for k, v in by.items()}
 
 
-def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor | None = None, jobs: int = 1,
-                   reporter: Reporter | None = None) -> dict:
+def run_assignment(
+    base: Config,
+    out: Path,
+    seeds: int = 1,
+    executor: Executor | None = None,
+    jobs: int = 1,
+    reporter: Reporter | None = None,
+) -> dict:
     """The whole assignment: each stage's winner (by validation macro-F1 only) becomes the next stage's base;
     the final choice is scored once on the test split. The reports are in the reporter's language."""
     reporter = reporter or Reporter()
@@ -229,9 +283,17 @@ def run_assignment(base: Config, out: Path, seeds: int = 1, executor: Executor |
         for r in final_runs:
             # Rerunning a finished assignment (to redraw its report) reads the one test back, never re-tests.
             res = find_test(Path(r["out"]), current.data.path) or test_run(Path(r["out"]), current.data.path)
-            tests.append({"run": r["run"], "seed": r["seed"], "out": r["out"], "macro_f1": res["macro_f1"],
-                          "accuracy": res["accuracy"], "per_class": res["per_class"],
-                          "evaluation_number": res["evaluation_number"]})
+            tests.append(
+                {
+                    "run": r["run"],
+                    "seed": r["seed"],
+                    "out": r["out"],
+                    "macro_f1": res["macro_f1"],
+                    "accuracy": res["accuracy"],
+                    "per_class": res["per_class"],
+                    "evaluation_number": res["evaluation_number"],
+                }
+            )
     summary = {"stages": stages, "final_config": current.to_dict(), "tests": tests}
     assignment_report(summary, out, STUDIES, reporter.lang)
     return summary

@@ -18,15 +18,26 @@ from cnnlab.studies.jobs import Executor, Job, run_job
 from cnnlab.studies.local_executor import LocalExecutor
 from cnnlab.studies.ray_executor import RayExecutor
 
-__all__ = ["AUTO_JOBS_MAX", "EXECUTORS", "Executor", "Job", "LocalExecutor", "RayExecutor", "Stopped", "Terminated",
-           "given_or_local", "make_executor", "resolve_jobs", "run_job", "running"]
+__all__ = [
+    "AUTO_JOBS_MAX",
+    "EXECUTORS",
+    "Executor",
+    "Job",
+    "LocalExecutor",
+    "RayExecutor",
+    "Stopped",
+    "Terminated",
+    "given_or_local",
+    "make_executor",
+    "resolve_jobs",
+    "run_job",
+    "running",
+]
 
 EXECUTORS = ("local", "ray")
 
 
-
 AUTO_JOBS_MAX = 4  # --jobs auto: at most this many runs at once on one machine
-
 
 
 def resolve_jobs(jobs: int | str, kind: str = "local") -> int:
@@ -47,9 +58,9 @@ def resolve_jobs(jobs: int | str, kind: str = "local") -> int:
     return n
 
 
-
-def make_executor(kind: str = "local", jobs: int = 1, address: str | None = None, gpus_per_run: float = 0.25,
-                  log=print) -> Executor:
+def make_executor(
+    kind: str = "local", jobs: int = 1, address: str | None = None, gpus_per_run: float = 0.25, log=print
+) -> Executor:
     """The executor the `study` command names: local (the default) or ray. A local one with jobs > 1 starts its
     worker processes now."""
     if kind == "ray":
@@ -61,18 +72,15 @@ def make_executor(kind: str = "local", jobs: int = 1, address: str | None = None
     return LocalExecutor(jobs, log=log)
 
 
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread while an executor is `running` (a KeyboardInterrupt: nothing that
     catches Exception stops it)."""
-
 
 
 class Stopped(UserError):
     """The command was stopped by SIGTERM: one line, and the exit code of a process ended by SIGTERM."""
 
     exit_code = 128 + 15
-
 
 
 @contextlib.contextmanager
@@ -86,11 +94,12 @@ def running(executor: Executor):
         except BaseException as e:
             executor.abort()
             if fired and isinstance(e, KeyboardInterrupt):  # Terminated, or what a C extension (Ray) made of it
-                raise Stopped("stopped by SIGTERM: the runs under way keep their last finished epoch; rerun the "
-                              "same command to resume") from None
+                raise Stopped(
+                    "stopped by SIGTERM: the runs under way keep their last finished epoch; rerun the "
+                    "same command to resume"
+                ) from None
             raise
         executor.close()
-
 
 
 @contextlib.contextmanager
@@ -98,8 +107,9 @@ def _sigterm_raises():
     """SIGTERM raises Terminated (once), where this is the main thread and SIGTERM has no handler of its own; the
     list yielded holds the signal once it came."""
     try:
-        installed = (threading.current_thread() is threading.main_thread()
-                     and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+        installed = (
+            threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        )
     except (AttributeError, ValueError):
         installed = False
     fired: list[int] = []
@@ -119,7 +129,6 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-
 @contextlib.contextmanager
 def given_or_local(executor: Executor | None, jobs: int, log=print):
     """`executor`, or a LocalExecutor of `jobs` for the duration (`running`)."""
@@ -128,6 +137,3 @@ def given_or_local(executor: Executor | None, jobs: int, log=print):
         return
     with running(LocalExecutor(jobs, log=log)) as local:
         yield local
-
-
-

@@ -27,7 +27,6 @@ class Job:
     out: str
 
 
-
 class Executor(Protocol):
     """Where jobs train. `map(jobs)` trains them all and returns their summaries in job order; `close` stops the workers
     when the work is done, `abort` stops them now, whatever they do (the command failed before it handed
@@ -38,7 +37,6 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
-
 
 
 # Called with (job, {"epoch", "epochs", "val_f1"}) after each epoch a job trains, wherever it trains: a worker
@@ -73,13 +71,14 @@ def run_job(job: Job, progress: bool = False) -> dict:
         saved = run_folder.read_config(out)
         if saved != cfg:
             changed = sorted(k for k in Config.keys() if saved.get(k) != cfg.get(k))
-            raise UserError(f"{out} holds a run with another config ({', '.join(changed)} differ): "
-                            "use another --out, or delete that folder")
+            raise UserError(
+                f"{out} holds a run with another config ({', '.join(changed)} differ): "
+                "use another --out, or delete that folder"
+            )
         summary = resume(out, reporter)
     else:
         summary = fit(cfg, out, reporter)
     return {"run": job.run, "seed": job.seed, "out": str(out), **summary}
-
 
 
 def import_run_modules() -> None:
@@ -87,6 +86,3 @@ def import_run_modules() -> None:
     and matplotlib (curves.png)."""
     import matplotlib.figure  # noqa: F401
     import torch._dynamo  # noqa: F401
-
-
-

@@ -32,8 +32,11 @@ class StudyProgress:
         self.total, self.count = sum(self.epochs.values()), 0  # epochs of all the jobs; counted so far
         self.seen: dict[int, int] = {}  # epochs counted, a job
         self.best: dict[int, tuple[int, float]] = {}  # the running jobs' last epoch and best macro-F1
-        self.bar = progress_bar(total=self.total, desc="study", unit="epoch", leave=True,
-                                enabled=self.live) if self.live else None
+        self.bar = (
+            progress_bar(total=self.total, desc="study", unit="epoch", leave=True, enabled=self.live)
+            if self.live
+            else None
+        )
 
     def epoch(self, job: Job, event: dict) -> None:
         """An epoch of `job` has ended: event = {"epoch", "epochs", "val_f1"}."""
@@ -41,8 +44,10 @@ class StudyProgress:
         best = max(event["val_f1"], self.best.get(key, (0, float("-inf")))[1])
         self.best[key] = (event["epoch"], best)
         if self.bar is None:
-            self.log(f"  {self.names.get(key, job.run)}: epoch {event['epoch']}/{event['epochs']}, val macro-F1 "
-                     f"{event['val_f1']:.4f} (best {best:.4f})")
+            self.log(
+                f"  {self.names.get(key, job.run)}: epoch {event['epoch']}/{event['epochs']}, val macro-F1 "
+                f"{event['val_f1']:.4f} (best {best:.4f})"
+            )
             return
         self._count(key, 1)
 

@@ -24,9 +24,10 @@ from cnnlab.studies.live_progress import StudyProgress, interactive
 
 
 def log_done(log, r: dict) -> None:
-    log(f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
-        f"at epoch {r.get('best_epoch')} of {r.get('epochs')}")
-
+    log(
+        f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
+        f"at epoch {r.get('best_epoch')} of {r.get('epochs')}"
+    )
 
 
 class LocalExecutor:
@@ -56,8 +57,10 @@ class LocalExecutor:
         for i, job in enumerate(jobs):  # pickled here: a task that cannot be sent fails here, at once
             todo.put((i, pickle.dumps((self.task, job), protocol=pickle.HIGHEST_PROTOCOL)))
         done: queue.SimpleQueue = queue.SimpleQueue()
-        drivers = [threading.Thread(target=_drive, args=(w, todo, done), daemon=True, name=f"cnnlab-worker-{w.pid}")
-                   for w in self.workers[:len(jobs)]]
+        drivers = [
+            threading.Thread(target=_drive, args=(w, todo, done), daemon=True, name=f"cnnlab-worker-{w.pid}")
+            for w in self.workers[: len(jobs)]
+        ]
         for d in drivers:
             d.start()
         results: list = [_PENDING] * len(jobs)
@@ -71,8 +74,10 @@ class LocalExecutor:
                     continue
                 left -= 1
                 if kind == "died":
-                    raise UserError(f"a worker process died while training {job.run} seed {job.seed} ({rest[0]}): "
-                                    "rerun the same command to resume from the last finished epochs")
+                    raise UserError(
+                        f"a worker process died while training {job.run} seed {job.seed} ({rest[0]}): "
+                        "rerun the same command to resume from the last finished epochs"
+                    )
                 if kind == "error":
                     error, text = rest
                     if not isinstance(error, UserError):
@@ -124,21 +129,16 @@ class LocalExecutor:
         _finish(workers, grace=WORKER_GRACE_S)
 
 
-
 WORKER_GRACE_S = 20  # a worker told to stop that has not exited by then is killed
-
 
 
 _PENDING = object()
 
 
-
 _SPAWN = "from cnnlab.studies.worker import main; main()"
 
 
-
 _LIVE: set[_Worker] = set()  # this process's workers: a forked one closes the others' pipes
-
 
 
 class _RemoteTraceback(Exception):
@@ -148,10 +148,8 @@ class _RemoteTraceback(Exception):
         return "\n" + self.args[0]
 
 
-
 class _Died(Exception):
     pass
-
 
 
 def _can_fork() -> bool:
@@ -161,7 +159,6 @@ def _can_fork() -> bool:
     threads could copy a held lock, and macOS and Windows lack a safe fork: there, each worker is a new Python
     (`python -c "...worker..."`) that imports for itself, in parallel with this process."""
     return sys.platform == "linux" and "torch" not in sys.modules and threading.active_count() == 1
-
 
 
 def _start_workers(n: int) -> list[_Worker]:
@@ -182,7 +179,6 @@ def _start_workers(n: int) -> list[_Worker]:
     return workers
 
 
-
 class _Worker:
     """One worker process: a pipe each way for the protocol (cnnlab.studies.worker), and its stderr, forwarded to
     this process's stderr by a thread that keeps its last lines (quoted if the worker dies)."""
@@ -200,10 +196,17 @@ class _Worker:
         import cnnlab
 
         env = dict(os.environ)  # cnnlab importable as it is here, whatever this process added to sys.path
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(cnnlab.__file__).resolve().parents[1]),
-                                             *filter(None, [env.get("PYTHONPATH")])])
-        p = subprocess.Popen([sys.executable, "-c", _SPAWN, str(os.getpid())], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(cnnlab.__file__).resolve().parents[1]), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        p = subprocess.Popen(
+            [sys.executable, "-c", _SPAWN, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
         return cls(p.pid, p.stdin, p.stdout, p.stderr, p)
 
     @classmethod
@@ -329,7 +332,6 @@ class _Worker:
                     os.kill(self.pid, sig)
 
 
-
 def _finish(workers: list[_Worker], grace: float) -> None:
     """Wait `grace` seconds for the workers to exit, then kill those left; close their pipes."""
     deadline = time.monotonic() + grace
@@ -346,13 +348,11 @@ def _finish(workers: list[_Worker], grace: float) -> None:
         _LIVE.discard(w)
 
 
-
 def _signal_name(n: int) -> str:
     try:
         return signal.Signals(n).name
     except ValueError:
         return f"signal {n}"
-
 
 
 def _drive(worker: _Worker, todo: queue.SimpleQueue, done: queue.SimpleQueue) -> None:
@@ -372,13 +372,9 @@ def _drive(worker: _Worker, todo: queue.SimpleQueue, done: queue.SimpleQueue) ->
             return
 
 
-
 def _wait(done: queue.SimpleQueue):
     while True:  # a timeout, so that Ctrl-C and SIGTERM reach this thread on every platform
         try:
             return done.get(timeout=0.5)
         except queue.Empty:
             continue
-
-
-

@@ -25,7 +25,6 @@ def _import_ray():
     return ray
 
 
-
 def _ray_task(task: Callable[[Job], dict], job: Job) -> tuple[dict | None, str | None]:
     """One job on a Ray worker. A UserError comes back as a value, not an exception, so Ray never retries it."""
     try:
@@ -34,7 +33,6 @@ def _ray_task(task: Callable[[Job], dict], job: Job) -> tuple[dict | None, str |
         import ray
 
         return None, f"{e} (on Ray node {ray.util.get_node_ip_address()})"
-
 
 
 class RayExecutor:
@@ -47,8 +45,14 @@ class RayExecutor:
     checkpoint. `task` is what a task runs on a job (`run_job`; tests wrap it).
     """
 
-    def __init__(self, address: str | None = None, gpus_per_run: float = 0.25, max_retries: int = 3, log=print,
-                 task: Callable[[Job], dict] = run_job):
+    def __init__(
+        self,
+        address: str | None = None,
+        gpus_per_run: float = 0.25,
+        max_retries: int = 3,
+        log=print,
+        task: Callable[[Job], dict] = run_job,
+    ):
         if not 0 < gpus_per_run <= 1:
             raise UserError(f"--gpus-per-run must be in (0, 1], not {gpus_per_run:g}: a run uses at most one GPU")
         self.ray = _import_ray()  # before anything trains: a missing Ray is one clear line
@@ -63,8 +67,10 @@ class RayExecutor:
             try:  # ray.init waits minutes for an address where nothing listens: fail at once instead
                 socket.create_connection((host, int(port)), timeout=10).close()
             except OSError as e:
-                raise UserError(f"no Ray cluster answers at {self.address} ({e.strerror or e}): start one there "
-                                "with `ray start --head`, or check --address") from None
+                raise UserError(
+                    f"no Ray cluster answers at {self.address} ({e.strerror or e}): start one there "
+                    "with `ray start --head`, or check --address"
+                ) from None
         main = threading.current_thread() is threading.main_thread()
         ours = signal.getsignal(signal.SIGTERM) if main else None
         try:
@@ -88,9 +94,12 @@ class RayExecutor:
         options = [{"num_cpus": self._cpus(job, largest), "num_gpus": self._gpus(job, gpus)} for job in jobs]
         self.log(f"ray: {len(jobs)} runs on a cluster of {cpus:g} CPUs and {gpus:g} GPUs")
         remote = self.ray.remote(_ray_task)
-        refs = [remote.options(**o, max_retries=self.max_retries, retry_exceptions=True,
-                               name=f"cnnlab {job.run} seed {job.seed}").remote(self.task, job)
-                for job, o in zip(jobs, options, strict=True)]
+        refs = [
+            remote.options(
+                **o, max_retries=self.max_retries, retry_exceptions=True, name=f"cnnlab {job.run} seed {job.seed}"
+            ).remote(self.task, job)
+            for job, o in zip(jobs, options, strict=True)
+        ]
         results: list[dict] = []
         try:
             for job, ref in zip(jobs, refs, strict=True):
@@ -98,14 +107,15 @@ class RayExecutor:
                     summary, error = self.ray.get(ref)
                 except self.ray.exceptions.RayError as e:  # still failing after its retries (OOM, a lost node)
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-                    raise UserError(f"run {job.run} seed {job.seed} failed on Ray after {self.max_retries} "
-                                    f"retries: {first}") from None
+                    raise UserError(
+                        f"run {job.run} seed {job.seed} failed on Ray after {self.max_retries} retries: {first}"
+                    ) from None
                 if error is not None:
                     raise UserError(error)
                 results.append(summary)
                 log_done(self.log, summary)
         finally:
-            left = refs[len(results):]
+            left = refs[len(results) :]
             for ref in left:  # after an error, Ctrl-C or SIGTERM, stop the runs still going (they resume)
                 self.ray.cancel(ref)
             if left:  # a cancelled run keeps its last finished epoch before Ray (if started here) shuts down
@@ -117,8 +127,10 @@ class RayExecutor:
     def _cpus(job: Job, largest: float) -> int:
         cpus = max(1, job.config.train.threads)
         if cpus > largest:  # Ray would wait forever for a node that big
-            raise UserError(f"a run asks for {cpus} threads but the largest Ray node has {largest:g} CPUs: "
-                            f"pass --set threads={max(1, int(largest))} (or --jobs to divide the cores)")
+            raise UserError(
+                f"a run asks for {cpus} threads but the largest Ray node has {largest:g} CPUs: "
+                f"pass --set threads={max(1, int(largest))} (or --jobs to divide the cores)"
+            )
         return cpus
 
     def _gpus(self, job: Job, cluster_gpus: float) -> float:
@@ -138,6 +150,3 @@ class RayExecutor:
             self.started = False
 
     abort = close
-
-
-

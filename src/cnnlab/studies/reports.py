@@ -60,12 +60,14 @@ class Doc:
     def html(self) -> str:
         e = html.escape
         html_tag = "<html>" if self.lang == "en" else f"<html lang='{e(self.lang)}'>"
-        out = [f"<!doctype html>{html_tag}<head><meta charset='utf-8'><title>{e(self.title)}</title><style>"
-               "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-               "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-               "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-               "img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}</style></head><body>",
-               f"<h1>{e(self.title)}</h1>"]
+        out = [
+            f"<!doctype html>{html_tag}<head><meta charset='utf-8'><title>{e(self.title)}</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+            "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+            "img{max-width:100%}code{background:#f3f3f3;padding:1px 4px}</style></head><body>",
+            f"<h1>{e(self.title)}</h1>",
+        ]
         for kind, b in self.blocks:
             if kind == "h":
                 out.append(f"<h{b[0]}>{e(b[1])}</h{b[0]}>")
@@ -75,9 +77,13 @@ class Doc:
                 out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b) + "</ul>")
             elif kind == "table":
                 header, rows = b
-                out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-                           + "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>"
-                                     for r in rows) + "</table>")
+                out.append(
+                    "<table><tr>"
+                    + "".join(f"<th>{e(h)}</th>" for h in header)
+                    + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+                    + "</table>"
+                )
             elif kind == "img":
                 data = base64.b64encode(b[0].read_bytes()).decode()
                 out.append(f"<p><img alt='{e(b[1])}' src='data:image/png;base64,{data}'></p>")
@@ -131,22 +137,52 @@ def aggregate(results: list[dict]) -> list[dict]:
     rows = []
     for run, rs in by.items():
         f1 = _stats([r["best_val_f1"] for r in rs])
-        rows.append({
-            "run": run, "n": len(rs), "f1": f1[0], "f1_std": f1[1],
-            "acc": statistics.fmean(r["best_val_acc"] for r in rs),
-            "gap": statistics.fmean(r["best_train_f1"] - r["best_val_f1"] for r in rs),
-            "final_gap": statistics.fmean(r["final_train_f1"] - r["final_val_f1"] for r in rs),
-            "tail_std": statistics.fmean(r["val_f1_tail_std"] for r in rs),
-            "best_epoch": statistics.fmean(r["best_epoch"] for r in rs),
-            "epochs": statistics.fmean(r["epochs"] for r in rs),
-            "ips": statistics.fmean(r["images_per_s"] for r in rs),
-            "wall": sum(r["wall_s"] for r in rs),
-        })
+        rows.append(
+            {
+                "run": run,
+                "n": len(rs),
+                "f1": f1[0],
+                "f1_std": f1[1],
+                "acc": statistics.fmean(r["best_val_acc"] for r in rs),
+                "gap": statistics.fmean(r["best_train_f1"] - r["best_val_f1"] for r in rs),
+                "final_gap": statistics.fmean(r["final_train_f1"] - r["final_val_f1"] for r in rs),
+                "tail_std": statistics.fmean(r["val_f1_tail_std"] for r in rs),
+                "best_epoch": statistics.fmean(r["best_epoch"] for r in rs),
+                "epochs": statistics.fmean(r["epochs"] for r in rs),
+                "ips": statistics.fmean(r["images_per_s"] for r in rs),
+                "wall": sum(r["wall_s"] for r in rs),
+            }
+        )
     return sorted(rows, key=lambda r: -r["f1"])
+
+
+def _comparisons(rows: list[dict], t) -> list[str]:
+    """Which runs overfit least and most, which are steadiest, which converge first, which train fastest."""
+
+    def extremes(key: str, field: str, names: tuple[str, str, str, str]) -> str:
+        ordered = sorted(rows, key=lambda r: r[field])
+        a, av, b, bv = names
+        return t(key, **{a: ordered[0]["run"], av: ordered[0][field], b: ordered[-1]["run"], bv: ordered[-1][field]})
+
+    by_speed = sorted(rows, key=lambda r: -r["ips"])
+    return [
+        extremes("c.overfitting", "final_gap", ("low", "low_gap", "high", "high_gap")),
+        extremes("c.stability", "tail_std", ("steady", "steady_std", "erratic", "erratic_std")),
+        extremes("c.convergence", "best_epoch", ("early", "early_epoch", "late", "late_epoch")),
+        t(
+            "c.speed",
+            fast=by_speed[0]["run"],
+            fast_ips=by_speed[0]["ips"],
+            slow=by_speed[-1]["run"],
+            slow_ips=by_speed[-1]["ips"],
+            wall=sum(r["wall"] for r in rows),
+        ),
+    ]
 
 
 def conclusions(rows: list[dict], lang: str = "en") -> list[str]:
     """Sentences computed from the aggregated figures; nothing is claimed that the numbers do not show."""
+
     def t(key: str, **values) -> str:
         return text(lang, key, **values)
 
@@ -155,8 +191,9 @@ def conclusions(rows: list[dict], lang: str = "en") -> list[str]:
     best = rows[0]
     n = best["n"]
     score = _fmt(best["f1"], best["f1_std"], n)
-    out = [t("c.best_seeds", run=best["run"], score=score, n=n) if n > 1 else
-           t("c.best_one", run=best["run"], score=score)]
+    out = [
+        t("c.best_seeds", run=best["run"], score=score, n=n) if n > 1 else t("c.best_one", run=best["run"], score=score)
+    ]
     if len(rows) > 1:
         second = rows[1]
         margin = best["f1"] - second["f1"]
@@ -176,31 +213,29 @@ def conclusions(rows: list[dict], lang: str = "en") -> list[str]:
     failed = [r["run"] for r in rows if r not in learned]
     if failed:
         out.append(t("c.left_out", runs=", ".join(failed)))
-    rows = learned
-    by_gap = sorted(rows, key=lambda r: r["final_gap"])
-    out.append(t("c.overfitting", low=by_gap[0]["run"], low_gap=by_gap[0]["final_gap"], high=by_gap[-1]["run"],
-                 high_gap=by_gap[-1]["final_gap"]))
-    by_tail = sorted(rows, key=lambda r: r["tail_std"])
-    out.append(t("c.stability", steady=by_tail[0]["run"], steady_std=by_tail[0]["tail_std"],
-                 erratic=by_tail[-1]["run"], erratic_std=by_tail[-1]["tail_std"]))
-    by_epoch = sorted(rows, key=lambda r: r["best_epoch"])
-    out.append(t("c.convergence", early=by_epoch[0]["run"], early_epoch=by_epoch[0]["best_epoch"],
-                 late=by_epoch[-1]["run"], late_epoch=by_epoch[-1]["best_epoch"]))
-    by_speed = sorted(rows, key=lambda r: -r["ips"])
-    out.append(t("c.speed", fast=by_speed[0]["run"], fast_ips=by_speed[0]["ips"], slow=by_speed[-1]["run"],
-                 slow_ips=by_speed[-1]["ips"], wall=sum(r["wall"] for r in rows)))
+    out += _comparisons(learned, t)
     return out
 
 
-RESULT_COLUMNS = ("run", "best_val_f1", "val_acc", "best_epoch", "epochs", "gap", "tail_std", "images_per_s",
-                  "wall_s")
+RESULT_COLUMNS = ("run", "best_val_f1", "val_acc", "best_epoch", "epochs", "gap", "tail_std", "images_per_s", "wall_s")
 
 
 def results_table(rows: list[dict], lang: str = "en") -> tuple[list[str], list[list]]:
     header = [text(lang, f"col.{c}") for c in RESULT_COLUMNS]
-    body = [[r["run"], _fmt(r["f1"], r["f1_std"], r["n"]), f"{r['acc']:.4f}", f"{r['best_epoch']:.0f}",
-             f"{r['epochs']:.0f}", f"{r['final_gap']:+.3f}", f"{r['tail_std']:.4f}", f"{r['ips']:.0f}",
-             f"{r['wall']:.0f}"] for r in rows]
+    body = [
+        [
+            r["run"],
+            _fmt(r["f1"], r["f1_std"], r["n"]),
+            f"{r['acc']:.4f}",
+            f"{r['best_epoch']:.0f}",
+            f"{r['epochs']:.0f}",
+            f"{r['final_gap']:+.3f}",
+            f"{r['tail_std']:.4f}",
+            f"{r['ips']:.0f}",
+            f"{r['wall']:.0f}",
+        ]
+        for r in rows
+    ]
     return header, body
 
 
@@ -231,8 +266,17 @@ def add_study(doc: Doc, study, results: list[dict], folder: Path, level: int = 2
 
 def _header(doc: Doc, results: list[dict], lang: str = "en") -> None:
     cfg = read_config(Path(results[0]["out"]))
-    doc.p(text(lang, "study.header", path=cfg.data.path, date=time.strftime("%Y-%m-%d"), machine=machine(),
-               fraction=cfg.data.val_fraction, seed=cfg.data.split_seed))
+    doc.p(
+        text(
+            lang,
+            "study.header",
+            path=cfg.data.path,
+            date=time.strftime("%Y-%m-%d"),
+            machine=machine(),
+            fraction=cfg.data.val_fraction,
+            seed=cfg.data.split_seed,
+        )
+    )
 
 
 def study_report(study, results: list[dict], folder: Path, lang: str = "en") -> tuple[Path, Path]:
@@ -261,14 +305,25 @@ def assignment_report(summary: dict, folder: Path, studies: dict, lang: str = "e
         doc.p(t("assignment.carried", winner=stage["winner"], f1=stage["mean_val_f1"]))
     doc.h(t("assignment.final"))
     if summary["tests"]:
-        doc.table([t(f"col.{c}") for c in ("run", "seed", "test_f1", "test_acc", "evaluation")],
-                  [[t["run"], t["seed"], f"{t['macro_f1']:.4f}", f"{t['accuracy']:.4f}", t["evaluation_number"]]
-                   for t in summary["tests"]])
+        doc.table(
+            [t(f"col.{c}") for c in ("run", "seed", "test_f1", "test_acc", "evaluation")],
+            [
+                [t["run"], t["seed"], f"{t['macro_f1']:.4f}", f"{t['accuracy']:.4f}", t["evaluation_number"]]
+                for t in summary["tests"]
+            ],
+        )
         classes = list(summary["tests"][0]["per_class"])
-        doc.table([t(f"col.{c}") for c in ("class", "test_recall", "test_precision")],
-                  [[c, f"{statistics.fmean(t['per_class'][c]['recall'] for t in summary['tests']):.3f}",
-                    f"{statistics.fmean(t['per_class'][c]['precision'] for t in summary['tests']):.3f}"]
-                   for c in classes])
+        doc.table(
+            [t(f"col.{c}") for c in ("class", "test_recall", "test_precision")],
+            [
+                [
+                    c,
+                    f"{statistics.fmean(t['per_class'][c]['recall'] for t in summary['tests']):.3f}",
+                    f"{statistics.fmean(t['per_class'][c]['precision'] for t in summary['tests']):.3f}",
+                ]
+                for c in classes
+            ],
+        )
         val = summary["stages"][-1]["mean_val_f1"]
         test = statistics.fmean(t["macro_f1"] for t in summary["tests"])
         doc.p(t("assignment.gap", val=val, test=test, gap=val - test))

@@ -16,8 +16,14 @@ from cnnlab.teach.optimizers import ASSIGNMENT_OPTIMIZERS, Trajectory, _name, be
 # Pictures (matplotlib imported here only; Figure + Agg canvas, no pyplot global state)
 # ----------------------------------------------------------------------------------------------
 
-COLORS = {"sgd": "tab:blue", "momentum": "tab:orange", "nesterov": "tab:brown", "adagrad": "tab:green",
-          "rmsprop": "tab:purple", "adam": "tab:red"}
+COLORS = {
+    "sgd": "tab:blue",
+    "momentum": "tab:orange",
+    "nesterov": "tab:brown",
+    "adagrad": "tab:green",
+    "rmsprop": "tab:purple",
+    "adam": "tab:red",
+}
 
 
 def _figure(figsize):
@@ -91,8 +97,7 @@ def animate(tr: Trajectory, path, frames: int = 40, fps: int = 10, dpi: int = 70
     (dot,) = ax.plot([], [], "o", color=color, ms=5, zorder=7)
     title = f"{tr.optimizer} on {_name(fn)}  ({_param_text(tr.params)})"
     ax.set_title(title, fontsize=8)
-    label = ax.text(0.02, 0.02, "", transform=ax.transAxes, fontsize=8,
-                    bbox={"fc": "white", "alpha": 0.8, "lw": 0})
+    label = ax.text(0.02, 0.02, "", transform=ax.transAxes, fontsize=8, bbox={"fc": "white", "alpha": 0.8, "lw": 0})
     fig.tight_layout()
     last = tr.n_steps
     # Frames skip steps evenly (animation speed does not matter, file size and time do).
@@ -122,8 +127,16 @@ def plot_paths(trajectories: Sequence[Trajectory], path, dpi: int = 90) -> Path:
     _contours(ax, fn, _view(fn, trajectories))
     for tr in trajectories:
         note = f" ({tr.status} at step {tr.n_steps + 1})" if tr.stopped else ""
-        ax.plot(tr.points[:, 0], tr.points[:, 1], ".-", ms=2.5, lw=1.2, color=COLORS.get(tr.optimizer),
-                label=f"{tr.optimizer} {_param_text({'lr': tr.params['lr']})}{note}", zorder=6)
+        ax.plot(
+            tr.points[:, 0],
+            tr.points[:, 1],
+            ".-",
+            ms=2.5,
+            lw=1.2,
+            color=COLORS.get(tr.optimizer),
+            label=f"{tr.optimizer} {_param_text({'lr': tr.params['lr']})}{note}",
+            zorder=6,
+        )
     ax.plot(*tr.points[0], "ks", ms=5, zorder=7)
     ax.set_title(f"{_name(fn)} = {_attr(fn, 'formula', '')}", fontsize=9)
     ax.legend(fontsize=7, loc="best")
@@ -141,8 +154,12 @@ def plot_gaps(runs: Mapping[str, Sequence[Trajectory]], path, dpi: int = 90) -> 
         ax = fig.add_subplot(1, len(runs), k + 1)
         for tr in trs:
             # Clip at 1e-30 so reaching the minimum exactly does not vanish from a log axis.
-            ax.semilogy(np.maximum(gap(tr), 1e-30), color=COLORS.get(tr.optimizer), lw=1.3,
-                        label=tr.optimizer + (f" ({tr.status})" if tr.stopped else ""))
+            ax.semilogy(
+                np.maximum(gap(tr), 1e-30),
+                color=COLORS.get(tr.optimizer),
+                lw=1.3,
+                label=tr.optimizer + (f" ({tr.status})" if tr.stopped else ""),
+            )
         ax.set_title(f"{name}: |f(x_t) - f*|", fontsize=9)
         ax.set_xlabel("iteration t")
         ax.grid(True, which="major", alpha=0.3)
@@ -152,9 +169,16 @@ def plot_gaps(runs: Mapping[str, Sequence[Trajectory]], path, dpi: int = 90) -> 
     return path
 
 
-def animate_all(out, functions: Sequence = ("f1", "f2"), optimizers: Sequence[str] = ASSIGNMENT_OPTIMIZERS,
-                n_iter: int = 100, lr_grid=None, tol: float = 1e-3, frames: int = 40,
-                dpi: int = 70) -> list[Path]:
+def animate_all(
+    out,
+    functions: Sequence = ("f1", "f2"),
+    optimizers: Sequence[str] = ASSIGNMENT_OPTIMIZERS,
+    n_iter: int = 100,
+    lr_grid=None,
+    tol: float = 1e-3,
+    frames: int = 40,
+    dpi: int = 70,
+) -> list[Path]:
     """GIF per (function, optimizer), paths PNG per function, and one gaps PNG, written under `out`.
 
     With `lr_grid` (as in `compare`), each optimizer runs with its best lr from the grid.

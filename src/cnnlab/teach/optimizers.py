@@ -247,9 +247,7 @@ def summarize_trajectory(tr: Trajectory, tol: float = 1e-3) -> dict:
     above = np.flatnonzero(~(gaps < tol))  # NaN counts as above
     first_settled = above[-1] + 1 if above.size else 0
     minima = _attr(tr.function, "minima")
-    dist = (
-        float(np.min(np.linalg.norm(np.asarray(minima) - tr.points[-1], axis=1))) if minima else None
-    )
+    dist = float(np.min(np.linalg.norm(np.asarray(minima) - tr.points[-1], axis=1))) if minima else None
     return {
         "function": _name(tr.function),
         "optimizer": tr.optimizer,
@@ -278,23 +276,30 @@ def _rank(summary: dict):
     )
 
 
-def best_lr(optimizer: str, function, grid: Iterable[float], n_iter: int = 100, tol: float = 1e-3,
-            x0=None, **params) -> dict:
+def best_lr(
+    optimizer: str, function, grid: Iterable[float], n_iter: int = 100, tol: float = 1e-3, x0=None, **params
+) -> dict:
     """Try every lr in `grid` and return the best run's summary, with the whole grid under "grid"."""
     grid = [float(v) for v in grid]
     if not grid or any(not math.isfinite(v) or v <= 0 for v in grid):
         raise UserError(f"an lr grid needs positive numbers, got {grid}")
-    tried = [summarize_trajectory(trajectory(optimizer, function, x0, n_iter, **{**params, "lr": lr}), tol)
-             for lr in grid]
+    tried = [
+        summarize_trajectory(trajectory(optimizer, function, x0, n_iter, **{**params, "lr": lr}), tol) for lr in grid
+    ]
     best = dict(min(tried, key=_rank))
-    best["grid"] = [{k: s[k] for k in ("iters_to_tol", "final_gap", "status")} | {"lr": s["params"]["lr"]}
-                    for s in tried]
+    best["grid"] = [
+        {k: s[k] for k in ("iters_to_tol", "final_gap", "status")} | {"lr": s["params"]["lr"]} for s in tried
+    ]
     return best
 
 
-def compare(functions: Sequence = ("f1", "f2"), optimizers: Sequence[str] = ASSIGNMENT_OPTIMIZERS,
-            n_iter: int = 100, tol: float = 1e-3,
-            lr_grid: Sequence[float] | Mapping[str, Sequence[float]] | None = None) -> list[dict]:
+def compare(
+    functions: Sequence = ("f1", "f2"),
+    optimizers: Sequence[str] = ASSIGNMENT_OPTIMIZERS,
+    n_iter: int = 100,
+    tol: float = 1e-3,
+    lr_grid: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+) -> list[dict]:
     """One summary dict per (function, optimizer), in that order.
 
     Without `lr_grid` each run uses the assignment's settings. With a list, every optimizer's lr is

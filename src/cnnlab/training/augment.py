@@ -50,8 +50,19 @@ class Augmenter:
     @property
     def active(self) -> bool:
         c = self.cfg
-        return bool(self.geometric or c.hflip or c.vflip or c.brightness or c.contrast or c.gamma or c.blur
-                    or c.sharpness or c.noise or c.jpeg or c.erase)
+        return bool(
+            self.geometric
+            or c.hflip
+            or c.vflip
+            or c.brightness
+            or c.contrast
+            or c.gamma
+            or c.blur
+            or c.sharpness
+            or c.noise
+            or c.jpeg
+            or c.erase
+        )
 
     def pixels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: float B x C x H x W in [0, 1]. Returns the augmented batch, still in [0, 1]."""
@@ -135,8 +146,9 @@ class Augmenter:
         fx = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if c.hflip else torch.ones(n)
         fy = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if c.vflip else torch.ones(n)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        theta = torch.stack([torch.stack([cos * fx, -sin * fy, tx], 1),
-                             torch.stack([sin * fx, cos * fy, ty], 1)], 1).to(x)
+        theta = torch.stack(
+            [torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1
+        ).to(x)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

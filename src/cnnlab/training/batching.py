@@ -14,8 +14,9 @@ IMBALANCE_MODES = ("none", "weights", "oversample", "undersample")  # weights: i
 # --------------------------------------------------------------------------------------- batching
 
 
-def epoch_indices(labels: torch.Tensor, n_classes: int, imbalance: str,
-                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def epoch_indices(
+    labels: torch.Tensor, n_classes: int, imbalance: str, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The sample indices of one epoch, shuffled, and a mask of which are oversampling copies."""
     if imbalance in ("oversample", "undersample"):
         counts = torch.bincount(labels, minlength=n_classes)

@@ -133,12 +133,16 @@ def _model(cfg: Config) -> None:
     _at_least("padding", m.padding, 0)
     _within("dropout", m.dropout, 0, 1, hi_open=True)
     if m.model in FIXED_SIZE and d.resize == "keep":
-        raise UserError(f"model {m.model} needs a fixed input size: use resize squash or pad, "
-                        "or a size-agnostic model (adaptive, resnet)")
+        raise UserError(
+            f"model {m.model} needs a fixed input size: use resize squash or pad, "
+            "or a size-agnostic model (adaptive, resnet)"
+        )
     if m.model == "mlp" and d.channels * d.image_size**2 * m.hidden > MAX_MLP_WEIGHTS:
-        raise UserError(f"model mlp at image_size {d.image_size} would have "
-                        f"{d.channels * d.image_size**2 * m.hidden:,} weights in its first layer: use a smaller "
-                        "image_size or hidden, or a convolutional model")
+        raise UserError(
+            f"model mlp at image_size {d.image_size} would have "
+            f"{d.channels * d.image_size**2 * m.hidden:,} weights in its first layer: use a smaller "
+            "image_size or hidden, or a convolutional model"
+        )
     _builds(dataclasses.astuple(m), d.channels, d.image_size)
 
 
@@ -149,9 +153,11 @@ def _builds(model: tuple, channels: int, image_size: int) -> None:
     try:
         build(m, channels, 2, image_size)
     except RuntimeError:
-        raise UserError(f"image_size {image_size} is too small for model {m.model}: its convolutions and pooling "
-                        f"(kernel_size {m.kernel_size}, stride {m.stride}, padding {m.padding}) shrink it to "
-                        "nothing") from None
+        raise UserError(
+            f"image_size {image_size} is too small for model {m.model}: its convolutions and pooling "
+            f"(kernel_size {m.kernel_size}, stride {m.stride}, padding {m.padding}) shrink it to "
+            "nothing"
+        ) from None
 
 
 def _optimization(cfg: Config) -> None:
@@ -167,8 +173,10 @@ def _optimization(cfg: Config) -> None:
     _name(s.scheduler, SCHEDULERS, "scheduler")
     _at_least("warmup_epochs", s.warmup_epochs, 0)
     if s.warmup_epochs and s.scheduler in NO_WARMUP:
-        raise UserError(f"warmup_epochs does not combine with scheduler {s.scheduler} "
-                        "(onecycle has its own warm-up; use none, step or cosine)")
+        raise UserError(
+            f"warmup_epochs does not combine with scheduler {s.scheduler} "
+            "(onecycle has its own warm-up; use none, step or cosine)"
+        )
     _at_least("plateau_patience", s.plateau_patience, 0)
     _within("plateau_factor", s.plateau_factor, 0, 1, lo_open=True, hi_open=True)
     _at_least("step_size", s.step_size, 1)

@@ -41,8 +41,15 @@ class Engine:
         dtype = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.autocast_dtype]
         why = ""
         if precision == "auto":
-            why = (" (auto: native bf16 on this CPU)" if self.autocast_dtype is not None else
-                   " (auto: no native bf16 on this CPU)") if self.device.type == "cpu" else " (auto)"
+            why = (
+                (
+                    " (auto: native bf16 on this CPU)"
+                    if self.autocast_dtype is not None
+                    else " (auto: no native bf16 on this CPU)"
+                )
+                if self.device.type == "cpu"
+                else " (auto)"
+            )
         layout = "channels_last" if self.train_input.channels_last else "NCHW"
         return f"{where}, {dtype}{why}, {layout}"
 
@@ -97,6 +104,11 @@ def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Te
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
-    return Engine(model, device, pick_precision(t.precision, device),
-                  TrainInput(mean, std, d.normalize, device, t.channels_last, cfg.augment),
-                  EvalInput(mean, std, d.normalize, device, t.channels_last), t.tta)
+    return Engine(
+        model,
+        device,
+        pick_precision(t.precision, device),
+        TrainInput(mean, std, d.normalize, device, t.channels_last, cfg.augment),
+        EvalInput(mean, std, d.normalize, device, t.channels_last),
+        t.tta,
+    )

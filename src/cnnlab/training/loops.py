@@ -18,8 +18,9 @@ from cnnlab.training.metrics import confusion, recalls, scores
 from cnnlab.training.optimization import Optimization
 
 
-def train_one_epoch(eng: Engine, images: ImageSet, opt: Optimization, n_classes: int, cfg: Config,
-                    g: torch.Generator, progress=None) -> dict:
+def train_one_epoch(
+    eng: Engine, images: ImageSet, opt: Optimization, n_classes: int, cfg: Config, g: torch.Generator, progress=None
+) -> dict:
     """One pass over the epoch's order (from `g`); returns loss, macro-F1, accuracy, images seen, data wait."""
     eng.model.train()
     order, copies = epoch_indices(images.labels, n_classes, cfg.data.imbalance, g)
@@ -50,8 +51,13 @@ def train_one_epoch(eng: Engine, images: ImageSet, opt: Optimization, n_classes:
             if step % 10 == 0:
                 progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     s = scores(cm.cpu())
-    return {"train_loss": float(loss_sum) / max(seen, 1), "train_f1": s["f1"], "train_acc": s["acc"],
-            "seen": seen, "data_wait_s": wait}
+    return {
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_f1": s["f1"],
+        "train_acc": s["acc"],
+        "seen": seen,
+        "data_wait_s": wait,
+    }
 
 
 @torch.inference_mode()

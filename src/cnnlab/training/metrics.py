@@ -48,8 +48,12 @@ def per_class(cm: torch.Tensor) -> dict[str, torch.Tensor]:
     cm = cm.to(torch.float64)
     tp = cm.diag()
     support, predicted = cm.sum(1), cm.sum(0)
-    return {"precision": _ratio(tp, predicted), "recall": _ratio(tp, support),
-            "f1": _ratio(2 * tp, support + predicted), "support": support.to(torch.int64)}
+    return {
+        "precision": _ratio(tp, predicted),
+        "recall": _ratio(tp, support),
+        "f1": _ratio(2 * tp, support + predicted),
+        "support": support.to(torch.int64),
+    }
 
 
 def macro_f1(cm: torch.Tensor, every_class: bool = False) -> float:

@@ -30,6 +30,7 @@ CAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module] | None] = {}
 def register(name: str, fixed_size: bool = False, cam_layer: Callable[[nn.Module], nn.Module] | None = None):
     """Register a model builder; `cam_layer` picks the layer a heatmap explains (None: the model has no spatial
     feature map, as an MLP)."""
+
     def deco(fn):
         MODELS[name] = fn
         CAM_LAYERS[name] = cam_layer
@@ -96,8 +97,9 @@ def _flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
     return out.numel()
 
 
-def simple_cnn(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int,
-               batchnorm: bool, dropout: bool) -> nn.Sequential:
+def simple_cnn(
+    cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int, batchnorm: bool, dropout: bool
+) -> nn.Sequential:
     """The assignment's CNN: two conv/pool blocks and two linear layers; BatchNorm and Dropout optional.
 
     At 128 px with the defaults: 128 -conv4-> 125 -pool3-> 41 -conv4-> 38 -pool3-> 12, 64*12*12 = 9216.
@@ -117,10 +119,15 @@ def simple_cnn(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: i
     return nn.Sequential(*features, *head)
 
 
-for _name, _bn, _do in [("simple", False, False), ("simple-bn", True, False),
-                        ("simple-dropout", False, True), ("simple-bn-dropout", True, True)]:
+for _name, _bn, _do in [
+    ("simple", False, False),
+    ("simple-bn", True, False),
+    ("simple-dropout", False, True),
+    ("simple-bn-dropout", True, True),
+]:
     register(_name, fixed_size=True, cam_layer=last_feature_map)(
-        lambda cfg, c, n, s, _bn=_bn, _do=_do: simple_cnn(cfg, c, n, s, batchnorm=_bn, dropout=_do))
+        lambda cfg, c, n, s, _bn=_bn, _do=_do: simple_cnn(cfg, c, n, s, batchnorm=_bn, dropout=_do)
+    )
 
 
 @register("mlp", fixed_size=True, cam_layer=None)  # no spatial map: explain refuses it
@@ -162,15 +169,22 @@ def adaptive(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig):
         super().__init__()
-        self.body = nn.Sequential(*conv_bn_act(cin, cout, cfg, stride),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=not cfg.batchnorm),
-                                  *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []))
+        self.body = nn.Sequential(
+            *conv_bn_act(cin, cout, cfg, stride),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=not cfg.batchnorm),
+            *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []),
+        )
         # ResNet-D shortcut: average-pool, then a 1x1 convolution. It keeps all pixels' information, and it
         # avoids a strided 1x1 channels_last convolution whose CPU backward crashes in this PyTorch build.
-        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            *([nn.AvgPool2d(stride, ceil_mode=True)] if stride > 1 else []),
-            nn.Conv2d(cin, cout, 1, bias=not cfg.batchnorm),
-            *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(
+                *([nn.AvgPool2d(stride, ceil_mode=True)] if stride > 1 else []),
+                nn.Conv2d(cin, cout, 1, bias=not cfg.batchnorm),
+                *([nn.BatchNorm2d(cout)] if cfg.batchnorm else []),
+            )
+        )
         self.act = activation(cfg.activation)
 
     def forward(self, x):

@@ -17,14 +17,16 @@ from torch import nn
 from cnnlab.config import Config
 
 OPTIMIZERS = {
-    "sgd": lambda p, o: torch.optim.SGD(p, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                        weight_decay=o.weight_decay),
-    "adam": lambda p, o: torch.optim.Adam(p, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                          weight_decay=o.weight_decay),
-    "adamw": lambda p, o: torch.optim.AdamW(p, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                            weight_decay=o.weight_decay),
-    "rmsprop": lambda p, o: torch.optim.RMSprop(p, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=0.0,
-                                                weight_decay=o.weight_decay),
+    "sgd": lambda p, o: torch.optim.SGD(
+        p, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    ),
+    "adam": lambda p, o: torch.optim.Adam(p, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay),
+    "adamw": lambda p, o: torch.optim.AdamW(
+        p, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+    ),
+    "rmsprop": lambda p, o: torch.optim.RMSprop(
+        p, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=0.0, weight_decay=o.weight_decay
+    ),
     "adagrad": lambda p, o: torch.optim.Adagrad(p, lr=o.lr, eps=1e-10, weight_decay=o.weight_decay),
 }
 SCHEDULERS = ("none", "plateau", "step", "cosine", "onecycle")
@@ -38,8 +40,9 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
     lrs = torch.optim.lr_scheduler
     if s.scheduler == "plateau":
         mode = "min" if cfg.train.monitor == "val_loss" else "max"
-        return lrs.ReduceLROnPlateau(opt, mode=mode, factor=s.plateau_factor, patience=s.plateau_patience,
-                                     min_lr=s.min_lr), "metric"
+        return lrs.ReduceLROnPlateau(
+            opt, mode=mode, factor=s.plateau_factor, patience=s.plateau_patience, min_lr=s.min_lr
+        ), "metric"
     if s.scheduler == "onecycle":
         return lrs.OneCycleLR(opt, max_lr=cfg.optim.lr, total_steps=epochs * steps_per_epoch), "step"
     main = {
@@ -100,14 +103,25 @@ class Optimization:
     ema: torch.optim.swa_utils.AveragedModel | None = None
 
     @classmethod
-    def build(cls, model: nn.Module, cfg: Config, steps_per_epoch: int, weight: torch.Tensor | None,
-              fp16: bool) -> Optimization:
+    def build(
+        cls, model: nn.Module, cfg: Config, steps_per_epoch: int, weight: torch.Tensor | None, fp16: bool
+    ) -> Optimization:
         opt = OPTIMIZERS[cfg.optim.optimizer](model.parameters(), cfg.optim)
         sched, when = make_scheduler(opt, cfg, steps_per_epoch)
-        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_avg_fn(cfg.train.ema)) \
-            if cfg.train.ema else None
-        return cls(model, opt, sched, when, Criterion(weight, cfg.loss.label_smoothing),
-                   torch.amp.GradScaler("cuda") if fp16 else None, ema)
+        ema = (
+            torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_avg_fn(cfg.train.ema))
+            if cfg.train.ema
+            else None
+        )
+        return cls(
+            model,
+            opt,
+            sched,
+            when,
+            Criterion(weight, cfg.loss.label_smoothing),
+            torch.amp.GradScaler("cuda") if fp16 else None,
+            ema,
+        )
 
     @property
     def lr(self) -> float:
@@ -146,9 +160,12 @@ class Optimization:
             self.scheduler.step(metric)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

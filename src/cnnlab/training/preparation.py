@@ -74,19 +74,21 @@ def dataset_from_split(cfg: Config, split_csv: Path, classes: list[str] | None =
     return Dataset(root, list(classes), splits)
 
 
-def prepare_run_data(cfg: Config, progress: bool = False, split_csv: Path | None = None,
-            classes: list[str] | None = None) -> RunData:
+def prepare_run_data(
+    cfg: Config, progress: bool = False, split_csv: Path | None = None, classes: list[str] | None = None
+) -> RunData:
     """A run's `RunData`: a new split (or, with `split_csv`, the run's own split read back, with its `classes`),
     then train and validation decoded through the cache."""
     d = cfg.data
     ds = dataset_from_split(cfg, split_csv, classes) if split_csv else split_dataset(cfg)
     sets, skipped = {}, list(ds.skipped)
     for split in ("train", "val"):
-        sets[split], bad, _ = load_images(ds.splits[split], ds.root, DecodeSettings.of(d), d.cache_dir or None,
-                                          progress=progress, strict=d.strict)
+        sets[split], bad, _ = load_images(
+            ds.splits[split], ds.root, DecodeSettings.of(d), d.cache_dir or None, progress=progress, strict=d.strict
+        )
         skipped += bad
     if len(skipped) > len(ds.skipped):
-        report_skipped(skipped[len(ds.skipped):], strict=False)
+        report_skipped(skipped[len(ds.skipped) :], strict=False)
     mean, std = channel_stats(sets["train"])
     return RunData(ds, sets["train"], sets["val"], skipped, mean, std)
 

@@ -33,8 +33,9 @@ def equalize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
 class EvalInput:
     """uint8 batch -> the network's input: normalised (`normalize` policy), on the device, in its layout."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, normalize: str, device: torch.device,
-                 channels_last: bool):
+    def __init__(
+        self, mean: torch.Tensor, std: torch.Tensor, normalize: str, device: torch.device, channels_last: bool
+    ):
         self.normalize, self.device, self.channels_last = normalize, device, channels_last
         mean, std = mean.to(device), std.to(device)
         # (x / 255 - mean) / std as one fused multiply-add on the uint8 values.
@@ -66,8 +67,15 @@ class TrainInput(EvalInput):
     """The eval preset plus augmentation: the configured one, or else (with oversampling) a light one applied to
     the copies only, so that they are not identical repeats; then noise on the normalised input."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, normalize: str, device: torch.device,
-                 channels_last: bool, augment: AugmentConfig):
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        normalize: str,
+        device: torch.device,
+        channels_last: bool,
+        augment: AugmentConfig,
+    ):
         super().__init__(mean, std, normalize, device, channels_last)
         self.augment, self.copy_augment = Augmenter(augment), Augmenter(COPY_AUGMENT)
 

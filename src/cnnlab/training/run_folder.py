@@ -32,13 +32,36 @@ CONFIG, SPLIT, SKIPPED, HISTORY, CURVES = "config.toml", "split.csv", "skipped.c
 LAST, BEST = "last.pt", "best.pt"
 CHECKPOINT_FORMAT = 2  # 1: before the run-folder redesign (also stored `prep` and `model_name`; still loads)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_f1", "train_acc", "val_loss", "val_f1", "val_acc", "lr",
-                   "epoch_s", "images_per_s", "data_wait_s"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_f1",
+    "train_acc",
+    "val_loss",
+    "val_f1",
+    "val_acc",
+    "lr",
+    "epoch_s",
+    "images_per_s",
+    "data_wait_s",
+]
 TIMING_COLUMNS = {"epoch_s", "images_per_s", "data_wait_s"}
 RECALL_PREFIX = "val_recall_"  # then one column a class, after HISTORY_COLUMNS: its validation recall
 # A finished run's figures (summarize_history), in the order a study's summary.csv lists them.
-SUMMARY_KEYS = ["best_val_f1", "best_val_acc", "best_epoch", "best_train_f1", "final_train_loss", "final_val_loss",
-                "final_train_f1", "final_val_f1", "val_f1_tail_std", "epochs", "wall_s", "images_per_s"]
+SUMMARY_KEYS = [
+    "best_val_f1",
+    "best_val_acc",
+    "best_epoch",
+    "best_train_f1",
+    "final_train_loss",
+    "final_val_loss",
+    "final_train_f1",
+    "final_val_f1",
+    "val_f1_tail_std",
+    "epochs",
+    "wall_s",
+    "images_per_s",
+]
 
 
 # ------------------------------------------------------------------------------------ config and split
@@ -99,11 +122,17 @@ def summarize_history(history: list[dict], best_epoch: int) -> dict:
     tail = [r["val_f1"] for r in history[-10:]]
     mean = sum(tail) / len(tail)
     return {
-        "best_val_f1": best["val_f1"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
-        "best_epoch": best["epoch"], "best_train_f1": best["train_f1"],
-        "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
-        "final_train_f1": last["train_f1"], "final_val_f1": last["val_f1"],
-        "epochs": last["epoch"], "val_f1_tail_std": (sum((v - mean) ** 2 for v in tail) / len(tail)) ** 0.5,
+        "best_val_f1": best["val_f1"],
+        "best_val_acc": best["val_acc"],
+        "best_val_loss": best["val_loss"],
+        "best_epoch": best["epoch"],
+        "best_train_f1": best["train_f1"],
+        "final_train_loss": last["train_loss"],
+        "final_val_loss": last["val_loss"],
+        "final_train_f1": last["train_f1"],
+        "final_val_f1": last["val_f1"],
+        "epochs": last["epoch"],
+        "val_f1_tail_std": (sum((v - mean) ** 2 for v in tail) / len(tail)) ** 0.5,
         "wall_s": sum(r["epoch_s"] for r in history),
         "images_per_s": sum(r["images_per_s"] for r in history) / len(history),
     }
@@ -145,8 +174,9 @@ class CheckpointSaver:
     def __init__(self, run: Path, save_every: int = 0):
         self.run, self.save_every = Path(run), save_every
 
-    def save(self, epoch: int, meta: dict, weights: dict, state: dict, best_value: float | None,
-             improved: bool) -> None:
+    def save(
+        self, epoch: int, meta: dict, weights: dict, state: dict, best_value: float | None, improved: bool
+    ) -> None:
         if improved:
             torch_save({**meta, "model": weights, "epoch": epoch, "best_value": best_value}, self.run / BEST)
         if self.save_every and epoch % self.save_every == 0:
@@ -181,15 +211,24 @@ class RunWriter:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-writer")
         self.pending, self.history, self.drawn = None, [], time.monotonic()
 
-    def epoch_done(self, epoch: int, meta: dict, weights: dict, state: dict, best_value: float | None,
-                   improved: bool, history: list[dict]) -> None:
+    def epoch_done(
+        self,
+        epoch: int,
+        meta: dict,
+        weights: dict,
+        state: dict,
+        best_value: float | None,
+        improved: bool,
+        history: list[dict],
+    ) -> None:
         weights, state, self.history = snapshot(weights), snapshot(state), [dict(r) for r in history]
         self.wait()
         draw = time.monotonic() - self.drawn >= self.curves_every
         if draw:
             self.drawn = time.monotonic()
-        self.pending = self.pool.submit(self._write, epoch, meta, weights, state, best_value, improved,
-                                        self.history, draw)
+        self.pending = self.pool.submit(
+            self._write, epoch, meta, weights, state, best_value, improved, self.history, draw
+        )
 
     def _write(self, epoch, meta, weights, state, best_value, improved, history, draw) -> None:
         self.saver.save(epoch, meta, weights, state, best_value, improved)
@@ -217,9 +256,16 @@ class TensorBoard:
     """Every epoch's figures as TensorBoard scalars in RUN/tb/ (torch.utils.tensorboard), so that
     `tensorboard --logdir STUDY` compares a study's runs side by side."""
 
-    SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_f1": "macro_f1/train",
-               "val_f1": "macro_f1/val", "train_acc": "accuracy/train", "val_acc": "accuracy/val", "lr": "lr",
-               "images_per_s": "speed/images_per_s"}
+    SCALARS = {
+        "train_loss": "loss/train",
+        "val_loss": "loss/val",
+        "train_f1": "macro_f1/train",
+        "val_f1": "macro_f1/val",
+        "train_acc": "accuracy/train",
+        "val_acc": "accuracy/val",
+        "lr": "lr",
+        "images_per_s": "speed/images_per_s",
+    }
 
     def __init__(self, run: Path):
         from torch.utils.tensorboard import SummaryWriter

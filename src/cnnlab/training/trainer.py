@@ -93,8 +93,7 @@ class Trainer:
         weight = class_weights(p.train.labels, n_classes) if cfg.data.imbalance == "weights" else None
         steps = steps_per_epoch(p.train, n_classes, cfg.data.imbalance, cfg.train.batch_size)
         opt = Optimization.build(eng.model, cfg, steps, weight, eng.autocast_dtype == torch.float16)
-        return cls(cfg, list(p.classes), eng, opt, p.train, p.val, p.mean, p.std, steps,
-                   best=Best(cfg.train.monitor))
+        return cls(cfg, list(p.classes), eng, opt, p.train, p.val, p.mean, p.std, steps, best=Best(cfg.train.monitor))
 
     # ------------------------------------------------------------------------------------ one epoch
 
@@ -123,9 +122,16 @@ class Trainer:
         lr = self.opt.lr
         self.opt.step_scheduler(ev[t.monitor])
         dt = time.perf_counter() - t0
-        row = {"epoch": epoch, **{k: tr[k] for k in ("train_loss", "train_f1", "train_acc")}, **ev, "lr": lr,
-               "epoch_s": dt, "images_per_s": tr["seen"] / dt, "data_wait_s": tr["data_wait_s"],
-               **{run_folder.recall_column(c): r for c, r in zip(self.classes, recall, strict=True)}}
+        row = {
+            "epoch": epoch,
+            **{k: tr[k] for k in ("train_loss", "train_f1", "train_acc")},
+            **ev,
+            "lr": lr,
+            "epoch_s": dt,
+            "images_per_s": tr["seen"] / dt,
+            "data_wait_s": tr["data_wait_s"],
+            **{run_folder.recall_column(c): r for c, r in zip(self.classes, recall, strict=True)},
+        }
         self.history.append(row)
         self.diverged = not math.isfinite(tr["train_loss"])
         improved = not self.diverged and self.best.update(ev[t.monitor], epoch)  # never a diverged best.pt
@@ -138,17 +144,30 @@ class Trainer:
 
     def meta(self) -> dict:
         """What every checkpoint holds beside its weights: enough to score it with nothing else."""
-        return {"format": run_folder.CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "classes": self.classes,
-                "mean": self.mean, "std": self.std}
+        return {
+            "format": run_folder.CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "classes": self.classes,
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     def summary(self) -> dict:
         return run_folder.summarize_history(self.history, self.best.epoch)
 
     def state_dict(self) -> dict:
-        state = {**self.meta(), "model": self.eng.model.state_dict(), **self.opt.state_dict(),
-                 "epoch": self.epoch, "history": self.history, "best_value": self.best.value,
-                 "best_epoch": self.best.epoch, "bad_epochs": self.best.bad_epochs,
-                 "rng_cpu": torch.get_rng_state(), "finished": self.finished}
+        state = {
+            **self.meta(),
+            "model": self.eng.model.state_dict(),
+            **self.opt.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_value": self.best.value,
+            "best_epoch": self.best.epoch,
+            "bad_epochs": self.best.bad_epochs,
+            "rng_cpu": torch.get_rng_state(),
+            "finished": self.finished,
+        }
         if self.finished:
             state["summary"] = self.summary()
         return state
@@ -157,8 +176,11 @@ class Trainer:
         self.eng.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state)
         self.history = state["history"]
-        self.best.value, self.best.epoch, self.best.bad_epochs = (state["best_value"], state["best_epoch"],
-                                                                  state["bad_epochs"])
+        self.best.value, self.best.epoch, self.best.bad_epochs = (
+            state["best_value"],
+            state["best_epoch"],
+            state["bad_epochs"],
+        )
         self.epoch = state["epoch"]
         torch.set_rng_state(state["rng_cpu"])
 
@@ -183,8 +205,10 @@ def fit(cfg: Config, out: Path, reporter: Reporter | None = None, force: bool = 
                 raise UserError(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
             others = sorted(p.name for p in out.iterdir() if p.name != LOCK)
             if others and not force:
-                raise UserError(f"{out} is not empty ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
-                                "and holds no cnnlab run: choose a new --out, or pass --force to write into it")
+                raise UserError(
+                    f"{out} is not empty ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
+                    "and holds no cnnlab run: choose a new --out, or pass --force to write into it"
+                )
             return _start(cfg, out, reporter)
     except BaseException:
         if created and not run_folder.is_run(out):  # nothing of the run was written: leave no empty folder
@@ -202,15 +226,22 @@ def resume(out: Path, reporter: Reporter | None = None) -> dict:
     cfg = check_config(run_folder.read_config(out))
     with FolderLock(out):
         last = out / run_folder.LAST
-        state = run_folder.load_checkpoint(last, hint=f"; best.pt or an epoch-NNN.pt of {out} can still be tested, "
-                                                "but resuming needs last.pt") if last.is_file() else None
+        state = (
+            run_folder.load_checkpoint(
+                last, hint=f"; best.pt or an epoch-NNN.pt of {out} can still be tested, but resuming needs last.pt"
+            )
+            if last.is_file()
+            else None
+        )
         if state is not None and state.get("finished"):
             reporter.line(f"run {out} is already finished ({state['epoch']} epochs)")
             return state["summary"]
         if not (out / run_folder.SPLIT).is_file():
             return _start(cfg, out, reporter)
         _threads(cfg)
-        p = prepare_run_data(cfg, progress=reporter.progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"])
+        p = prepare_run_data(
+            cfg, progress=reporter.progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"]
+        )
         trainer = Trainer.build(cfg, p)
         if state is not None:
             trainer.load_state_dict(state)
@@ -242,8 +273,15 @@ def _train(trainer: Trainer, out: Path, reporter: Reporter) -> dict:
         with _Sigterm():
             while not trainer.finished and trainer.epoch < t.epochs:
                 row, improved = trainer.run_epoch(reporter)
-                writer.epoch_done(trainer.epoch, trainer.meta(), trainer.opt.eval_model.state_dict(),
-                                  trainer.state_dict(), trainer.best.value, improved, trainer.history)
+                writer.epoch_done(
+                    trainer.epoch,
+                    trainer.meta(),
+                    trainer.opt.eval_model.state_dict(),
+                    trainer.state_dict(),
+                    trainer.best.value,
+                    improved,
+                    trainer.history,
+                )
                 if board is not None:
                     board.epoch(row)
                 reporter.epoch(row, improved)

@@ -38,14 +38,46 @@ KERNELS = HERE / "kernels"
 # label smoothing; variable-size buckets with oversampling, per-image normalisation, noise, JPEG, erasing,
 # Nesterov SGD, the plateau scheduler and flip TTA. One thread each: the figures do not depend on the cores.
 CONFIGS = {
-    "fixed": {"model": "simple-bn-dropout", "image_size": 32, "batch_size": 8, "epochs": 3, "seed": 3,
-              "precision": "fp32", "threads": 1, "hflip": True, "rotate": 10.0, "brightness": 0.1, "mixup": 0.2,
-              "ema": 0.9, "scheduler": "cosine", "warmup_epochs": 1, "imbalance": "weights",
-              "label_smoothing": 0.1},
-    "buckets": {"model": "resnet", "width": 8, "depth": 1, "resize": "keep", "image_size": 32, "batch_size": 8,
-                "epochs": 3, "seed": 5, "precision": "fp32", "threads": 1, "normalize": "image",
-                "imbalance": "oversample", "optimizer": "sgd", "lr": 0.02, "nesterov": True, "scheduler": "plateau",
-                "tta": True, "jpeg": 0.3, "erase": 0.3, "noise": 0.05},
+    "fixed": {
+        "model": "simple-bn-dropout",
+        "image_size": 32,
+        "batch_size": 8,
+        "epochs": 3,
+        "seed": 3,
+        "precision": "fp32",
+        "threads": 1,
+        "hflip": True,
+        "rotate": 10.0,
+        "brightness": 0.1,
+        "mixup": 0.2,
+        "ema": 0.9,
+        "scheduler": "cosine",
+        "warmup_epochs": 1,
+        "imbalance": "weights",
+        "label_smoothing": 0.1,
+    },
+    "buckets": {
+        "model": "resnet",
+        "width": 8,
+        "depth": 1,
+        "resize": "keep",
+        "image_size": 32,
+        "batch_size": 8,
+        "epochs": 3,
+        "seed": 5,
+        "precision": "fp32",
+        "threads": 1,
+        "normalize": "image",
+        "imbalance": "oversample",
+        "optimizer": "sgd",
+        "lr": 0.02,
+        "nesterov": True,
+        "scheduler": "plateau",
+        "tta": True,
+        "jpeg": 0.3,
+        "erase": 0.3,
+        "noise": 0.05,
+    },
 }
 SPLIT_COLUMNS = ("path", "class", "split")
 
@@ -136,9 +168,14 @@ def fingerprint() -> dict:
 
     vendor, level, flags = cpu_info()
     onednn, plain = _capped("ONEDNN_MAX_CPU_ISA", ONEDNN_LEVELS, level)
-    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_flags": [] if plain else flags, "onednn_isa": onednn,
-            "mkl_isa": _capped("MKL_ENABLE_INSTRUCTIONS", MKL_LEVELS, level)[0], "cpu_vendor": vendor}
+    return {
+        "torch": torch.__version__.split("+")[0],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": [] if plain else flags,
+        "onednn_isa": onednn,
+        "mkl_isa": _capped("MKL_ENABLE_INSTRUCTIONS", MKL_LEVELS, level)[0],
+        "cpu_vendor": vendor,
+    }
 
 
 def kernel_set_name(fp: dict) -> str:
@@ -147,8 +184,11 @@ def kernel_set_name(fp: dict) -> str:
 
 def recorded_sets() -> dict[str, dict]:
     """Each recorded kernel set's folder name -> its fingerprint."""
-    return {d.name: json.loads((d / "fingerprint.json").read_text())
-            for d in sorted(KERNELS.iterdir()) if (d / "fingerprint.json").is_file()}
+    return {
+        d.name: json.loads((d / "fingerprint.json").read_text())
+        for d in sorted(KERNELS.iterdir())
+        if (d / "fingerprint.json").is_file()
+    }
 
 
 def matching_set() -> Path | None:
@@ -214,8 +254,12 @@ def scores(run: Path, data: Path, test_run, predict) -> dict:
     with one_thread():
         res = test_run(run, str(data))
         probs = [r["probs"] for r in predict(run, [str(p) for p in images])]
-    return {"macro_f1": res["macro_f1"], "accuracy": res["accuracy"], "confusion_matrix": res["confusion_matrix"],
-            "probs": probs}
+    return {
+        "macro_f1": res["macro_f1"],
+        "accuracy": res["accuracy"],
+        "confusion_matrix": res["confusion_matrix"],
+        "probs": probs,
+    }
 
 
 def _quiet(f):
@@ -228,8 +272,11 @@ def _quiet(f):
         from cnnlab.reporting.reporter import Reporter
 
         return functools.partial(f, reporter=Reporter.quiet())
-    return functools.partial(f, **({"progress": False} if "progress" in params else {}),
-                             **({"log": lambda *a: None} if "log" in params else {}))
+    return functools.partial(
+        f,
+        **({"progress": False} if "progress" in params else {}),
+        **({"log": lambda *a: None} if "log" in params else {}),
+    )
 
 
 def code():
