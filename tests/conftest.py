@@ -87,3 +87,13 @@ def one_line_error(*args) -> str:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     return errors[0]
+
+
+def cnnlab_env() -> dict:
+    """The environment for a `python -m cnnlab ...` subprocess: this checkout's cnnlab first on the import path."""
+    import os
+
+    import cnnlab
+
+    src = str(Path(cnnlab.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}

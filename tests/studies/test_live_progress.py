@@ -3,18 +3,15 @@ on a terminal, one bar for the whole study."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import cnnlab
+from conftest import cnnlab_env
+
 from cnnlab.config import Config
 from cnnlab.studies.jobs import Job
 from cnnlab.studies.live_progress import StudyProgress
-
-SRC = str(Path(cnnlab.__file__).resolve().parents[1])
 
 
 def test_a_logged_study_says_every_epoch_of_every_run_before_it_ends(eclipse, tmp_path):
@@ -36,7 +33,7 @@ def test_a_logged_study_says_every_epoch_of_every_run_before_it_ends(eclipse, tm
         "--jobs",
         "2",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = cnnlab_env()
     with open(log, "w") as f:  # `> log 2>&1`: not a terminal
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=600)
     text = log.read_text()

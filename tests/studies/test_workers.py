@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cnnlab_env
 
 import cnnlab
 
@@ -25,7 +26,7 @@ cnnlab.study("regularization", data={data!r}, out="S", epochs=1, image_size=32, 
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return cnnlab_env()
 
 
 @pytest.mark.parametrize("how", ["file", "stdin"])
