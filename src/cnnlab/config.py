@@ -41,6 +41,7 @@ class DataConfig:
     group_file: str = ""  # split = groups: CSV (path,group) of files that stay together (e.g. one patient's)
     val_manifest: str = ""  # CSV (path,class[,split]) of the training images to validate on, instead of a split
     train_manifest: str = ""  # CSV (path,class) of the training images to use at all; others are left out (a CV fold)
+    boxes: str = ""  # CSV (path,cx,cy,w,h) of object boxes: box-guided training reads its training images' rows only
     strict: bool = False  # unusable files are an error instead of a warning
     class_map: str = ""  # test_name=train_name,...
     cache_dir: str = ""
@@ -83,6 +84,7 @@ class ModelConfig:
     dropout: float = 0.2
     batchnorm: bool = True  # for models whose name does not fix it (mlp, adaptive, resnet)
     hidden: int = 512
+    output_stride: int = 16  # resnet: 16, or 8 (the last stage keeps its resolution: a finer map to explain)
 
 
 @dataclass
@@ -112,6 +114,8 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     label_smoothing: float = 0.0
+    # with data.boxes: weight of the localisation term, the share of the true class's activation map outside the box
+    box_weight: float = 1.0
 
 
 @dataclass
@@ -207,7 +211,7 @@ class Config:
         """A copy whose paths (data, cache, validation manifest) are absolute: a run folder's config then means
         the same data from any working directory."""
         cfg = self.copy()
-        for key in ("path", "cache_dir", "val_manifest", "train_manifest", "group_file"):
+        for key in ("path", "cache_dir", "val_manifest", "train_manifest", "group_file", "boxes"):
             if cfg.get(key):
                 cfg.set(key, str(Path(cfg.get(key)).expanduser().resolve()))
         return cfg

@@ -20,7 +20,7 @@ TRAIN, TEST = 12, 4
 
 
 def _hashes(root) -> dict[str, str]:
-    """Relative path -> sha256 of every file under root (images and synth.json)."""
+    """Relative path -> sha256 of every file under root (images, boxes.csv and synth.json)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
@@ -38,7 +38,7 @@ def generated(tmp_path_factory):
 
 def test_layout_and_counts(generated):
     out, summary = generated
-    assert sorted(p.name for p in out.iterdir()) == ["synth.json", "test", "train"]
+    assert sorted(p.name for p in out.iterdir()) == ["boxes.csv", "synth.json", "test", "train"]
     for split, n in (("train", TRAIN), ("test", TEST)):
         assert sorted(p.name for p in (out / split).iterdir()) == sorted(CLASSES)
         for cls in CLASSES:

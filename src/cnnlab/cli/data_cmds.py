@@ -55,6 +55,9 @@ def data_inspect(dataset, as_json, out, cache_dir, class_map):
 def data_synth(out, train_per_class, test_per_class, size, seed):
     """Render the synthetic solar-eclipse set (annular, partial, total) in the real set's layout.
 
+    Also writes OUT/boxes.csv: the Sun's disk box of every image (path,cx,cy,w,h: centre and size relative to
+    the image, the YOLO convention, after the augmentation). Rerunning on an older set adds it.
+
     \b
     Example:
       cnnlab data synth-eclipse /tmp/ecl --train-per-class 300 --test-per-class 60

@@ -11,17 +11,34 @@ import click
 from cnnlab.errors import UserError
 
 
+class _MethodOption(click.Option):
+    """--method, whose help lists METHODS: read when the help is shown, since evaluation.cam imports torch."""
+
+    def get_help_record(self, ctx):
+        from cnnlab.evaluation.cam import METHODS
+
+        self.help = f"The heatmap: {', '.join(METHODS)}."
+        return super().get_help_record(ctx)
+
+
 @click.command("explain")
 @click.argument("run", type=click.Path())
 @click.argument("images", nargs=-1)
-@click.option("--out", type=click.Path(), help="Folder for the overlays (and, with --boxes, the galleries).")
-@click.option("--method", default="gradcam", show_default=True, help="gradcam or gradcam++.")
+@click.option("--out", type=click.Path(), help="Folder for the overlays (and, with --boxes, the report and galleries).")
+@click.option("--method", default="gradcam", show_default=True, cls=_MethodOption, help="The heatmap.")
+@click.option(
+    "--layer",
+    metavar="NAME[,NAME]",
+    help="Explain these modules (names as model.named_modules() gives them; several: their maps fused) "
+    "instead of the model's default layer.",
+)
 @click.option("--class", "target", help="Explain this class (default: each image's predicted class).")
 @click.option("--data", help="With --boxes: the dataset root the box paths are relative to (default: the run's).")
 @click.option(
     "--boxes",
     type=click.Path(),
-    help="CSV path,cx,cy,w,h (0-1, YOLO): score how well heatmaps point at these boxes (pointing game, energy in box).",
+    help="CSV path,cx,cy,w,h (0-1, YOLO): score how well heatmaps point at these boxes (pointing game, strict and "
+    "with a tolerance, energy in box), beside the random, centre and class-prior baselines.",
 )
 @click.option(
     "--manifest",
@@ -29,9 +46,11 @@ from cnnlab.errors import UserError
     help="With --boxes: only the images listed (its test rows, if it has a split column).",
 )
 @click.option("--json", "as_json", is_flag=True, help="With --boxes: print the scores as JSON.")
-def explain_cmd(run, images, out, method, target, data, boxes, manifest, as_json):
-    """Heatmaps (Grad-CAM, Grad-CAM++) of what drove a run's predictions: an overlay PNG per image and a contact
-    sheet; or, with --boxes, how often the heatmap's maximum falls in a known box. Needs cnnlab[explain].
+def explain_cmd(run, images, out, method, layer, target, data, boxes, manifest, as_json):
+    """Heatmaps (Grad-CAM, Grad-CAM++, LayerCAM, ...) of what drove a run's predictions: an overlay PNG per image
+    and a contact sheet; or, with --boxes, how often the heatmap's maximum falls in (or within 15/224 of the side
+    of) a known box, against pointing at the image centre and at the class's densest point of the run's own
+    training boxes. Needs cnnlab[explain].
 
     \b
     Examples:
@@ -44,15 +63,15 @@ def explain_cmd(run, images, out, method, target, data, boxes, manifest, as_json
     if boxes:
         if images:
             raise UserError("give images, or --boxes for the localisation score, not both")
-        r = localisation(Path(run), boxes, data, manifest, method, target, out)
+        r = localisation(
+            Path(run), boxes, data=data, manifest=manifest, method=method, target=target, out=out, layer=layer
+        )
         if as_json:
             click.echo(json.dumps(r, indent=2))
         else:
-            click.echo(
-                f"{r['n_images']} images, {method}: pointing game {r['pointing_game']:.3f} (random "
-                f"{r['random_pointing_game']:.3f}), energy in box {r['energy_in_box']:.3f} (random "
-                f"{r['random_energy_in_box']:.3f})" + (f"; wrote {out}" if out else "")
-            )
+            from cnnlab.explain.report import summary_lines
+
+            click.echo("\n".join(summary_lines(r)) + (f"\nwrote {out}" if out else ""))
         return
     if data or manifest or as_json:
         raise UserError("--data, --manifest and --json go with --boxes")
@@ -62,7 +81,7 @@ def explain_cmd(run, images, out, method, target, data, boxes, manifest, as_json
         )
     if not out:
         raise UserError("--out DIR is needed: the overlays are written there")
-    for r in explain_images(Path(run), list(images), out, method, target):
+    for r in explain_images(Path(run), list(images), out, method, target, layer=layer):
         click.echo(f"{r['label']:<24} {r['prob']:.3f}  {r['path']}  -> {r['overlay']}")
     click.echo(f"wrote {Path(out) / 'contact_sheet.png'}")
 

@@ -1,7 +1,8 @@
 """Data: image folders as datasets, never written to. Finding a folder-per-class set and its split folders
 (`scan`), splitting train/validation without moving a file (`splits`), the manifest CSV, decoding a file into a
 C x H x W uint8 array (`decode`, `DecodeSettings`), the decode cache outside the dataset (`load_images`), exact and
-near-duplicate groups (`duplicate_groups`), and the built-in synthetic eclipse set (`synth_eclipse`).
+near-duplicate groups (`duplicate_groups`), object boxes mapped into decoded images (`read_boxes`,
+`decoded_boxes`), and the built-in synthetic eclipse set (`synth_eclipse`).
 
 Names are imported from their modules on first use (`cnnlab.lazy_face`).
 """
@@ -39,6 +40,9 @@ _EXPORTS = {
     "duplicate_groups": "duplicates",
     "file_hashes": "duplicates",
     "close_pairs": "duplicates",
+    "read_boxes": "boxes",
+    "decoded_boxes": "boxes",
+    "box_mask": "boxes",
     "synth_eclipse": "synthetic",
     "render_eclipse": "eclipse_render",
     "CLASSES": "eclipse_render",

@@ -1,5 +1,6 @@
-"""One procedural solar-eclipse photograph (`render_eclipse`; `CLASSES`: annular, partial, total), and the
-Keras-style augmentation (`augment_keras_style`) the real set's images went through.
+"""One procedural solar-eclipse photograph (`render_eclipse`; `CLASSES`: annular, partial, total), the Sun's disk
+it will draw (`sun_disk`), and the Keras-style augmentation (`augment_keras_style`, its draws: `keras_transform`)
+the real set's images went through.
 
 Each image is a small physical scene: a limb-darkened Sun, the Moon in front of it, corona and prominences during
 totality, then the camera: solar filter tint, exposure, glare, thin clouds, a horizon silhouette, blur and sensor
@@ -382,14 +383,24 @@ def _kind_of(kind: str) -> str:
     raise UserError(f"unknown eclipse kind '{kind}' (choose from: {', '.join(KINDS + CLASSES)})")
 
 
+def _layout(kind: str, rng: np.random.Generator, n: int) -> tuple[bool, str, tuple[float, float, float]]:
+    """The first draws of a render: hard case or not, photographic style, the Sun's centre and radius."""
+    return rng.random() < HARD_FRACTION[kind], _pick_style(kind, rng), _sun_placement(n, rng)
+
+
+def sun_disk(kind: str, rng: np.random.Generator, size: int) -> tuple[float, float, float]:
+    """The Sun's disk (centre y, x and radius, in pixels of the size x size image, whose pixel j spans [j, j+1])
+    that `render_eclipse(kind, rng, size)` would draw from a generator in this state; advances `rng`."""
+    cy, cx, radius = _layout(_kind_of(kind), rng, size * SUPERSAMPLE)[2]
+    return cy / SUPERSAMPLE, cx / SUPERSAMPLE, radius / SUPERSAMPLE
+
+
 def render_eclipse_tagged(kind: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[str]]:
     """`render_eclipse` plus tags naming the hard case and degradations that were drawn."""
     kind = _kind_of(kind)
     n = size * SUPERSAMPLE
     y, x = _grid(n)
-    hard = rng.random() < HARD_FRACTION[kind]
-    style = _pick_style(kind, rng)
-    cy, cx, radius = _sun_placement(n, rng)
+    hard, style, (cy, cx, radius) = _layout(kind, rng, n)
     moon_k, moon_d = _moon_geometry(kind, hard, rng)
     geo = (cy, cx, radius, moon_k, moon_d)
     light = _scene_light(kind, style, geo, y, x, rng) * _exposure(kind, style, hard, rng)
@@ -404,9 +415,7 @@ def render_eclipse_tagged(kind: str, rng: np.random.Generator, size: int) -> tup
 
 def render_eclipse(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """One eclipse photograph (size x size x 3 uint8) before augmentation.
-
-    kind: "annular", "partial", "total" or one of CLASSES.
-    """
+    kind: "annular", "partial", "total" or one of CLASSES."""
     return render_eclipse_tagged(kind, rng, size)[0]
 
 
@@ -415,30 +424,26 @@ def render_eclipse(kind: str, rng: np.random.Generator, size: int) -> np.ndarray
 # --------------------------------------------------------------------------------------------------
 
 
-def augment_keras_style(
-    img: np.ndarray,
-    rng: np.random.Generator,
-    rotation_range: float = 30.0,
-    shift_range: float = 0.12,
-    zoom_range: float = 0.15,
-) -> np.ndarray:
-    """Random rotation, shift, zoom and horizontal flip with nearest-pixel fill, as Keras does.
-
-    Like ImageDataGenerator.apply_transform: one affine map about the image centre, bilinear
-    sampling, and pixels mapped from outside the image copy the nearest edge pixel (fill_mode="nearest").
-    """
-    h, w = img.shape[:2]
+def keras_transform(shape, rng: np.random.Generator, rotation_range=30.0, shift_range=0.12, zoom_range=0.15):
+    """The draws of `augment_keras_style` for an image of this shape: (A, offset, flip). Output pixel o samples
+    input pixel i = A (o - c) + c + t = A o + offset (array indices), then the output is mirrored left-right if flip."""
+    h, w = shape[:2]
     angle = np.deg2rad(rng.uniform(-rotation_range, rotation_range))
     zy, zx = rng.uniform(1 - zoom_range, 1 + zoom_range, size=2)
     ty, tx = rng.uniform(-shift_range, shift_range, size=2) * (h, w)
     cos, sin = np.cos(angle), np.sin(angle)
-    # Output pixel o samples input pixel  i = A (o - c) + c + t.
     a = np.array([[cos * zy, -sin * zx], [sin * zy, cos * zx]])
     centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    offset = centre - a @ centre + (ty, tx)
+    return a, centre - a @ centre + (ty, tx), bool(rng.random() < 0.5)
+
+
+def augment_keras_style(img: np.ndarray, rng: np.random.Generator, **ranges) -> np.ndarray:
+    """Random rotation, shift, zoom and horizontal flip with nearest-pixel fill, as Keras does: one affine map about
+    the image centre, bilinear sampling, pixels mapped from outside the image copy the nearest edge pixel (like
+    ImageDataGenerator.apply_transform, fill_mode="nearest"). `ranges`: rotation_range (degrees), shift_range (share
+    of the side), zoom_range; the draws are those of `keras_transform`."""
+    a, offset, flip = keras_transform(img.shape, rng, **ranges)
     matrix = np.eye(3)
     matrix[:2, :2] = a
     out = ndimage.affine_transform(img, matrix, offset=(*offset, 0.0), order=1, mode="nearest")
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(out[:, ::-1] if flip else out)

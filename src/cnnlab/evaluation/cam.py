@@ -1,5 +1,6 @@
-"""Class activation maps on a loaded engine (`explain_arrays`): Grad-CAM and Grad-CAM++ from the grad-cam package
-(pytorch-grad-cam, imported only here, inside functions), on the layer the model registry names.
+"""Class activation maps on a loaded engine (`explain_arrays`): Grad-CAM, Grad-CAM++, LayerCAM and the other
+gradient-weighted maps of the grad-cam package (pytorch-grad-cam, imported only here, inside functions), on the layer
+the model registry names or on the layers asked for (several: their maps fused).
 
 Below evaluation/testing.py (whose test gallery uses it) and the explain package (which adds run loading, files
 and box scores).
@@ -15,7 +16,17 @@ from cnnlab.errors import UserError, nearest
 from cnnlab.training.engine import Engine
 from cnnlab.training.models import cam_layer
 
-METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus"}  # our name -> pytorch_grad_cam's class
+# our name -> pytorch_grad_cam's class: the gradient-weighted maps (the fast ones; ScoreCAM and AblationCAM cost a
+# forward pass a channel, too slow for a CPU gallery)
+METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "gradcam-elementwise": "GradCAMElementWise",
+    "eigengradcam": "EigenGradCAM",
+}
 
 
 def cam_class(method: str):
@@ -43,21 +54,23 @@ def explain_arrays(
     target: str | None = None,
     *,
     model_name: str,
+    layer: str | None = None,
     batch_size: int = 32,
 ) -> list[dict]:
     """Heatmaps for decoded images, e.g. an upload the web demo decoded with `data.read_images`.
 
     eng: a loaded run's engine (`evaluation.load_run(run)[2]`); arrays: C x H x W uint8 arrays as `data.decode`
-    returns them; classes: the run's class names (`ckpt["classes"]`); method: gradcam | gradcam++; target: the class
+    returns them; classes: the run's class names (`ckpt["classes"]`); method: a name of METHODS; target: the class
     to explain (default: each image's predicted class); model_name: the run's `cfg.model.model`, whose registry
-    entry names the layer. Returns one dict an image: label, prob, probs ({class: prob}), target, heatmap (H x W
-    float32 in [0, 1], the image's size), image (H x W x C uint8). The probabilities are `cnnlab predict`'s (the
-    run's precision and flip TTA); the map is computed in fp32 with autocast off, without TTA.
+    entry names the default layer; layer: module names instead (comma-joined: their maps fused). Returns one dict
+    an image: label, prob, probs ({class: prob}), target, heatmap (H x W float32 in [0, 1], the image's size), image
+    (H x W x C uint8). The probabilities are `cnnlab predict`'s (the run's precision and flip TTA); the map is
+    computed in fp32 with autocast off, without TTA.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     make_cam = cam_class(method)
-    layer = cam_layer(model_name, eng.model)
+    layers = cam_layer(model_name, eng.model, layer)
     wanted = None if target is None else class_index(target, classes)
     eng.model.eval()
     rows: list[dict] = [{} for _ in arrays]  # filled by index: batches group images of one shape
@@ -70,7 +83,7 @@ def explain_arrays(
         with (
             torch.enable_grad(),
             torch.autocast(eng.device.type, enabled=False),
-            make_cam(model=eng.model, target_layers=[layer]) as cam,
+            make_cam(model=eng.model, target_layers=layers) as cam,
         ):
             maps = cam(input_tensor=eng.eval_input(x), targets=[ClassifierOutputTarget(k) for k in picks])
         eng.model.zero_grad(set_to_none=True)

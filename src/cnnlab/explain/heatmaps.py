@@ -1,23 +1,25 @@
-"""Explanations (`cnnlab explain`): heatmaps of what drove a run's prediction (Grad-CAM, Grad-CAM++ from the grad-cam
-package, through `evaluation.explain_arrays`), their overlays, and how well they point at a known box (the pointing game
-and the heatmap's energy inside the box, against a random heatmap's).
+"""Explanations (`cnnlab explain`): heatmaps of what drove a run's prediction (Grad-CAM, Grad-CAM++ and the other
+maps of METHODS, from the grad-cam package, through `evaluation.explain_arrays`), their overlays, and how well they
+point at known boxes (`localisation`: the pointing game, strict and with a tolerance, and the heatmap's energy inside
+the box, beside honest baselines: a random heatmap, the image centre, a class prior from the run's training boxes;
+the scores in explain/pointing.py, the figures and files in explain/report.py).
 
 API (kept stable for the web demo):
-  heatmaps(run, paths, method="gradcam", target=None, which="best") -> [{path, label, prob, probs, target, heatmap,
-      image}]: images decoded as `cnnlab predict` decodes them.
-  explain_arrays(eng, arrays, classes, method="gradcam", target=None, *, model_name) -> the same dicts without path,
-      for images already decoded (see evaluation/cam.py).
+  heatmaps(run, paths, method="gradcam", target=None, which="best", layer=None) -> [{path, label, prob, probs,
+      target, heatmap, image}]: images decoded as `cnnlab predict` decodes them.
+  explain_arrays(eng, arrays, classes, method="gradcam", target=None, *, model_name, layer=None) -> the same dicts
+      without path, for images already decoded (see evaluation/cam.py).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cnnlab.data.boxes import read_boxes
 from cnnlab.data.decode import BadImage, DecodeSettings, decode_with_geometry
 from cnnlab.data.folders import check_root, printable
 from cnnlab.data.image_files import read_images
@@ -25,22 +27,42 @@ from cnnlab.data.manifest import read_manifest
 from cnnlab.errors import UserError
 from cnnlab.evaluation.cam import METHODS, cam_class, explain_arrays
 from cnnlab.evaluation.loading import load_run
-from cnnlab.files import output_folder, write_text
+from cnnlab.explain.pointing import ClassPrior, box_scores, class_prior, point_hits, tolerance_px
+from cnnlab.explain.report import summarize, write_localisation
+from cnnlab.files import output_folder
 
 __all__ = ["METHODS", "box_scores", "explain_arrays", "explain_images", "heatmaps", "localisation", "read_boxes"]
 GALLERY = 12  # hits and misses each in the --boxes gallery
 SHEET = 64  # images at most in the contact sheet of `cnnlab explain IMAGES`
 
 
-def heatmaps(run, paths, method: str = "gradcam", target: str | None = None, which: str = "best") -> list[dict]:
+def heatmaps(
+    run, paths, method: str = "gradcam", target: str | None = None, which: str = "best", layer: str | None = None
+) -> list[dict]:
     """A heatmap for each image file (or folder of images), from the run's `which` checkpoint: dicts of path,
     label (the predicted class), prob (its probability), probs ({class: prob}), target (the class explained),
-    heatmap (H x W float32 in [0, 1]) and image (H x W x C uint8), at the decoded image's size."""
+    heatmap (H x W float32 in [0, 1]) and image (H x W x C uint8), at the decoded image's size. layer: module names
+    (comma-joined: their maps fused) instead of the model's default layer."""
     cam_class(method)  # an unknown method or a missing package, before the checkpoint loads
     cfg, ckpt, eng = load_run(Path(run), which)
+    layer_modules(cfg, eng, layer)  # an unknown layer, before any image is read
     files, arrays = read_images(list(paths), DecodeSettings.of(cfg.data))
-    rows = explain_arrays(eng, arrays, list(ckpt["classes"]), method, target, model_name=cfg.model.model)
+    classes = list(ckpt["classes"])
+    rows = explain_arrays(eng, arrays, classes, method, target, model_name=cfg.model.model, layer=layer)
     return [{"path": printable(f), **r} for f, r in zip(files, rows, strict=True)]
+
+
+def layer_modules(cfg, eng, layer: str | None) -> list[str]:
+    """The module names a heatmap explains (the model's default layer when `layer` is None); UserError for an
+    unknown name or a model without a spatial feature map."""
+    from cnnlab.training.models import cam_layer
+
+    names = {id(m): n for n, m in eng.model.named_modules()}
+    return [names.get(id(m), type(m).__name__) for m in cam_layer(cfg.model.model, eng.model, layer)]
+
+
+def _layer_label(layer: str | None) -> str:
+    return ",".join(p.strip() for p in layer.split(",")) if layer else "default"
 
 
 def _peak(heatmap: np.ndarray) -> tuple[int, int]:
@@ -48,7 +70,9 @@ def _peak(heatmap: np.ndarray) -> tuple[int, int]:
     return int(col), int(row)
 
 
-def explain_images(run, paths, out, method: str = "gradcam", target: str | None = None) -> list[dict]:
+def explain_images(
+    run, paths, out, method: str = "gradcam", target: str | None = None, layer: str | None = None
+) -> list[dict]:
     """`cnnlab explain RUN IMAGES --out DIR`: an overlay PNG an image (NAME.png) and contact_sheet.png; the rows
     of `heatmaps`, each with `overlay`, the PNG written."""
     from cnnlab.reporting.figures import heatmap_grid
@@ -58,8 +82,9 @@ def explain_images(run, paths, out, method: str = "gradcam", target: str | None 
     # The run's data and the folders of the images explained are both read-only.
     inputs = [cfg.data.path] * bool(cfg.data.path) + [p if Path(p).is_dir() else Path(p).parent for p in paths]
     out = output_folder(out, datasets=inputs, create=False)
-    rows = heatmaps(run, paths, method, target)
+    rows = heatmaps(run, paths, method, target, layer=layer)
     out = output_folder(out, datasets=inputs)
+    what = method + (f", layer {_layer_label(layer)}" if layer else "")
     cells, used = [], {"contact_sheet"}
     for r in rows:
         name = Path(r["path"]).stem
@@ -71,70 +96,18 @@ def explain_images(run, paths, out, method: str = "gradcam", target: str | None 
         caption = f"{r['label']} {r['prob']:.1%}" + (f"\nheatmap: {r['target']}" if r["target"] != r["label"] else "")
         cell = {"image": r["image"], "heatmap": r["heatmap"], "caption": caption, "point": _peak(r["heatmap"])}
         r["overlay"] = str(out / f"{stem}.png")
-        heatmap_grid([cell], Path(r["overlay"]), title=f"{name} ({method})", cols=1, side=4.0)
+        heatmap_grid([cell], Path(r["overlay"]), title=f"{name} ({what})", cols=1, side=4.0)
         cells.append({**cell, "caption": f"{name[:20]}\n{caption}"})
     heatmap_grid(
         cells[:SHEET],
         out / "contact_sheet.png",
         cols=8,
-        title=f"{method}: {run}" + (f" (first {SHEET} of {len(cells)})" if len(cells) > SHEET else ""),
+        title=f"{what}: {run}" + (f" (first {SHEET} of {len(cells)})" if len(cells) > SHEET else ""),
     )
     return rows
 
 
 # ------------------------------------------------------------------------------------ box scores
-
-
-def read_boxes(path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """A boxes CSV (path, cx, cy, w, h: centre and size relative to the original image, 0-1, the YOLO convention;
-    paths relative to the data root) -> {path: [box, ...]}; several rows of one path are several boxes."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"boxes file not found: {path}")
-    out: dict[str, list] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "cx", "cy", "w", "h"} <= set(reader.fieldnames):
-            raise UserError(f"boxes file {path} needs the columns path, cx, cy, w, h")
-        for i, row in enumerate(reader, start=2):
-            try:
-                box = tuple(float(row[k]) for k in ("cx", "cy", "w", "h"))
-            except (TypeError, ValueError):
-                raise UserError(f"{path}:{i}: cx, cy, w and h must be numbers") from None
-            if not all(0 <= v <= 1 for v in box) or box[2] <= 0 or box[3] <= 0:
-                raise UserError(f"{path}:{i}: cx, cy, w, h must lie in 0-1 (relative to the image), w and h > 0")
-            out.setdefault(Path(row["path"]).as_posix(), []).append(box)
-    if not out:
-        raise UserError(f"boxes file {path} lists no boxes")
-    return out
-
-
-def box_mask(shape: tuple[int, int], boxes) -> np.ndarray:
-    """H x W bool: the pixels whose centre lies in one of the boxes ((x0, y0, x1, y1) in continuous pixels)."""
-    h, w = shape
-    ys, xs = np.arange(h)[:, None] + 0.5, np.arange(w)[None, :] + 0.5
-    mask = np.zeros(shape, dtype=bool)
-    for x0, y0, x1, y1 in boxes:
-        mask |= (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
-    return mask
-
-
-def box_scores(heatmap: np.ndarray, boxes) -> dict:
-    """Pointing game and energy of one heatmap against its boxes (pixels, as `box_mask` takes them).
-
-    hit: 1 if the heatmap's maximum lies in a box; with several equal maxima, the share of them inside (a flat map
-    scores the chance level, not a free hit). energy: the heatmap's share inside the boxes (a zero map: the area).
-    area: the boxes' share of the image: a random heatmap's expected hit and energy."""
-    heat = np.asarray(heatmap, dtype=np.float64)
-    mask = box_mask(heat.shape, boxes)
-    area = float(mask.mean())
-    peaks = heat == heat.max()
-    total = float(heat.sum())
-    return {
-        "hit": float(mask[peaks].mean()),
-        "energy": float(heat[mask].sum() / total) if total > 0 else area,
-        "area": area,
-    }
 
 
 class _Sample:
@@ -179,39 +152,55 @@ def _box_items(root: Path, table: dict, boxes_csv, manifest, classes: list[str])
     return [(k, labels.get(k, -1)) for k in keys], unboxed
 
 
-def _score(eng, cfg, classes, root: Path, items, table, method, target, shown, counts) -> list[dict]:
-    """Decode, explain and score one chunk of items; kept gallery cells go to `shown`, skips to `counts`."""
-    prep, decoded = DecodeSettings.of(cfg.data), []
+@dataclass
+class _Job:
+    """What scoring a chunk of images needs: the loaded run, the data and boxes, the heatmap asked for, the class
+    prior, and where kept gallery cells (`shown`) and skipped images (`counts`) go."""
+
+    eng: object
+    cfg: object
+    classes: list[str]
+    root: Path
+    table: dict
+    method: str
+    target: str | None
+    layer: str | None
+    prior: ClassPrior
+    shown: dict = field(default_factory=lambda: {"hits": _Sample(), "misses": _Sample()})
+    counts: dict = field(default_factory=lambda: {"skipped": [], "no_area": 0})
+
+
+def _score(job: _Job, items) -> list[dict]:
+    """Decode, explain and score one chunk of items; kept gallery cells go to `job.shown`, skips to `job.counts`."""
+    prep, decoded = DecodeSettings.of(job.cfg.data), []
     for key, label in items:
         try:
-            arr, _, _, geometry = decode_with_geometry(root / key, prep)
+            arr, _, _, geometry = decode_with_geometry(job.root / key, prep)
         except BadImage as e:
-            counts["skipped"].append(f"{key} ({e})")
+            job.counts["skipped"].append(f"{key} ({e})")
             continue
-        decoded.append((key, label, arr, [geometry.box(*b) for b in table[key]]))
+        mapped = [geometry.box(*b) for b in job.table[key]]
+        decoded.append((key, label, arr, [b for b in mapped if b[2] > b[0] and b[3] > b[1]]))
     if not decoded:
         return []
-    explained = explain_arrays(eng, [d[2] for d in decoded], classes, method, target, model_name=cfg.model.model)
+    explained = explain_arrays(
+        job.eng,
+        [d[2] for d in decoded],
+        job.classes,
+        job.method,
+        job.target,
+        model_name=job.cfg.model.model,
+        layer=job.layer,
+    )
     rows = []
     for (key, label, _, boxes), e in zip(decoded, explained, strict=True):
-        s = box_scores(e["heatmap"], boxes)
-        if s["area"] == 0:  # the crop cut the box away: nothing to point at
-            counts["no_area"] += 1
+        row = _row(job, key, label, e, boxes) if boxes else None
+        if row is None:  # the crop cut the box away: nothing to point at
+            job.counts["no_area"] += 1
             continue
-        rows.append(
-            {
-                "path": key,
-                "label": e["label"],
-                "true": classes[label] if label >= 0 else "",
-                "target": e["target"],
-                "prob": e["prob"],
-                "hit": s["hit"],
-                "energy_in_box": s["energy"],
-                "box_area": s["area"],
-            }
-        )
-        caption = f"{Path(key).name[:16]}: {e['label']} {e['prob']:.0%}\n{s['energy']:.0%} of heat in box"
-        shown["hits" if s["hit"] >= 0.5 else "misses"].add(
+        rows.append(row)
+        caption = f"{Path(key).name[:16]}: {e['label']} {e['prob']:.0%}\n{row['energy_in_box']:.0%} of heat in box"
+        job.shown["hits" if row["hit"] >= 0.5 else "misses"].add(
             lambda e=e, boxes=boxes, caption=caption: {
                 "image": e["image"],
                 "heatmap": e["heatmap"],
@@ -223,37 +212,36 @@ def _score(eng, cfg, classes, root: Path, items, table, method, target, shown, c
     return rows
 
 
-def _summary(rows: list[dict], classes: list[str]) -> dict:
-    mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if rs else None  # noqa: E731
-    out = {
-        "n_images": len(rows),
-        "pointing_game": mean(rows, "hit"),
-        "energy_in_box": mean(rows, "energy_in_box"),
-        "random_pointing_game": mean(rows, "box_area"),
-        "random_energy_in_box": mean(rows, "box_area"),
+def _row(job: _Job, key: str, label: int, e: dict, boxes) -> dict | None:
+    """One image's scores (None when its boxes cover no pixel): the heatmap's, the centre point's and its class
+    prior's (the true class's, else the predicted one's), strict and with the tolerance."""
+    heat = e["heatmap"]
+    tol = tolerance_px(heat.shape)
+    s = box_scores(heat, boxes, tol)
+    if s["area"] == 0:
+        return None
+    true = job.classes[label] if label >= 0 else ""
+    h, w = heat.shape
+    centre = point_hits((w / 2, h / 2), boxes, tol)
+    prior = point_hits(job.prior.point(true or e["label"], heat.shape), boxes, tol)
+    return {
+        "path": key,
+        "label": e["label"],
+        "true": true,
+        "target": e["target"],
+        "prob": e["prob"],
+        "hit": s["hit"],
+        "hit_tol": s["hit_tol"],
+        "energy_in_box": s["energy"],
+        "box_area": s["area"],
+        "tol_area": s["tol_area"],
+        "tol_px": tol,
+        "centre_hit": centre[0],
+        "centre_hit_tol": centre[1],
+        "prior_class": true or e["label"],
+        "prior_hit": prior[0],
+        "prior_hit_tol": prior[1],
     }
-    known = [r for r in rows if r["true"]]
-    by = "true" if known else "label"
-    if known:
-        correct = [r for r in known if r["label"] == r["true"]]
-        out.update(
-            accuracy=len(correct) / len(known),
-            n_correct=len(correct),
-            pointing_game_correct=mean(correct, "hit"),
-            energy_in_box_correct=mean(correct, "energy_in_box"),
-        )
-    out["per_class"] = {
-        c: {
-            "n": len(rs),
-            "pointing_game": mean(rs, "hit"),
-            "energy_in_box": mean(rs, "energy_in_box"),
-            "random_pointing_game": mean(rs, "box_area"),
-        }
-        for c in classes
-        if (rs := [r for r in rows if r[by] == c])
-    }
-    out["per_class_by"] = "true class" if known else "predicted class"
-    return out
 
 
 def localisation(
@@ -266,12 +254,17 @@ def localisation(
     out=None,
     which: str = "best",
     chunk: int = 64,
+    layer: str | None = None,
 ) -> dict:
-    """`cnnlab explain RUN --boxes CSV`: how well the heatmaps point at the boxes (`box_scores`), over the boxed
-    images (those of the manifest's test rows, with a manifest), each box mapped through the run's decoding (crop,
-    resize, pad). With `out`: explain.json, localisation.csv (a row an image) and galleries hits.png, misses.png."""
+    """`cnnlab explain RUN --boxes CSV`: how well the heatmaps point at the boxes (`box_scores`, strict and with
+    the tolerance), over the boxed images (those of the manifest's test rows, with a manifest), each box mapped
+    through the run's decoding (crop, resize, pad), beside the baselines: a random heatmap, the centre point, the
+    class prior of the run's own training boxes (`class_prior`, never the scored images'). layer: module names
+    instead of the model's default (comma-joined: maps fused). With `out`: explain.json, localisation.csv (a row
+    an image), explain.md and galleries hits.png, misses.png (`report.write_localisation`)."""
     cam_class(method)
     cfg, ckpt, eng = load_run(Path(run), which)
+    modules = layer_modules(cfg, eng, layer)
     classes = list(ckpt["classes"])
     if not (data or cfg.data.path):
         raise UserError("no dataset given: pass --data DIR")
@@ -280,52 +273,31 @@ def localisation(
         out = output_folder(out, datasets=[root], create=False)
     table = read_boxes(boxes)
     items, unboxed = _box_items(root, table, boxes, manifest, classes)
-    shown, counts, rows = {"hits": _Sample(), "misses": _Sample()}, {"skipped": [], "no_area": 0}, []
+    prep = DecodeSettings.of(cfg.data)
+    prior = class_prior(run, root, classes, table, prep, exclude=[k for k, _ in items])
+    job, rows = _Job(eng, cfg, classes, root, table, method, target, layer, prior), []
     for start in range(0, len(items), chunk):
-        rows += _score(eng, cfg, classes, root, items[start : start + chunk], table, method, target, shown, counts)
-    if counts["skipped"]:
-        warnings.warn(
-            f"skipped {len(counts['skipped'])} unreadable image(s), e.g. {counts['skipped'][0]}",
-            UserWarning,
-            stacklevel=2,
-        )
+        rows += _score(job, items[start : start + chunk])
+    if skipped := job.counts["skipped"]:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", UserWarning, stacklevel=2)
     if not rows:
         raise UserError("no image could be scored: none was readable with a box left after the crop")
     result = {
         "run": str(run),
         "method": method,
+        "layer": _layer_label(layer),
+        "layer_modules": modules,
         "target": target or "predicted",
         "data": str(root),
         "boxes": str(boxes),
         "manifest": str(manifest) if manifest else None,
-        **_summary(rows, classes),
-        "n_skipped": len(counts["skipped"]),
-        "n_box_cropped_away": counts["no_area"],
+        **summarize(rows, classes),
+        **prior.as_json(),
+        "n_skipped": len(skipped),
+        "n_box_cropped_away": job.counts["no_area"],
         "n_listed_without_box": unboxed,
-        "decode": vars(DecodeSettings.of(cfg.data)) | {"normalize": cfg.data.normalize},
+        "decode": vars(prep) | {"normalize": cfg.data.normalize},
     }
     if out:
-        _write_localisation(output_folder(out, datasets=[root]), result, rows, shown)
+        write_localisation(output_folder(out, datasets=[root]), result, rows, job.shown)
     return result
-
-
-def _write_localisation(out: Path, result: dict, rows: list[dict], shown: dict) -> None:
-    import io
-
-    from cnnlab.reporting.figures import heatmap_grid
-
-    write_text(out / "explain.json", json.dumps(result, indent=2))
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    write_text(out / "localisation.csv", table.getvalue())
-    for name, sample in shown.items():
-        if sample.items:
-            heatmap_grid(
-                sample.items,
-                out / f"{name}.png",
-                cols=6,
-                title=f"{name} of the pointing game ({result['method']}): {len(sample.items)} of "
-                f"{sample.n}; green: the box, x: the heatmap's maximum",
-            )

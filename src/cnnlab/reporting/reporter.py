@@ -20,10 +20,11 @@ def _nothing(*args, **kwargs) -> None:
 
 
 def epoch_line(row: dict, improved: bool) -> str:
-    """The line a finished epoch prints: its losses, macro-F1, accuracy and speed; `*` when the monitored score
-    improved."""
+    """The line a finished epoch prints: its losses, macro-F1, accuracy and speed (and with box guidance the share
+    of the true class's map inside the box); `*` when the monitored score improved."""
+    box = f" box {row['train_box_inside']:.2f}" if "train_box_inside" in row else ""
     return (
-        f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} f1 {row['train_f1']:.3f}  "
+        f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} f1 {row['train_f1']:.3f}{box}  "
         f"val loss {row['val_loss']:.4f} f1 {row['val_f1']:.3f} acc {row['val_acc']:.3f}  "
         f"{row['epoch_s']:.1f}s {row['images_per_s']:.0f} img/s{'  *' if improved else ''}"
     )

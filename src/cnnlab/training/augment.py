@@ -66,14 +66,22 @@ class Augmenter:
 
     def pixels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: float B x C x H x W in [0, 1]. Returns the augmented batch, still in [0, 1]."""
+        return self.pixels_and_masks(x, None, g)[0]
+
+    def pixels_and_masks(
+        self, x: torch.Tensor, masks: torch.Tensor | None, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`pixels`, with box masks (B x 1 x H x W float) moved by the same geometric transform (flips, rotation,
+        shift, zoom) and untouched by the photometric ones; the random draws are the same with or without masks."""
         c, n = self.cfg, x.shape[0]
         if self.geometric:
-            x = self._affine(x, g)
+            x, masks = self._affine(x, masks, g)
         else:
-            if c.hflip:
-                x = torch.where((torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
-            if c.vflip:
-                x = torch.where((torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1).to(x.device), x.flip(-2), x)
+            for flip, dim in ((c.hflip, -1), (c.vflip, -2)):
+                if flip:
+                    pick = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1).to(x.device)
+                    x = torch.where(pick, x.flip(dim), x)
+                    masks = None if masks is None else torch.where(pick, masks.flip(dim), masks)
         if c.brightness:
             x = x * _uniform(n, 1 - c.brightness, 1 + c.brightness, g).view(-1, 1, 1, 1).to(x)
         if c.contrast:
@@ -97,7 +105,7 @@ class Augmenter:
             x = self._jpeg(x, g)
         if c.erase:
             x = self._erase(x, g)
-        return x
+        return x, masks
 
     def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Random erasing: black out one rectangle (2-20% of the area, aspect 1:3 to 3:1) in a random subset,
@@ -137,7 +145,9 @@ class Augmenter:
             return x
         return x + self.cfg.noise * torch.randn(x.shape, generator=g).to(x)
 
-    def _affine(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _affine(
+        self, x: torch.Tensor, masks: torch.Tensor | None, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         c, n = self.cfg, x.shape[0]
         angle = _uniform(n, -c.rotate, c.rotate, g) * (math.pi / 180)
         # The sampling grid is scaled by s: s < 1 samples a smaller region, i.e. zooms in.
@@ -150,7 +160,8 @@ class Augmenter:
             [torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1
         ).to(x)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        warp = lambda t: F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # noqa: E731
+        return warp(x), None if masks is None else warp(masks.to(x.dtype))
 
 
 def mixup_draw(alpha: float, n: int, g: torch.Generator) -> tuple[float, torch.Tensor | None]:

@@ -22,7 +22,7 @@ from cnnlab.data.splits import SPLIT_POLICIES
 from cnnlab.errors import UserError, nearest
 from cnnlab.training.batching import IMBALANCE_MODES
 from cnnlab.training.engine import PRECISIONS
-from cnnlab.training.models import ACTIVATIONS, FIXED_SIZE, MODELS, POOLS, build
+from cnnlab.training.models import ACTIVATIONS, FIXED_SIZE, GAP_HEAD, MODELS, POOLS, build
 from cnnlab.training.optimization import MONITORS, NO_WARMUP, OPTIMIZERS, SCHEDULERS
 from cnnlab.training.presets import NORMALIZE_POLICIES
 
@@ -131,6 +131,8 @@ def _model(cfg: Config) -> None:
     for name in ("width", "depth", "kernel_size", "stride", "hidden"):
         _at_least(name, getattr(m, name), 1)
     _at_least("padding", m.padding, 0)
+    if m.output_stride not in (8, 16):
+        raise UserError(f"output_stride must be 8 or 16, got {m.output_stride}")
     _within("dropout", m.dropout, 0, 1, hi_open=True)
     if m.model in FIXED_SIZE and d.resize == "keep":
         raise UserError(
@@ -183,6 +185,22 @@ def _optimization(cfg: Config) -> None:
     _within("step_gamma", s.step_gamma, 0, 1, lo_open=True)
     _non_negative("min_lr", s.min_lr)
     _within("label_smoothing", cfg.loss.label_smoothing, 0, 1, hi_open=True)
+    _boxes(cfg)
+
+
+def _boxes(cfg: Config) -> None:
+    """Box guidance needs a model with a class activation map (global pooling and one linear layer) and no mixup
+    (a mixed image has two classes' boxes). The file is read when training starts: tests never read it."""
+    _non_negative("box_weight", cfg.loss.box_weight)
+    if not cfg.data.boxes:
+        return
+    if cfg.model.model not in GAP_HEAD:
+        raise UserError(
+            f"box guidance (data.boxes) needs a model with a class activation map (global pooling, then one linear "
+            f"layer): {', '.join(sorted(GAP_HEAD))}; {cfg.model.model} has none"
+        )
+    if cfg.augment.mixup:
+        raise UserError("box guidance (data.boxes) does not combine with mixup: a mixed image has two classes' boxes")
 
 
 def _train(cfg: Config) -> None:

@@ -14,23 +14,37 @@ from cnnlab.data.cache import ImageSet
 from cnnlab.training.augment import mixup_draw
 from cnnlab.training.batching import batches, epoch_indices, gather
 from cnnlab.training.engine import Engine
+from cnnlab.training.guidance import BoxGuidance
 from cnnlab.training.metrics import confusion, recalls, scores
 from cnnlab.training.optimization import Optimization
 
 
 def train_one_epoch(
-    eng: Engine, images: ImageSet, opt: Optimization, n_classes: int, cfg: Config, g: torch.Generator, progress=None
+    eng: Engine,
+    images: ImageSet,
+    opt: Optimization,
+    n_classes: int,
+    cfg: Config,
+    g: torch.Generator,
+    progress=None,
+    guide: BoxGuidance | None = None,
 ) -> dict:
-    """One pass over the epoch's order (from `g`); returns loss, macro-F1, accuracy, images seen, data wait."""
+    """One pass over the epoch's order (from `g`); returns loss, macro-F1, accuracy, images seen, data wait, and
+    with box guidance (`guide`) the mean share of the true class's map inside the box (train_box_inside)."""
     eng.model.train()
     order, copies = epoch_indices(images.labels, n_classes, cfg.data.imbalance, g)
     loss_sum = torch.zeros((), dtype=torch.float64, device=eng.device)
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long, device=eng.device)
     seen, wait = 0, 0.0
+    inside = torch.zeros(2, device=eng.device)  # summed share inside the box, images counted
     for step, pos in enumerate(batches(images, order, cfg.train.batch_size)):
         t0 = time.perf_counter()
         idx = order[pos]
-        x = eng.train_input(gather(images, idx), g, copies[pos])
+        if guide is None:
+            x = eng.train_input(gather(images, idx), g, copies[pos])
+        else:
+            masks, has_box = guide.masks.gather(idx, eng.device)
+            x, masks = eng.train_input.with_masks(gather(images, idx), masks, g, copies[pos])
         y = images.labels.index_select(0, idx).to(eng.device, non_blocking=True)
         wait += time.perf_counter() - t0
         lam, partner = mixup_draw(cfg.augment.mixup, len(idx), g)
@@ -42,7 +56,11 @@ def train_one_epoch(
             loss = opt.criterion(logits, y)
             if partner is not None:
                 loss = lam * loss + (1 - lam) * opt.criterion(logits, y.index_select(0, partner.to(y.device)))
-        opt.step(loss)
+        term = 0.0
+        if guide is not None:
+            term, stat = guide.loss(y, masks, has_box)
+            inside += stat
+        opt.step(loss + term)
         loss_sum += loss.detach().to(torch.float64) * len(idx)
         cm += confusion(y, out.detach().argmax(1), n_classes)
         seen += len(idx)
@@ -51,13 +69,16 @@ def train_one_epoch(
             if step % 10 == 0:
                 progress.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     s = scores(cm.cpu())
-    return {
+    out = {
         "train_loss": float(loss_sum) / max(seen, 1),
         "train_f1": s["f1"],
         "train_acc": s["acc"],
         "seen": seen,
         "data_wait_s": wait,
     }
+    if guide is not None:
+        out["train_box_inside"] = float(inside[0] / inside[1].clamp_min(1))
+    return out
 
 
 @torch.inference_mode()

@@ -22,20 +22,29 @@ POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 MODELS: dict[str, Callable] = {}
 FIXED_SIZE: set[str] = set()  # models whose input must have the configured size
+GAP_HEAD: set[str] = set()  # models ending in global average pooling and one linear layer: a class activation map
 # model name -> (model -> the layer whose output a class activation map (evaluation/cam.py) weighs), or None:
 # no spatial map
 CAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module] | None] = {}
 
 
-def register(name: str, fixed_size: bool = False, cam_layer: Callable[[nn.Module], nn.Module] | None = None):
+def register(
+    name: str,
+    fixed_size: bool = False,
+    cam_layer: Callable[[nn.Module], nn.Module] | None = None,
+    gap_head: bool = False,
+):
     """Register a model builder; `cam_layer` picks the layer a heatmap explains (None: the model has no spatial
-    feature map, as an MLP)."""
+    feature map, as an MLP); `gap_head`: the model ends in global average pooling and one linear layer, so box
+    guidance can weigh its class activation map (`guidance_parts`)."""
 
     def deco(fn):
         MODELS[name] = fn
         CAM_LAYERS[name] = cam_layer
         if fixed_size:
             FIXED_SIZE.add(name)
+        if gap_head:
+            GAP_HEAD.add(name)
         return fn
 
     return deco
@@ -55,15 +64,52 @@ def last_feature_map(model: nn.Module) -> nn.Module | None:
     return found
 
 
-def cam_layer(name: str, model: nn.Module) -> nn.Module:
-    """The layer a heatmap of model `name` explains; UserError for a model without a spatial feature map."""
+def spatial_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers a heatmap can explain, by module name (as `model.named_modules()` names them): activations and
+    residual blocks before the head."""
+    kinds = (*{type(make()) for make in ACTIVATIONS.values()}, BasicBlock)
+    out = {}
+    for name, m in model.named_children():
+        if isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d)):
+            break
+        if isinstance(m, kinds):
+            out[name] = m
+    return out
+
+
+def cam_layer(name: str, model: nn.Module, layer: str | None = None) -> list[nn.Module]:
+    """The layers a heatmap of model `name` explains: the registry's default, or `layer`, module names joined by
+    commas (several: their maps fused, as LayerCAM does); UserError for a model without a spatial feature map or
+    an unknown layer name."""
     if name not in MODELS:
         raise nearest(name, MODELS, "model")
     pick = CAM_LAYERS.get(name)
-    layer = pick(model) if pick else None
-    if layer is None:
+    default = pick(model) if pick else None
+    if default is None:
         raise UserError(f"{name} has no spatial feature map to explain: a heatmap needs a convolutional model")
-    return layer
+    if not layer:
+        return list(default) if isinstance(default, (list, tuple)) else [default]
+    modules, candidates = dict(model.named_modules()), spatial_layers(model)
+    picked = []
+    for part in (p.strip() for p in layer.split(",")):
+        if part not in modules or not part:
+            raise nearest(part, candidates, f"layer of {name} (module names; several joined by commas)")
+        picked.append(modules[part])
+    return picked
+
+
+def guidance_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """(the last spatial feature map, the linear head) of a `gap_head` model: the class activation map of class k is
+    the head's row k weighing the feature map's channels (CAM, Zhou et al. 2016; Grad-CAM of that layer is the
+    same map up to scale)."""
+    children = list(model.children())
+    layer = last_feature_map(model)
+    after = children[children.index(layer) + 1 :] if layer in children else []
+    if not after or not isinstance(after[-1], nn.Linear) or not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in after):
+        raise UserError("box guidance needs a model ending in global average pooling and one linear layer")
+    if not all(isinstance(m, (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)) for m in after[:-1]):
+        raise UserError("box guidance needs a model ending in global average pooling and one linear layer")
+    return layer, after[-1]
 
 
 def activation(name: str) -> nn.Module:
@@ -191,15 +237,18 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-@register("resnet", cam_layer=last_feature_map)
+@register("resnet", cam_layer=last_feature_map, gap_head=True)
 def resnet(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
-    """A small residual CNN: a strided stem, four stages of `depth` basic blocks, widths doubling."""
+    """A small residual CNN: a strided stem, four stages of `depth` basic blocks, widths doubling. Its last feature
+    map has 1/16 of the input's side; with output_stride = 8 the last stage keeps the third stage's resolution and
+    width (the same cost, a map twice as fine for heatmaps and box guidance)."""
     layers: list[nn.Module] = [*conv_bn_act(in_channels, cfg.width, cfg, stride=2)]
     cin = cfg.width
     for stage in range(4):
-        cout = cfg.width * 2**stage
+        keep = stage == 3 and cfg.output_stride == 8
+        cout = cfg.width * 2 ** (2 if keep else stage)
         for i in range(max(1, cfg.depth)):
-            layers.append(BasicBlock(cin, cout, 2 if (i == 0 and stage > 0) else 1, cfg))
+            layers.append(BasicBlock(cin, cout, 2 if (i == 0 and stage > 0 and not keep) else 1, cfg))
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cin, n_classes)]
     return nn.Sequential(*layers)

@@ -1,6 +1,7 @@
 """A run's data (`prepare_run_data` -> `RunData`): a new run's split (`split_dataset`: scan, then a random, blocked,
 grouped or manifest split, duplicate groups kept whole), or a run's own `split.csv` read back (resume and every
-later command), then decoded through the cache, with the training images' channel statistics."""
+later command), then decoded through the cache, with the training images' channel statistics (and, for box
+guidance, their box masks)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cnnlab.data.folders import Dataset, check_root, report_skipped, scan
 from cnnlab.data.manifest import check_sizes, manifest_classes, read_manifest
 from cnnlab.data.splits import block_split_groups, group_split_groups, keep_listed, split_by_manifest, split_train_val
 from cnnlab.errors import UserError
+from cnnlab.training.guidance import BoxMasks, box_masks
 
 # ------------------------------------------------------------------------------------------ prepare
 
@@ -31,6 +33,7 @@ class RunData:
     skipped: list[tuple[str, str]]
     mean: torch.Tensor  # per channel, for normalisation, from the training images
     std: torch.Tensor
+    boxes: BoxMasks | None = None  # with data.boxes: the training images' box masks
 
     @property
     def classes(self) -> list[str]:
@@ -90,7 +93,8 @@ def prepare_run_data(
     if len(skipped) > len(ds.skipped):
         report_skipped(skipped[len(ds.skipped) :], strict=False)
     mean, std = channel_stats(sets["train"])
-    return RunData(ds, sets["train"], sets["val"], skipped, mean, std)
+    boxes = box_masks(d.boxes, ds.root, sets["train"], DecodeSettings.of(d)) if d.boxes else None
+    return RunData(ds, sets["train"], sets["val"], skipped, mean, std, boxes)
 
 
 def channel_stats(images: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,14 +80,23 @@ class TrainInput(EvalInput):
         self.augment, self.copy_augment = Augmenter(augment), Augmenter(COPY_AUGMENT)
 
     def __call__(self, x_uint8: torch.Tensor, g: torch.Generator, copies: torch.Tensor) -> torch.Tensor:
+        return self.with_masks(x_uint8, None, g, copies)[0]
+
+    def with_masks(
+        self, x_uint8: torch.Tensor, masks: torch.Tensor | None, g: torch.Generator, copies: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's input, and the box masks (B x 1 x H x W float) moved as their images were."""
         x = self.floats(x_uint8)
         augment_copies = not self.augment.active and bool(copies.any())
         augmented = self.augment.active or augment_copies
         if augmented:
             x = x.div_(255)
             if self.augment.active:
-                x = self.augment.pixels(x, g)
+                x, masks = self.augment.pixels_and_masks(x, masks, g)
             else:
-                x = torch.where(copies.view(-1, 1, 1, 1).to(x.device), self.copy_augment.pixels(x, g), x)
+                pick = copies.view(-1, 1, 1, 1).to(x.device)
+                moved, moved_masks = self.copy_augment.pixels_and_masks(x, masks, g)
+                x = torch.where(pick, moved, x)
+                masks = None if masks is None else torch.where(pick, moved_masks, masks)
         x = self.augment.noise(self.normalise(x, unit=augmented), g)
-        return self.layout(x)
+        return self.layout(x), masks

@@ -3,6 +3,7 @@
     config.toml   the resolved config: everything the run's result depends on
     split.csv     the train/validation manifest (path,class,split,group), read back on resume and later
     skipped.csv   files that could not be used, and why
+    boxes.json    box-guided runs (data.boxes): the boxes file's path, size and SHA-256, training images boxed
     history.csv   one row an epoch (HISTORY_COLUMNS, then each class's validation recall)
     curves.png    loss and macro-F1 per epoch, train and validation (drawn when the run ends, and every minute)
     last.pt       the full training state after the last finished epoch (resume continues from it)
@@ -17,6 +18,7 @@ checkpoint alone can be scored; nothing else is stored twice. Every file is repl
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from cnnlab.config import Config
 from cnnlab.data.folders import Dataset, printable
 from cnnlab.data.manifest import write_manifest
 from cnnlab.errors import UserError
-from cnnlab.files import atomic_write, torch_save
+from cnnlab.files import atomic_write, torch_save, write_text
 
 CONFIG, SPLIT, SKIPPED, HISTORY, CURVES = "config.toml", "split.csv", "skipped.csv", "history.csv", "curves.png"
 LAST, BEST = "last.pt", "best.pt"
@@ -46,6 +48,8 @@ HISTORY_COLUMNS = [
     "data_wait_s",
 ]
 TIMING_COLUMNS = {"epoch_s", "images_per_s", "data_wait_s"}
+BOX_COLUMN = "train_box_inside"  # box-guided runs: the mean share of the true class's map inside the box
+BOXES = "boxes.json"  # box-guided runs: the boxes file's path, size and SHA-256, and how many training images it boxed
 RECALL_PREFIX = "val_recall_"  # then one column a class, after HISTORY_COLUMNS: its validation recall
 # A finished run's figures (summarize_history), in the order a study's summary.csv lists them.
 SUMMARY_KEYS = [
@@ -85,6 +89,22 @@ def write_split(ds: Dataset, run: Path) -> None:
         write_manifest(ds, tmp, splits=("train", "val"), sizes=True)
 
 
+def write_boxes(record: dict, run: Path) -> None:
+    write_text(run / BOXES, json.dumps(record, indent=2) + "\n")
+
+
+def check_boxes(record: dict, run: Path) -> None:
+    """A resumed box-guided run trains on the boxes it started with: UserError if the file changed since."""
+    path = run / BOXES
+    if path.is_file():
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept.get("sha256") != record["sha256"]:
+            raise UserError(
+                f"the boxes file {record['path']} changed since {run} started (its SHA-256 differs from {BOXES}): "
+                "restore it, or train a new run"
+            )
+
+
 def write_skipped(skipped: list[tuple[str, str]], run: Path) -> None:
     with atomic_write(Path(run) / SKIPPED) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("path", "reason"), *((printable(p), why) for p, why in skipped)])
@@ -98,9 +118,11 @@ def recall_column(class_name: str) -> str:
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    recall = [k for k in (history[0] if history else {}) if k.startswith(RECALL_PREFIX)]
+    first = history[0] if history else {}
+    recall = [k for k in first if k.startswith(RECALL_PREFIX)]
+    guided = [BOX_COLUMN] if BOX_COLUMN in first else []
     with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, HISTORY_COLUMNS + recall, extrasaction="ignore")
+        w = csv.DictWriter(f, HISTORY_COLUMNS + guided + recall, extrasaction="ignore")
         w.writeheader()
         for row in history:
             w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})

@@ -30,6 +30,7 @@ from cnnlab.training import run_folder
 from cnnlab.training.batching import place, steps_per_epoch
 from cnnlab.training.checks import check_config
 from cnnlab.training.engine import Engine, make_engine
+from cnnlab.training.guidance import BoxGuidance
 from cnnlab.training.loops import train_one_epoch, validate_epoch
 from cnnlab.training.models import build
 from cnnlab.training.optimization import Optimization, class_weights
@@ -76,6 +77,7 @@ class Trainer:
     mean: torch.Tensor
     std: torch.Tensor
     steps: int  # optimizer steps an epoch
+    guide: BoxGuidance | None = None  # box-guided training's localisation term
     history: list[dict] = field(default_factory=list)
     best: Best = None
     epoch: int = 0  # the last finished epoch
@@ -93,7 +95,10 @@ class Trainer:
         weight = class_weights(p.train.labels, n_classes) if cfg.data.imbalance == "weights" else None
         steps = steps_per_epoch(p.train, n_classes, cfg.data.imbalance, cfg.train.batch_size)
         opt = Optimization.build(eng.model, cfg, steps, weight, eng.autocast_dtype == torch.float16)
-        return cls(cfg, list(p.classes), eng, opt, p.train, p.val, p.mean, p.std, steps, best=Best(cfg.train.monitor))
+        guide = BoxGuidance(eng.model, cfg.loss.box_weight, p.boxes) if p.boxes is not None else None
+        return cls(
+            cfg, list(p.classes), eng, opt, p.train, p.val, p.mean, p.std, steps, guide, best=Best(cfg.train.monitor)
+        )
 
     # ------------------------------------------------------------------------------------ one epoch
 
@@ -102,7 +107,7 @@ class Trainer:
         order and the augmentation through the epoch's generator."""
         torch.manual_seed(epoch_seed(self.cfg.train.seed, epoch))
         g = torch.Generator().manual_seed(epoch_seed(self.cfg.train.seed, epoch) + 1)
-        return train_one_epoch(self.eng, self.train, self.opt, len(self.classes), self.cfg, g, progress)
+        return train_one_epoch(self.eng, self.train, self.opt, len(self.classes), self.cfg, g, progress, self.guide)
 
     def validate(self) -> dict:
         eng = dataclasses.replace(self.eng, model=self.opt.eval_model)
@@ -124,7 +129,7 @@ class Trainer:
         dt = time.perf_counter() - t0
         row = {
             "epoch": epoch,
-            **{k: tr[k] for k in ("train_loss", "train_f1", "train_acc")},
+            **{k: tr[k] for k in ("train_loss", "train_f1", "train_acc", run_folder.BOX_COLUMN) if k in tr},
             **ev,
             "lr": lr,
             "epoch_s": dt,
@@ -242,6 +247,8 @@ def resume(out: Path, reporter: Reporter | None = None) -> dict:
         p = prepare_run_data(
             cfg, progress=reporter.progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"]
         )
+        if p.boxes is not None:
+            run_folder.check_boxes(p.boxes.record, out)
         trainer = Trainer.build(cfg, p)
         if state is not None:
             trainer.load_state_dict(state)
@@ -256,6 +263,13 @@ def _start(cfg: Config, out: Path, reporter: Reporter) -> dict:
     cfg.save(out / run_folder.CONFIG)
     run_folder.write_split(p.dataset, out)
     run_folder.write_skipped(p.skipped, out)
+    if p.boxes is not None:
+        run_folder.write_boxes(p.boxes.record, out)
+        r = p.boxes.record
+        reporter.note(
+            f"box guidance: {r['train_images_with_box']} of {r['train_images']} training images have a box "
+            f"(weight {cfg.loss.box_weight:g}, {r['path']})"
+        )
     return _train(trainer, out, reporter)
 
 
