@@ -147,14 +147,16 @@ class Run:
         self,
         images: str | Path | Iterable[str | Path],
         out: str | Path,
-        method: str = "gradcam",
+        method: str | None = None,
         target: str | None = None,
+        layer: str | None = None,
     ):
-        """Grad-CAM (or gradcam++) heatmaps of what drove each prediction, written to `out` as overlays and a
-        contact sheet; returns that sheet as an `Image` a notebook shows. Needs cnnlab[explain]."""
+        """Heatmaps of what drove each prediction (`method`: a name of `cnnlab.evaluation.METHODS`; default the
+        model family's, Grad-CAM++ for resnet), written to `out` as overlays and a contact sheet; returns that sheet
+        as an `Image` a notebook shows. Needs cnnlab[explain]."""
         from cnnlab.explain.heatmaps import explain_images
 
-        explain_images(self.path, _paths(images), out, method, target)
+        explain_images(self.path, _paths(images), out, method, target, layer=layer)
         return Image(Path(out) / "contact_sheet.png")
 
     def resume(self, progress: bool = True, log=print) -> Run:

@@ -114,7 +114,7 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     label_smoothing: float = 0.0
-    # with data.boxes: weight of the localisation term, the share of the true class's activation map outside the box
+    # with data.boxes: weight of the localisation term, -log of the true class map's share inside the box
     box_weight: float = 1.0
 
 

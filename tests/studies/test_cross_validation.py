@@ -110,3 +110,25 @@ def test_folds_that_would_leak_are_refused(tmp_path):
     moved = [text[0]] + [line.rsplit(",", 1)[0] + "," + str(int(line.rsplit(",", 1)[1]) % 3 + 1) for line in text[1:]]
     (data / "other.csv").write_text("\n".join(moved) + "\n")
     assert "made with other folds" in one_line_error(*base, "--folds", data / "other.csv")
+
+
+def test_cv_with_box_guidance_reports_each_folds_pointing_game(tmp_path):
+    """With data.boxes every fold trains box-guided (on its training folds' boxes) and reports the pointing game
+    of its test fold beside the baselines; a rerun reads the localisation back."""
+    data = tmp_path / "data"
+    fold_of = _folds(data)
+    with open(data / "boxes.csv", "w", newline="") as f:  # make_shapes draws each shape within 8 px of its centre
+        csv.writer(f).writerows([("path", "cx", "cy", "w", "h"), *((p, 0.5, 0.5, 0.9, 0.9) for p in fold_of)])
+    out = tmp_path / "cv"
+    args = ["cv", "--data", data, "--folds", data / "folds.csv", "--out", out, "--epochs", 1]
+    sets = ["model=resnet", "width=4", "depth=1", "image_size=32", "batch_size=8", f"boxes={data / 'boxes.csv'}"]
+    run_cli(*args, *(x for s in sets for x in ("--set", s)))
+    result = json.loads((out / "cv.json").read_text())
+    for f in result["folds"]:
+        p = f["pointing"]
+        assert p["n_images"] == sum(1 for v in fold_of.values() if v == f["fold"])
+        assert 0 <= p["pointing_game"] <= 1 and {"centre", "class_prior", "random"} <= set(p["baselines"])
+        assert (out / f"fold-{f['fold']}" / "boxes.json").is_file()
+        assert (out / f"fold-{f['fold']}" / "explain" / "explain.json").is_file()
+    assert 0 <= result["mean_pointing_game"] <= 1 and "std_pointing_game_tol" in result
+    assert "pointing game" in (out / "report.md").read_text()

@@ -17,7 +17,7 @@ class _MethodOption(click.Option):
     def get_help_record(self, ctx):
         from cnnlab.evaluation.cam import METHODS
 
-        self.help = f"The heatmap: {', '.join(METHODS)}."
+        self.help = f"The heatmap: {', '.join(METHODS)}. Default: the model family's (resnet: gradcam++, else gradcam)."
         return super().get_help_record(ctx)
 
 
@@ -25,7 +25,7 @@ class _MethodOption(click.Option):
 @click.argument("run", type=click.Path())
 @click.argument("images", nargs=-1)
 @click.option("--out", type=click.Path(), help="Folder for the overlays (and, with --boxes, the report and galleries).")
-@click.option("--method", default="gradcam", show_default=True, cls=_MethodOption, help="The heatmap.")
+@click.option("--method", default=None, cls=_MethodOption, help="The heatmap.")
 @click.option(
     "--layer",
     metavar="NAME[,NAME]",

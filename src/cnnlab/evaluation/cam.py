@@ -29,6 +29,13 @@ METHODS = {
 }
 
 
+def resolve_method(method: str | None, model_name: str) -> str:
+    """`method`, or (None) the default of the model's family (the registry's `cam_method`)."""
+    from cnnlab.training.models import CAM_METHODS
+
+    return method or CAM_METHODS.get(model_name, "gradcam")
+
+
 def cam_class(method: str):
     """The grad-cam class of `method`; UserError for an unknown method or a missing package."""
     if method not in METHODS:
@@ -50,7 +57,7 @@ def explain_arrays(
     eng: Engine,
     arrays: list[np.ndarray],
     classes: list[str],
-    method: str = "gradcam",
+    method: str | None = None,
     target: str | None = None,
     *,
     model_name: str,
@@ -60,16 +67,16 @@ def explain_arrays(
     """Heatmaps for decoded images, e.g. an upload the web demo decoded with `data.read_images`.
 
     eng: a loaded run's engine (`evaluation.load_run(run)[2]`); arrays: C x H x W uint8 arrays as `data.decode`
-    returns them; classes: the run's class names (`ckpt["classes"]`); method: a name of METHODS; target: the class
-    to explain (default: each image's predicted class); model_name: the run's `cfg.model.model`, whose registry
-    entry names the default layer; layer: module names instead (comma-joined: their maps fused). Returns one dict
-    an image: label, prob, probs ({class: prob}), target, heatmap (H x W float32 in [0, 1], the image's size), image
-    (H x W x C uint8). The probabilities are `cnnlab predict`'s (the run's precision and flip TTA); the map is
-    computed in fp32 with autocast off, without TTA.
+    returns them; classes: the run's class names (`ckpt["classes"]`); method: a name of METHODS (None: the model
+    family's default); target: the class to explain (default: each image's predicted class); model_name: the run's
+    `cfg.model.model`, whose registry entry names the default layer; layer: module names instead (comma-joined:
+    their maps fused). Returns one dict an image: label, prob, probs ({class: prob}), target, heatmap (H x W
+    float32 in [0, 1], the image's size), image (H x W x C uint8). The probabilities are `cnnlab predict`'s (the
+    run's precision and flip TTA); the map is computed in fp32 with autocast off, without TTA.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    make_cam = cam_class(method)
+    make_cam = cam_class(resolve_method(method, model_name))
     layers = cam_layer(model_name, eng.model, layer)
     wanted = None if target is None else class_index(target, classes)
     eng.model.eval()

@@ -5,9 +5,9 @@ the box, beside honest baselines: a random heatmap, the image centre, a class pr
 the scores in explain/pointing.py, the figures and files in explain/report.py).
 
 API (kept stable for the web demo):
-  heatmaps(run, paths, method="gradcam", target=None, which="best", layer=None) -> [{path, label, prob, probs,
+  heatmaps(run, paths, method=None, target=None, which="best", layer=None) -> [{path, label, prob, probs,
       target, heatmap, image}]: images decoded as `cnnlab predict` decodes them.
-  explain_arrays(eng, arrays, classes, method="gradcam", target=None, *, model_name, layer=None) -> the same dicts
+  explain_arrays(eng, arrays, classes, method=None, target=None, *, model_name, layer=None) -> the same dicts
       without path, for images already decoded (see evaluation/cam.py).
 """
 
@@ -25,7 +25,7 @@ from cnnlab.data.folders import check_root, printable
 from cnnlab.data.image_files import read_images
 from cnnlab.data.manifest import read_manifest
 from cnnlab.errors import UserError
-from cnnlab.evaluation.cam import METHODS, cam_class, explain_arrays
+from cnnlab.evaluation.cam import METHODS, cam_class, explain_arrays, resolve_method
 from cnnlab.evaluation.loading import load_run
 from cnnlab.explain.pointing import ClassPrior, box_scores, class_prior, point_hits, tolerance_px
 from cnnlab.explain.report import summarize, write_localisation
@@ -37,14 +37,15 @@ SHEET = 64  # images at most in the contact sheet of `cnnlab explain IMAGES`
 
 
 def heatmaps(
-    run, paths, method: str = "gradcam", target: str | None = None, which: str = "best", layer: str | None = None
+    run, paths, method: str | None = None, target: str | None = None, which: str = "best", layer: str | None = None
 ) -> list[dict]:
     """A heatmap for each image file (or folder of images), from the run's `which` checkpoint: dicts of path,
     label (the predicted class), prob (its probability), probs ({class: prob}), target (the class explained),
     heatmap (H x W float32 in [0, 1]) and image (H x W x C uint8), at the decoded image's size. layer: module names
     (comma-joined: their maps fused) instead of the model's default layer."""
-    cam_class(method)  # an unknown method or a missing package, before the checkpoint loads
+    cam_class(method or "gradcam")  # an unknown method or a missing package, before the checkpoint loads
     cfg, ckpt, eng = load_run(Path(run), which)
+    method = resolve_method(method, cfg.model.model)
     layer_modules(cfg, eng, layer)  # an unknown layer, before any image is read
     files, arrays = read_images(list(paths), DecodeSettings.of(cfg.data))
     classes = list(ckpt["classes"])
@@ -71,7 +72,7 @@ def _peak(heatmap: np.ndarray) -> tuple[int, int]:
 
 
 def explain_images(
-    run, paths, out, method: str = "gradcam", target: str | None = None, layer: str | None = None
+    run, paths, out, method: str | None = None, target: str | None = None, layer: str | None = None
 ) -> list[dict]:
     """`cnnlab explain RUN IMAGES --out DIR`: an overlay PNG an image (NAME.png) and contact_sheet.png; the rows
     of `heatmaps`, each with `overlay`, the PNG written."""
@@ -79,6 +80,7 @@ def explain_images(
     from cnnlab.training import run_folder
 
     cfg = run_folder.read_config(Path(run))
+    method = resolve_method(method, cfg.model.model)
     # The run's data and the folders of the images explained are both read-only.
     inputs = [cfg.data.path] * bool(cfg.data.path) + [p if Path(p).is_dir() else Path(p).parent for p in paths]
     out = output_folder(out, datasets=inputs, create=False)
@@ -249,7 +251,7 @@ def localisation(
     boxes,
     data=None,
     manifest=None,
-    method: str = "gradcam",
+    method: str | None = None,
     target: str | None = None,
     out=None,
     which: str = "best",
@@ -262,8 +264,9 @@ def localisation(
     class prior of the run's own training boxes (`class_prior`, never the scored images'). layer: module names
     instead of the model's default (comma-joined: maps fused). With `out`: explain.json, localisation.csv (a row
     an image), explain.md and galleries hits.png, misses.png (`report.write_localisation`)."""
-    cam_class(method)
+    cam_class(method or "gradcam")
     cfg, ckpt, eng = load_run(Path(run), which)
+    method = resolve_method(method, cfg.model.model)
     modules = layer_modules(cfg, eng, layer)
     classes = list(ckpt["classes"])
     if not (data or cfg.data.path):

@@ -69,6 +69,7 @@ EN = {
     "col.recall": "recall {cls}",
     "col.val_f1": "val macro-F1",
     "col.minutes": "minutes",
+    "col.pointing": "pointing game (test)",
     # cross-validation report
     "cv.title": "Cross-validation on the data set's folds",
     "cv.intro": "`{command}`; {date}; machine: {machine}. Each fold is scored once by the run trained on the other "
@@ -147,6 +148,7 @@ RU = {
     "col.recall": "recall {cls}",
     "col.val_f1": "macro-F1 на валидации",
     "col.minutes": "время, мин",
+    "col.pointing": "pointing game (тест)",
     "cv.title": "Кросс-валидация по фолдам набора данных",
     "cv.intro": "`{command}`; {date}; машина: {machine}. Каждый фолд оценивается один раз моделью, обученной на "
     "остальных фолдах; валидационной выборкой для неё служил один из этих фолдов, но никогда не "

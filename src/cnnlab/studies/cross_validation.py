@@ -133,15 +133,35 @@ def run_cv(
         res = find_test(Path(job.out), ds.root, job.config.data.train_manifest) or test_run(
             Path(job.out), str(ds.root), manifest=job.config.data.train_manifest, name="test"
         )
+        res = {**res, "pointing": fold_pointing(job, ds.root, base.data.boxes)}
         scored.append((job, summary, res))
+        pointing = f", pointing game {res['pointing']['pointing_game']:.3f}" if res["pointing"] else ""
         reporter.line(
             f"  {job.run}: test accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} "
-            f"({res['n_images']} images)"
+            f"({res['n_images']} images){pointing}"
         )
     result = summarize_folds(scored, ds.classes, command)
     write_text(out / "cv.json", json.dumps(result, indent=2) + "\n")
     cv_report(result, scored, out, reporter.lang)
     return result
+
+
+def fold_pointing(job: Job, root: Path, boxes: str) -> dict | None:
+    """With box guidance: where the fold's model looks on its test images, against their boxes (`cnnlab explain
+    --boxes` with the model's default map, written once to RUN/explain/ and read back on a rerun); else None."""
+    if not boxes:
+        return None
+    from cnnlab.explain.heatmaps import localisation
+
+    out = Path(job.out) / "explain"
+    if (out / "explain.json").is_file():
+        r = json.loads((out / "explain.json").read_text(encoding="utf-8"))
+    else:
+        r = localisation(job.out, boxes, data=root, manifest=job.config.data.train_manifest, out=out)
+    keys = ("method", "layer", "n_images", "pointing_game", "pointing_game_tol", "energy_in_box", "baselines")
+    return {k: r.get(k) for k in keys} | {
+        "per_class": {c: v["pointing_game"] for c, v in r.get("per_class", {}).items()}
+    }
 
 
 def summarize_folds(scored: list[tuple[Job, dict, dict]], classes: list[str], command: str) -> dict:
@@ -155,6 +175,7 @@ def summarize_folds(scored: list[tuple[Job, dict, dict]], classes: list[str], co
             "best_val_f1": summary.get("best_val_f1"),
             "best_epoch": summary.get("best_epoch"),
             "train_minutes": summary.get("wall_s", 0.0) / 60,
+            **({"pointing": res["pointing"]} if res.get("pointing") else {}),
         }
         for job, summary, res in scored
     ]
@@ -165,6 +186,12 @@ def summarize_folds(scored: list[tuple[Job, dict, dict]], classes: list[str], co
 
     (acc, acc_sd), (f1, f1_sd) = spread("accuracy"), spread("macro_f1")
     confusion = np.sum([np.array(res["confusion_matrix"]) for _, _, res in scored], axis=0)
+    pointing = {}
+    if all("pointing" in f for f in folds):
+        for key in ("pointing_game", "pointing_game_tol", "energy_in_box"):
+            values = [f["pointing"][key] for f in folds]
+            pointing[f"mean_{key}"] = statistics.fmean(values)
+            pointing[f"std_{key}"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return {
         "folds": folds,
         "mean_accuracy": acc,
@@ -173,6 +200,7 @@ def summarize_folds(scored: list[tuple[Job, dict, dict]], classes: list[str], co
         "std_macro_f1": f1_sd,
         "classes": classes,
         "confusion": confusion.tolist(),
+        **pointing,
         "command": command,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
@@ -198,11 +226,13 @@ def cv_report(result: dict, scored: list[tuple[Job, dict, dict]], out: Path, lan
         )
     )
     classes = result["classes"]
+    boxed = "mean_pointing_game" in result
     doc.table(
         [
             *(t(f"col.{c}") for c in ("fold", "images", "accuracy", "macro_f1")),
             *(t("col.recall", cls=c) for c in classes),
             *(t(f"col.{c}") for c in ("val_f1", "best_epoch", "minutes")),
+            *([t("col.pointing")] if boxed else []),
         ],
         [
             [
@@ -214,6 +244,7 @@ def cv_report(result: dict, scored: list[tuple[Job, dict, dict]], out: Path, lan
                 f"{f['best_val_f1']:.4f}",
                 f["best_epoch"],
                 f"{f['train_minutes']:.1f}",
+                *([f"{f['pointing']['pointing_game']:.3f}"] if boxed else []),
             ]
             for f in result["folds"]
         ],

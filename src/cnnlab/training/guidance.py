@@ -1,8 +1,8 @@
 """Box-guided training (`data.boxes`): the training images' boxes as masks in the decoded arrays (`BoxMasks`, made
 by `box_masks`), moved through the same geometric augmentation as their images, and the localisation term
-(`BoxGuidance`): the share of the true class's activation map (CAM) that lies outside the box, weighted by
-`loss.box_weight`, so that the class evidence lies in the lesion ("right for the right reasons", as GAIN's
-attention mining). Only the training images' boxes are read; validation, test and predict read none.
+(`BoxGuidance`): -log of the share of the true class's activation map (CAM, as a spatial softmax) that lies inside
+the box, weighted by `loss.box_weight`, so that the class evidence lies in the lesion ("right for the right
+reasons", as GAIN's attention mining). Only the training images' boxes are read; validation, test and predict read none.
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ def box_masks(boxes_csv: str, root: Path, train: ImageSet, prep: DecodeSettings)
 
 
 class BoxGuidance:
-    """The localisation term of a `gap_head` model: a forward hook keeps the last feature map; `loss` weighs it with
-    the head's row of each image's true class (its CAM), upsamples it to the input as a heatmap is, and returns
-    `weight` x the mean share of the map's positive part outside the box, over the images with a box (of `masks`,
-    the training set's)."""
+    """The localisation term of a `gap_head` model. A forward hook keeps the last feature map; `loss` weighs it with
+    the head's row of each image's true class (its CAM), upsamples it to the input as a heatmap is, spreads it over
+    the image as a spatial softmax, and returns `weight` x the mean of -log(the share inside the box), over the
+    images with a box (of `masks`, the training set's). The softmax is defined for every map (a share of the map's
+    positive part is not: a map that is negative everywhere would escape the term) and its peak is the heatmap's."""
 
     def __init__(self, model: nn.Module, weight: float, masks: BoxMasks):
         self.layer, self.head = guidance_parts(model)
@@ -75,22 +76,27 @@ class BoxGuidance:
     def _keep(self, module, inputs, output) -> None:
         self.features = output if module.training else None
 
-    def inside(self, y: torch.Tensor, masks: torch.Tensor, has_box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(each image's share of CAM energy inside its box, which images count: a box left after augmentation)."""
+    def log_inside(
+        self, y: torch.Tensor, masks: torch.Tensor, has_box: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each image's log share of its CAM's spatial softmax inside its box, which images count: those with a box
+        left after augmentation)."""
         with torch.autocast(masks.device.type, enabled=False):
-            cam = torch.einsum("bchw,bc->bhw", self.features.float(), self.head.weight.float()[y]).relu()
-            cam = F.interpolate(cam[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)
-            total = cam.sum((1, 2, 3))
-            share = (cam * masks).sum((1, 2, 3)) / total.clamp_min(1e-12)
-        valid = has_box & (masks.sum((1, 2, 3)) > 0) & (total > 0)
-        return share, valid
+            cam = torch.einsum("bchw,bc->bhw", self.features.float(), self.head.weight.float()[y])
+            cam = F.interpolate(cam[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False).flatten(1)
+            weights = masks.flatten(1).clamp(0, 1)
+            log_share = torch.logsumexp(cam + weights.clamp_min(1e-12).log(), 1) - torch.logsumexp(cam, 1)
+        valid = has_box & (weights.sum(1) > 0)
+        return torch.where(valid, log_share, torch.zeros_like(log_share)), valid
 
     def loss(self, y: torch.Tensor, masks: torch.Tensor, has_box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight x mean outside share, the summed inside share and the count, detached, for the epoch's figure)."""
-        share, valid = self.inside(y, masks, has_box)
+        """(weight x mean -log share inside, the summed share inside and the count, detached, for the epoch's
+        figure)."""
+        log_share, valid = self.log_inside(y, masks, has_box)
         n = valid.sum()
-        term = ((1 - share) * valid).sum() / n.clamp_min(1)
-        return self.weight * term, torch.stack([(share * valid).sum().detach(), n.detach().to(share.dtype)])
+        term = -(log_share * valid).sum() / n.clamp_min(1)
+        share = (log_share.detach().exp() * valid).sum()
+        return self.weight * term, torch.stack([share, n.detach().to(share.dtype)])
 
     def close(self) -> None:
         self.handle.remove()

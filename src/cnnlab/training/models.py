@@ -26,6 +26,7 @@ GAP_HEAD: set[str] = set()  # models ending in global average pooling and one li
 # model name -> (model -> the layer whose output a class activation map (evaluation/cam.py) weighs), or None:
 # no spatial map
 CAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module] | None] = {}
+CAM_METHODS: dict[str, str] = {}  # model name -> its default heatmap method (evaluation/cam.py METHODS)
 
 
 def register(
@@ -33,14 +34,16 @@ def register(
     fixed_size: bool = False,
     cam_layer: Callable[[nn.Module], nn.Module] | None = None,
     gap_head: bool = False,
+    cam_method: str = "gradcam",
 ):
     """Register a model builder; `cam_layer` picks the layer a heatmap explains (None: the model has no spatial
     feature map, as an MLP); `gap_head`: the model ends in global average pooling and one linear layer, so box
-    guidance can weigh its class activation map (`guidance_parts`)."""
+    guidance can weigh its class activation map (`guidance_parts`); `cam_method`: its default heatmap method."""
 
     def deco(fn):
         MODELS[name] = fn
         CAM_LAYERS[name] = cam_layer
+        CAM_METHODS[name] = cam_method
         if fixed_size:
             FIXED_SIZE.add(name)
         if gap_head:
@@ -60,6 +63,20 @@ def last_feature_map(model: nn.Module) -> nn.Module | None:
         if isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d)):
             break
         if isinstance(m, kinds):
+            found = m
+    return found
+
+
+def last_block_at_stride(model: nn.Module, stride: int = 8) -> nn.Module | None:
+    """The last residual block whose output has at least 1/`stride` of the input's side: for the resnet at output
+    stride 16, the third stage's last (16 x 16 at 128 px), for output stride 8 the last. Its map, by Grad-CAM++,
+    pointed at the tumour best on validation patients (docs/results/explain.md)."""
+    found, total = None, 1
+    for m in model.children():
+        conv = m.body[0] if isinstance(m, BasicBlock) else m
+        if isinstance(conv, nn.Conv2d):
+            total *= conv.stride[0]
+        if isinstance(m, BasicBlock) and total <= stride:
             found = m
     return found
 
@@ -237,7 +254,7 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-@register("resnet", cam_layer=last_feature_map, gap_head=True)
+@register("resnet", cam_layer=last_block_at_stride, gap_head=True, cam_method="gradcam++")
 def resnet(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
     """A small residual CNN: a strided stem, four stages of `depth` basic blocks, widths doubling. Its last feature
     map has 1/16 of the input's side; with output_stride = 8 the last stage keeps the third stage's resolution and
