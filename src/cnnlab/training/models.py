@@ -25,14 +25,14 @@ FIXED_SIZE: set[str] = set()  # models whose input must have the configured size
 GAP_HEAD: set[str] = set()  # models ending in global average pooling and one linear layer: a class activation map
 # model name -> (model -> the layer whose output a class activation map (evaluation/cam.py) weighs), or None:
 # no spatial map
-CAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module] | None] = {}
+CAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module | list[nn.Module] | None] | None] = {}
 CAM_METHODS: dict[str, str] = {}  # model name -> its default heatmap method (evaluation/cam.py METHODS)
 
 
 def register(
     name: str,
     fixed_size: bool = False,
-    cam_layer: Callable[[nn.Module], nn.Module] | None = None,
+    cam_layer: Callable[[nn.Module], nn.Module | list[nn.Module]] | None = None,
     gap_head: bool = False,
     cam_method: str = "gradcam",
 ):
@@ -67,18 +67,22 @@ def last_feature_map(model: nn.Module) -> nn.Module | None:
     return found
 
 
-def last_block_at_stride(model: nn.Module, stride: int = 8) -> nn.Module | None:
-    """The last residual block whose output has at least 1/`stride` of the input's side: for the resnet at output
-    stride 16, the third stage's last (16 x 16 at 128 px), for output stride 8 the last. Its map, by Grad-CAM++,
-    pointed at the tumour best on validation patients (docs/results/explain.md)."""
-    found, total = None, 1
+def fine_and_last_blocks(model: nn.Module, stride: int = 8) -> list[nn.Module] | None:
+    """The last residual block whose output has at least 1/`stride` of the input's side, and the last block, their
+    maps fused: for the resnet at output stride 16, the third stage's last block (16 x 16 at 128 px) and the fourth's
+    (8 x 8); at output stride 8 the last block alone. By Grad-CAM++, this pointed at the tumour best on
+    validation patients (docs/results/explain.md)."""
+    blocks, total = [], 1
     for m in model.children():
         conv = m.body[0] if isinstance(m, BasicBlock) else m
         if isinstance(conv, nn.Conv2d):
             total *= conv.stride[0]
-        if isinstance(m, BasicBlock) and total <= stride:
-            found = m
-    return found
+        if isinstance(m, BasicBlock):
+            blocks.append((total, m))
+    if not blocks:
+        return None
+    fine = [m for s, m in blocks if s <= stride][-1:]
+    return [m for m in fine if m is not blocks[-1][1]] + [blocks[-1][1]]
 
 
 def spatial_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -254,7 +258,7 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-@register("resnet", cam_layer=last_block_at_stride, gap_head=True, cam_method="gradcam++")
+@register("resnet", cam_layer=fine_and_last_blocks, gap_head=True, cam_method="gradcam++")
 def resnet(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Sequential:
     """A small residual CNN: a strided stem, four stages of `depth` basic blocks, widths doubling. Its last feature
     map has 1/16 of the input's side; with output_stride = 8 the last stage keeps the third stage's resolution and
