@@ -159,6 +159,22 @@ class Run:
         explain_images(self.path, _paths(images), out, method, target, layer=layer)
         return Image(Path(out) / "contact_sheet.png")
 
+    def localisation(
+        self,
+        boxes: str | Path,
+        data: str | Path | None = None,
+        manifest: str | Path | None = None,
+        method: str | None = None,
+        layer: str | None = None,
+        out: str | Path | None = None,
+    ) -> dict:
+        """How well the heatmaps point at known boxes (`cnnlab explain RUN --boxes`): the pointing game, strict and
+        with tolerance, and the energy in the box, beside the random, centre and class-prior baselines; over the
+        manifest's test rows (else every boxed image). With `out`: explain.json, explain.md, galleries."""
+        from cnnlab.explain.heatmaps import localisation
+
+        return localisation(self.path, boxes, data=data, manifest=manifest, method=method, layer=layer, out=out)
+
     def resume(self, progress: bool = True, log=print) -> Run:
         """Continue an interrupted run from its last finished epoch (a finished run is left as it is)."""
         from cnnlab.reporting.reporter import Reporter

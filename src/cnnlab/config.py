@@ -114,8 +114,9 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     label_smoothing: float = 0.0
-    # with data.boxes: weight of the localisation term (-log of the true class map's share inside the box),
-    box_weight: float = 0.3  # chosen on a validation fold of the figshare set (docs/results/explain.md)
+    # with data.boxes: the weight of the localisation term, -log of the true class map's share inside the box
+    # (0.3: chosen on a validation fold of the figshare set, docs/results/explain.md)
+    box_weight: float = 0.3
 
 
 @dataclass

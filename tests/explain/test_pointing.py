@@ -267,3 +267,29 @@ def test_layer_option_in_both_modes_and_a_bad_layer_is_one_line(cornered_run, tm
     assert not (tmp_path / "c2").exists()  # nothing written before the error
     assert "choose from" in one_line_error(*boxed, "--method", "gradcamm")
     assert "layercam" in run_cli("explain", "--help").output  # the method choices come from METHODS
+
+
+def test_the_issues_commands_on_the_synthetic_set(tmp_path):
+    """synth-eclipse writes boxes.csv; a box-guided run trains on it; explain --boxes on the test rows prints the
+    baselines and both pointing games."""
+    pytest.importorskip("pytorch_grad_cam")
+    from cnnlab.data.folders import scan
+    from cnnlab.data.manifest import write_manifest
+
+    d = tmp_path / "ecl"
+    run_cli("data", "synth-eclipse", d, "--train-per-class", 10, "--test-per-class", 3, "--size", 48)
+    assert (d / "boxes.csv").is_file()
+    run = tmp_path / "r"
+    sets = ["model=resnet", "width=8", "depth=1", "image_size=48", "epochs=2", "batch_size=16", "output_stride=8"]
+    train = ["train", "--data", d, "--set", f"boxes={d / 'boxes.csv'}", *(x for s in sets for x in ("--set", s))]
+    run_cli(*train, "--out", run)
+    assert json.loads((run / "boxes.json").read_text())["train_images_with_box"] > 0
+    manifest = tmp_path / "m.csv"
+    write_manifest(scan(d, warn=False), manifest, splits=("test",))
+    r = json.loads(
+        run_cli("explain", run, "--data", d, "--boxes", d / "boxes.csv", "--manifest", manifest, "--json").output
+    )
+    assert r["n_images"] == 12 and r["method"] == "gradcam++"
+    assert {"pointing_game", "pointing_game_tol", "energy_in_box"} <= set(r)
+    assert {"random", "centre", "centre_tol", "class_prior", "class_prior_tol"} <= set(r["baselines"])
+    assert r["class_prior_images"] > 0  # the prior came from the run's training boxes

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_shapes, one_line_error, run_cli
 from PIL import Image, ImageDraw
 
 from cnnlab.config import AugmentConfig, ModelConfig
 from cnnlab.training.augment import Augmenter
 from cnnlab.training.models import build, guidance_parts
 from cnnlab.training.run_folder import read_history
-from tests.conftest import make_shapes, one_line_error, run_cli
 
 
 def boxed_set(root: Path, n: int = 16, side: int = 64) -> Path:
@@ -130,3 +130,18 @@ def test_box_guidance_errors_are_one_line(tmp_path, boxed):
     )
     assert "output_stride" in one_line_error("train", "--data", shapes, "--set", "output_stride=4")
     assert "box_weight" in one_line_error("train", "--data", shapes, "--set", "box_weight=-1")
+
+
+def test_resnet_heatmap_default_is_the_fine_block_fused_with_the_last():
+    """resnet's default map (chosen on validation patients): Grad-CAM++ on the last block at 1/8 of the side and
+    the last block; at output stride 8 they are one block."""
+    from cnnlab.evaluation.cam import resolve_method
+    from cnnlab.training.models import cam_layer
+
+    for stride, expected in ((16, ["4", "6"]), (8, ["6"])):  # depth 1: blocks 3-6 (stem 0-2)
+        model = build(ModelConfig(model="resnet", width=8, depth=1, output_stride=stride), 1, 3, 64)
+        names = {id(m): n for n, m in model.named_children()}
+        assert [names[id(m)] for m in cam_layer("resnet", model)] == expected
+        assert [names[id(m)] for m in cam_layer("resnet", model, "3,5")] == ["3", "5"]
+    assert resolve_method(None, "resnet") == "gradcam++" and resolve_method(None, "adaptive") == "gradcam"
+    assert resolve_method("layercam", "resnet") == "layercam"
