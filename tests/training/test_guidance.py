@@ -138,7 +138,7 @@ def test_resnet_heatmap_default_is_the_fine_block_fused_with_the_last():
     from cnnlab.evaluation.cam import resolve_method
     from cnnlab.training.models import cam_layer
 
-    for stride, expected in ((16, ["4", "6"]), (8, ["6"])):  # depth 1: blocks 3-6 (stem 0-2)
+    for stride, expected in ((16, ["5", "6"]), (8, ["6"])):  # depth 1: blocks 3-6 (stem 0-2), at 1/2 to 1/16
         model = build(ModelConfig(model="resnet", width=8, depth=1, output_stride=stride), 1, 3, 64)
         names = {id(m): n for n, m in model.named_children()}
         assert [names[id(m)] for m in cam_layer("resnet", model)] == expected
