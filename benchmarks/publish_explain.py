@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
 from pathlib import Path
+
+from cnnlab.studies.reports import machine
 
 FIGURES = ("pointing_game", "pointing_game_tol", "energy_in_box")
 
@@ -43,7 +46,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     post = json.loads((args.posthoc / "explain.json").read_text())
     guided = json.loads((args.cv / f"fold-{args.fold}" / "explain" / "explain.json").read_text())
-    cv = json.loads((args.cv / "cv.json").read_text())
+    finished = (args.cv / "cv.json").is_file()  # the box-guided fold's figures stand before the other folds end
+    cv = json.loads((args.cv / "cv.json").read_text()) if finished else None
+    fold_cfg = args.cv / f"fold-{args.fold}" / "config.toml"
     b = post["baselines"]
     doc = {
         "n_images": post["n_images"],
@@ -64,10 +69,12 @@ def main(argv=None) -> int:
         "command": {
             "posthoc": f"cnnlab explain {post['run']} --data {post['data']} --boxes {post['boxes']} "
             f"--manifest {post['manifest']} --json --out {args.posthoc}",
-            "box_guided": f"{cv['command']} (fold {args.fold}'s explain/, written by cv)",
+            "box_guided": f"cnnlab explain {guided['run']} --data {guided['data']} --boxes {guided['boxes']} "
+            f"--manifest {guided['manifest']} --json --out {args.cv / f'fold-{args.fold}' / 'explain'} (the fold's "
+            f"run of the box-guided cv, config {fold_cfg})",
         },
-        "machine": cv["machine"],
-        "date": cv["date"],
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "explain.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -79,11 +86,12 @@ def main(argv=None) -> int:
                 shutil.copy(src / f"{kind}.png", gallery / f"{name}-{kind}.png")
     choices = [json.loads((d / "choice.json").read_text()) for d in args.choices]
     (args.out / "explain-choice.json").write_text(json.dumps(choices, indent=2) + "\n")
-    (args.out / "figshare-cv-boxes.json").write_text(json.dumps(cv, indent=2) + "\n")
-    report = args.out / "figshare-cv-boxes"
-    report.mkdir(exist_ok=True)
-    for name in ("report.md", "confusion.png", "curves.png"):
-        shutil.copy(args.cv / name, report / name)
+    if finished:
+        (args.out / "figshare-cv-boxes.json").write_text(json.dumps(cv, indent=2) + "\n")
+        report = args.out / "figshare-cv-boxes"
+        report.mkdir(exist_ok=True)
+        for name in ("report.md", "confusion.png", "curves.png"):
+            shutil.copy(args.cv / name, report / name)
     print(json.dumps({k: doc[k] for k in ("baselines", "posthoc", "box_guided")}, indent=2))
     return 0
 
