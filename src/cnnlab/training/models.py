@@ -57,14 +57,8 @@ def last_feature_map(model: nn.Module) -> nn.Module | None:
     """The last activation or residual block before the head (the first Flatten or global pool): the last spatial
     map the classifier reads, after its non-linearity. A later in-place op would overwrite the saved activation,
     and nothing before the head modifies this output in place."""
-    kinds = (*{type(make()) for make in ACTIVATIONS.values()}, BasicBlock)
-    found = None
-    for m in model.children():
-        if isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d)):
-            break
-        if isinstance(m, kinds):
-            found = m
-    return found
+    layers = list(spatial_layers(model).values())
+    return layers[-1] if layers else None
 
 
 def fine_and_last_blocks(model: nn.Module, stride: int = 8) -> list[nn.Module] | None:
