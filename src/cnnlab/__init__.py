@@ -1,7 +1,8 @@
 """cnnlab: train CNN image classifiers from scratch, compare training choices, teach optimizers.
 
-The Python API (docs/api.md): `inspect`, `train`, `load`, `study`, `cv`, and the `Run` and `StudyResults` they
-return; every user mistake raises `UserError` with a one-line message. Importing cnnlab imports no torch.
+The Python API (docs/api.md): `inspect`, `train`, `load`, `study`, `cv`, `register_model`, and the `Run` and
+`StudyResults` they return; every user mistake raises `UserError` with a one-line message. Importing cnnlab imports
+no torch.
 
 The packages, in the order they depend on one another (docs/ARCHITECTURE.md): `reporting` (log lines, progress,
 figures, the report language), `data` (finding, splitting, decoding and caching images), `training` (everything
@@ -15,7 +16,19 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Image", "Report", "Run", "StudyResults", "UserError", "cv", "inspect", "load", "study", "train"]
+__all__ = [
+    "Image",
+    "Report",
+    "Run",
+    "StudyResults",
+    "UserError",
+    "cv",
+    "inspect",
+    "load",
+    "register_model",
+    "study",
+    "train",
+]
 
 
 def lazy_face(package: str, exports: dict[str, str]):
@@ -36,5 +49,5 @@ def lazy_face(package: str, exports: dict[str, str]):
 
 
 # After lazy_face: the package faces that api imports use it.
-from cnnlab.api import Image, Report, Run, StudyResults, cv, inspect, load, study, train  # noqa: E402
+from cnnlab.api import Image, Report, Run, StudyResults, cv, inspect, load, register_model, study, train  # noqa: E402
 from cnnlab.errors import UserError  # noqa: E402

@@ -228,3 +228,19 @@ def test_a_run_whose_worker_dies_is_retried_and_resumes(eclipse, local_ray, tmp_
     assert {k: v for k, v in r[0].items() if k not in TIMING | {"run"}} == {
         k: v for k, v in once.items() if k not in TIMING | {"run"}
     }
+
+
+def test_ray_tasks_import_a_users_model_from_the_drivers_path(eclipse, tmp_path, local_ray, monkeypatch):
+    # The module's folder is on this process's sys.path only (not PYTHONPATH: the Ray workers started before it
+    # existed): the tasks get the driver's path and rebuild `usermodels:tiny` as a local study does.
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "raymodels.py").write_text(
+        "from torch import nn\n\n\ndef tiny(cfg, c, n):\n"
+        "    return nn.Sequential(nn.Conv2d(c, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(4, n))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    study = ["study", "lr", "--data", eclipse, *SMALL, "--epochs", 1, "--param", "model=raymodels:tiny,simple-bn"]
+    run_cli(*study, "--out", tmp_path / "local")
+    run_cli(*study, "--out", tmp_path / "ray", "--executor", "ray")
+    assert _rows(tmp_path / "ray" / "summary.csv") == _rows(tmp_path / "local" / "summary.csv")

@@ -77,7 +77,8 @@ def explain_arrays(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     make_cam = cam_class(resolve_method(method, model_name))
-    layers = cam_layer(model_name, eng.model, layer)
+    example = torch.zeros(1, *arrays[0].shape) if arrays else None  # the input shape a layer search runs on
+    layers = cam_layer(model_name, eng.model, layer, example)
     wanted = None if target is None else class_index(target, classes)
     eng.model.eval()
     rows: list[dict] = [{} for _ in arrays]  # filled by index: batches group images of one shape

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +27,12 @@ def _import_ray():
     return ray
 
 
-def _ray_task(task: Callable[[Job], dict], job: Job) -> tuple[dict | None, str | None]:
-    """One job on a Ray worker. A UserError comes back as a value, not an exception, so Ray never retries it."""
+def _ray_task(task: Callable[[Job], dict], job: Job, path: list[str] = ()) -> tuple[dict | None, str | None]:
+    """One job on a Ray worker. A UserError comes back as a value, not an exception, so Ray never retries it.
+    `path`: the driver's sys.path; its folders that exist on this node are appended to the worker's, so that a
+    model the run's config names by module (`package.module:builder`, `model.registered_in`) imports here as it
+    did there (on a cluster: from a shared file system)."""
+    sys.path += [p for p in path if p and p not in sys.path and os.path.isdir(p)]
     try:
         return task(job), None
     except UserError as e:
@@ -97,7 +103,7 @@ class RayExecutor:
         refs = [
             remote.options(
                 **o, max_retries=self.max_retries, retry_exceptions=True, name=f"cnnlab {job.run} seed {job.seed}"
-            ).remote(self.task, job)
+            ).remote(self.task, job, list(sys.path))
             for job, o in zip(jobs, options, strict=True)
         ]
         results: list[dict] = []

@@ -1,4 +1,6 @@
-"""Models by name, always from scratch (nothing here downloads or loads pretrained weights)."""
+"""Models by name, always from scratch (nothing here downloads or loads pretrained weights): cnnlab's own, the
+models users register (`register_model`), and `torchvision:`, `timm:` and `package.module:builder` names
+(training/model_sources.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,15 @@ from torch import nn
 
 from cnnlab.config import ModelConfig
 from cnnlab.errors import UserError, nearest
+from cnnlab.training.model_sources import (
+    REGISTERED_IN,
+    build_external,
+    call_builder,
+    feature_map_layer,
+    import_registering_module,
+    is_external,
+    split_name,
+)
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
@@ -53,6 +64,59 @@ def register(
     return deco
 
 
+def register_model(name: str, cam_layer: Callable[[nn.Module], nn.Module | list[nn.Module]] | None = None):
+    """Decorator: `--model NAME` builds the decorated callable (or nn.Module class), called as
+    `fn(model_config, in_channels, n_classes)` (and `image_size=` when it takes that argument), trained from
+    scratch like every model. The registering module is recorded in each run's config (`model.registered_in`), so
+    a fresh process (`cnnlab predict`, a spawned study worker, a Ray task) imports it to rebuild the model; a name
+    registered in a notebook or script (`__main__`) is known to that process and its forked workers only.
+    `cam_layer` picks the layer a heatmap explains (default: found by a forward pass, `feature_map_layer`)."""
+    if is_external(name) or not name:
+        raise UserError(f"cannot register model '{name}': a registered name has no colon")
+    if name in MODELS and name not in REGISTERED_IN:
+        raise UserError(f"cannot register model '{name}': cnnlab has a model of that name")
+
+    def deco(fn):
+        register(name, cam_layer=cam_layer or _automatic_layer)(lambda cfg, c, n, s: call_builder(fn, cfg, c, n, s))
+        module = getattr(fn, "__module__", "") or ""
+        REGISTERED_IN[name] = "" if module == "__main__" else module
+        return fn
+
+    return deco
+
+
+def check_model_name(cfg: ModelConfig) -> None:
+    """The model name is cnnlab's, registered (its module imported when the config names it), or SOURCE:NAME;
+    pretrained weights are refused. Builds nothing (the check that it builds is training/checks.py's)."""
+    if cfg.pretrained:
+        raise UserError(
+            "cnnlab trains from scratch: pretrained weights are never loaded (remove pretrained = true; "
+            "torchvision: and timm: models start from their libraries' random initialisation)"
+        )
+    if is_external(cfg.model):
+        split_name(cfg.model)
+        return
+    import_registering_module(cfg, MODELS)
+    if cfg.model not in MODELS:
+        unknown = str(nearest(cfg.model, MODELS, "model"))
+        raise UserError(f"{unknown[:-1]}; or torchvision:NAME, timm:NAME, package.module:builder)")
+
+
+def model_source(name: str) -> str:
+    """What a run's config records beside the model name so that any process can rebuild it: the module that
+    registered it with `register_model` ("" for cnnlab's own, SOURCE:NAME names, and `__main__`)."""
+    return REGISTERED_IN.get(name, "")
+
+
+def _example(model: nn.Module, size: int = 64) -> torch.Tensor:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return torch.zeros(1, first.in_channels if first else 3, size, size)
+
+
+def _automatic_layer(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module | None:
+    return feature_map_layer(model, example if example is not None else _example(model))
+
+
 def last_feature_map(model: nn.Module) -> nn.Module | None:
     """The last activation or residual block before the head (the first Flatten or global pool): the last spatial
     map the classifier reads, after its non-linearity. A later in-place op would overwrite the saved activation,
@@ -92,19 +156,29 @@ def spatial_layers(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def cam_layer(name: str, model: nn.Module, layer: str | None = None) -> list[nn.Module]:
-    """The layers a heatmap of model `name` explains: the registry's default, or `layer`, module names joined by
-    commas (several: their maps fused, as LayerCAM does); UserError for a model without a spatial feature map or
-    an unknown layer name."""
-    if name not in MODELS:
+def cam_layer(
+    name: str, model: nn.Module, layer: str | None = None, example: torch.Tensor | None = None
+) -> list[nn.Module]:
+    """The layers a heatmap of model `name` explains: the registry's default (for models from outside cnnlab, the
+    last spatial map before the head, found by a forward pass of `example`, a batch of the model's input shape),
+    or `layer`, module names joined by commas (several: their maps fused, as LayerCAM does); UserError for a
+    model without a spatial feature map or an unknown layer name."""
+    if is_external(name):
+        pick = _automatic_layer
+    elif name not in MODELS:
         raise nearest(name, MODELS, "model")
-    pick = CAM_LAYERS.get(name)
-    default = pick(model) if pick else None
+    else:
+        pick = CAM_LAYERS.get(name)
+    if pick is _automatic_layer:
+        default = _automatic_layer(model, example)
+    else:
+        default = pick(model) if pick else None
     if default is None:
         raise UserError(f"{name} has no spatial feature map to explain: a heatmap needs a convolutional model")
     if not layer:
         return list(default) if isinstance(default, (list, tuple)) else [default]
-    modules, candidates = dict(model.named_modules()), spatial_layers(model)
+    modules = dict(model.named_modules())
+    candidates = spatial_layers(model) if name in MODELS and pick is not _automatic_layer else modules
     picked = []
     for part in (p.strip() for p in layer.split(",")):
         if part not in modules or not part:
@@ -140,8 +214,12 @@ def pool(name: str, k: int) -> nn.Module:
 
 
 def build(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> nn.Module:
-    """The registered model `cfg.model` (a UserError with a "did you mean" for an unknown name), freshly initialised for
-    `in_channels` x `image_size` inputs and `n_classes` outputs; never pretrained."""
+    """The registered model `cfg.model` (a UserError with a "did you mean" for an unknown name), or a
+    `torchvision:`, `timm:` or `package.module:builder` one, freshly initialised for `in_channels` x `image_size`
+    inputs and `n_classes` outputs; never pretrained."""
+    if is_external(cfg.model):
+        return build_external(cfg, in_channels, n_classes, image_size)
+    import_registering_module(cfg, MODELS)
     if cfg.model not in MODELS:
         raise nearest(cfg.model, MODELS, "model")
     return MODELS[cfg.model](cfg, in_channels, n_classes, image_size)
