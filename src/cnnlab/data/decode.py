@@ -1,11 +1,15 @@
-"""How one file becomes a C x H x W uint8 array: `DecodeSettings` (size, resize, channels, crop; part of the cache
-key), `decode`, and `decode_with_geometry` (with the `Geometry` that maps boxes into the decoded array).
+"""How one file becomes a C x H x W uint8 array: `DecodeSettings` (size, resize, channels, crop, window; part of the
+cache key), `decode`, and `decode_with_geometry` (with the `Geometry` that maps boxes into the decoded array).
+Pillow reads the images, pydicom the DICOM files (data/dicom.py). 16-bit, 32-bit and float values become 8-bit by
+the window (`parse_window`: LOW..HIGH to 0..255) or, without one, each image's own min..max; `value_summary` is
+what `cnnlab data inspect` reports of a file's stored values.
 
 No torch here: `cnnlab predict FILE.onnx` decodes with it on onnxruntime alone, exactly as training decoded.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +18,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cnnlab.config import DataConfig
+from cnnlab.data.dicom import BadDicom, dicom_values, is_dicom, read_dicom, to_uint8
+from cnnlab.data.folders import image_extensions
+from cnnlab.errors import UserError
 
 RESIZE_POLICIES = ("squash", "pad", "keep")
 CROP_POLICIES = ("none", "foreground")
@@ -30,25 +37,53 @@ class DecodeSettings:
     resize: str = "squash"  # squash to a square | pad (keep aspect, pad) | keep (variable size, bucketed)
     channels: int = 3  # 3 = RGB, 1 = gray
     crop: str = "none"  # none | foreground (bounding box of the largest bright component)
+    window: str = ""  # LOW:HIGH of 16-bit, float and DICOM values to 0..255; "" = each image's own (data.window)
 
     @classmethod
     def of(cls, d: DataConfig) -> DecodeSettings:
-        return cls(d.image_size, d.resize, d.channels, d.crop)
+        return cls(d.image_size, d.resize, d.channels, d.crop, d.window)
 
     def key(self) -> str:
-        return f"v{CACHE_VERSION}-{self.image_size}-{self.resize}-c{self.channels}-{self.crop}"
+        key = f"v{CACHE_VERSION}-{self.image_size}-{self.resize}-c{self.channels}-{self.crop}"
+        window = parse_window(self.window)  # no window: the key every cache before windows has
+        return key if window is None else f"{key}-w{window[0]:.10g}_{window[1]:.10g}"
+
+
+def parse_window(text: str) -> tuple[float, float] | None:
+    """data.window "LOW:HIGH" (e.g. "0:4095", "-1000:400") -> (LOW, HIGH); "" -> None. Raises UserError unless it
+    is two finite numbers with LOW < HIGH."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in str(text).split(":"))
+    except ValueError:
+        raise UserError(
+            f"window must be LOW:HIGH, two numbers (e.g. window=0:4095 or window=-1000:400), got '{text}'"
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise UserError(f"window LOW:HIGH needs two finite numbers with LOW < HIGH, got '{text}'")
+    return lo, hi
 
 
 class BadImage(Exception):
     """A file that cannot be decoded (corrupt, truncated, not an image): skipped, not fatal."""
 
 
-def _to_mode(im: Image.Image, channels: int) -> Image.Image:
-    """Any Pillow mode -> RGB or L. 16-bit and float images are stretched to their own range."""
+def bit_depth(mode: str) -> str:
+    """The bit depth of a Pillow mode's values: "8" (L, RGB, P, ...), "16" (I;16...), "32" (I), "32-float" (F)."""
+    return "16" if mode.startswith("I;16") else {"1": "1", "I": "32", "F": "32-float"}.get(mode, "8")
+
+
+def _to_mode(im: Image.Image, channels: int, window: tuple[float, float] | None = None) -> Image.Image:
+    """Any Pillow mode -> RGB or L. 16-bit, 32-bit and float images: `window` (LOW, HIGH) to 0..255, else their own
+    range stretched; 8-bit images are never windowed (their values already are what a screen shows)."""
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         a = np.asarray(im, dtype=np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        if window is not None:
+            a = to_uint8(a, *window)
+        else:
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
         im = Image.fromarray(a.round().astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
@@ -130,8 +165,25 @@ class Geometry:
         return x(cx - w / 2), y(cy - h / 2), x(cx + w / 2), y(cy + h / 2)
 
 
+def _open_dicom(path: Path, channels: int, window) -> tuple[Image.Image, tuple[int, int], str]:
+    """A DICOM file as an RGB or L image: (image, (w, h), "DICOM <photometric>"). Raises BadImage or UserError."""
+    try:
+        arr, size, mode = read_dicom(path, window)
+    except BadDicom as e:
+        raise BadImage(str(e)) from None
+    except UserError:
+        raise
+    except Exception as e:  # pydicom's processing of an unusual file: that file is skipped
+        raise BadImage(" ".join(f"{type(e).__name__}: {e}".split())) from None
+    return _to_mode(Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB"), channels), size, mode
+
+
 def _open(path: Path, prep: DecodeSettings) -> tuple[Image.Image, tuple[int, int], str]:
-    """The file as an RGB or L image, upright: (image, original (w, h), original mode). Raises BadImage."""
+    """The file as an RGB or L image, upright: (image, original (w, h), original mode). Raises BadImage (and
+    UserError for a DICOM file that needs a package this installation lacks)."""
+    window = parse_window(prep.window)  # a bad window is the user's error, never a bad file
+    if is_dicom(path, image_extensions()):
+        return _open_dicom(path, prep.channels, window)
     try:
         with warnings.catch_warnings(), Image.open(path) as im:
             # Over Pillow's pixel limit (a bomb, or a 30000x30000 scan): skipped like any unusable file.
@@ -142,7 +194,7 @@ def _open(path: Path, prep: DecodeSettings) -> tuple[Image.Image, tuple[int, int
                 want = prep.image_size * (2 if prep.crop == "foreground" else 1)
                 im.draft("L" if prep.channels == 1 else "RGB", (want, want))
             im = ImageOps.exif_transpose(im)
-            return _to_mode(im, prep.channels), size, mode
+            return _to_mode(im, prep.channels, window), size, mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage(f"over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels") from None
     except Exception as e:  # only Pillow runs above: any failure (a bad EXIF block raises TypeError) is a bad file
@@ -165,5 +217,22 @@ def decode_with_geometry(path: Path, prep: DecodeSettings) -> tuple[np.ndarray, 
 
 
 def decode(path: Path, prep: DecodeSettings) -> tuple[np.ndarray, tuple[int, int], str]:
-    """One file -> (C x H x W uint8 array, original (w, h), original mode). Raises BadImage."""
+    """One file -> (C x H x W uint8 array, original (w, h), original mode; "DICOM <photometric>" for DICOM).
+    Raises BadImage, or UserError (a bad window; a DICOM file that needs pydicom or a plugin not installed)."""
     return decode_with_geometry(path, prep)[:3]
+
+
+def needs_values(mode: str) -> bool:
+    """Whether a decoded file's mode (as `decode` gives it) leaves its bit depth or value range unknown: DICOM,
+    16-bit, 32-bit and float images (an 8-bit image's are its mode's)."""
+    return mode.startswith("DICOM") or bit_depth(mode) not in ("1", "8")
+
+
+def value_summary(path: Path) -> dict:
+    """What `cnnlab data inspect` reports of one file's stored values: bits ("8", "16", "32-float"; a DICOM file's
+    BitsStored), min and max (a DICOM file's after its modality LUT) and, for DICOM, modality and window."""
+    if is_dicom(path, image_extensions()):
+        return dicom_values(path)
+    with Image.open(path) as im:
+        a = np.asarray(im)
+        return {"bits": bit_depth(im.mode), "min": float(a.min()), "max": float(a.max())}

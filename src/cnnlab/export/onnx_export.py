@@ -3,7 +3,7 @@
 The graph takes uint8 N x C x H x W images, decoded and resized as cnnlab decodes them (data/decode.py), and returns
 the logits `Engine.logits` gives at evaluation: the run's normalisation (dataset, image or equalize), the network,
 and flip TTA when the run uses it. The metadata (`metadata_props`) says how to decode (image_size, resize,
-channels, crop) and names the classes, so `cnnlab predict FILE.onnx` (export/onnx_runtime.py) needs no
+channels, crop, window) and names the classes, so `cnnlab predict FILE.onnx` (export/onnx_runtime.py) needs no
 torch.
 
 The file is exported in fp32 on the CPU, whatever the run's device, precision and layout, and checked against
@@ -26,6 +26,8 @@ from torch import nn
 from cnnlab import __version__
 from cnnlab.config import Config
 from cnnlab.data.decode import BadImage, DecodeSettings, decode
+from cnnlab.data.folders import check_root
+from cnnlab.data.labels import protected_paths
 from cnnlab.errors import UserError
 from cnnlab.evaluation.loading import load_run
 from cnnlab.export.onnx_runtime import need, onnx_logits, open_model, softmax
@@ -68,6 +70,7 @@ def metadata(cfg: Config, ckpt: dict) -> dict[str, str]:
         "resize": d.resize,
         "channels": str(d.channels),
         "crop": d.crop,
+        "window": d.window,  # "" (each image's own range) or LOW:HIGH, for 16-bit, float and DICOM images
         "normalize": d.normalize,
         "mean": json.dumps(torch.as_tensor(ckpt["mean"]).tolist()),
         "std": json.dumps(torch.as_tensor(ckpt["std"]).tolist()),
@@ -118,7 +121,10 @@ def check_files(run: Path, cfg: Config, n: int = CHECK_IMAGES) -> list[Path]:
             rows = [(r["path"], r.get("split")) for r in csv.DictReader(f)]
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError):
         return []
-    root = Path(cfg.data.path)
+    try:
+        root = check_root(Path(cfg.data.path))  # a label file's rows are relative to its folder
+    except UserError:
+        return []
     for split in ("val", "train"):
         listed = (root / p for p, s in rows if s == split)
         found = list(itertools.islice((p for p in listed if p.is_file()), n))
@@ -159,7 +165,7 @@ def export_onnx(run: Path, out: Path, log=print) -> dict:
     for module in ("onnx", "onnxruntime"):  # before any work: a missing package is the first thing said
         need(module)
     cfg, ckpt, eng = cpu_engine(run)
-    output_folder(out.parent, [cfg.data.path], "ONNX file's folder")
+    output_folder(out.parent, protected_paths(cfg.data.path), "ONNX file's folder")
     if out.is_dir():
         raise UserError(f"{out} is a folder: give the ONNX file's name, e.g. {out / 'model.onnx'}")
     prep = DecodeSettings.of(cfg.data)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.data.decode import CROP_POLICIES, RESIZE_POLICIES, DecodeSettings
+from cnnlab.data.decode import CROP_POLICIES, RESIZE_POLICIES, DecodeSettings, parse_window
 from cnnlab.data.image_files import read_images, shape_batches
 from cnnlab.errors import UserError
 from cnnlab.evaluation.prediction import prediction_rows
@@ -27,6 +27,7 @@ META_KEYS = (
     "resize",
     "channels",
     "crop",
+    "window",
     "normalize",
     "mean",
     "std",
@@ -76,7 +77,10 @@ def open_model(path: Path) -> OnnxModel:
         raise UserError(f"{path} was not written by `cnnlab export` (no {', '.join(missing)} in its metadata)")
     try:
         classes = json.loads(meta["classes"])
-        prep = DecodeSettings(int(meta["image_size"]), meta["resize"], int(meta["channels"]), meta["crop"])
+        prep = DecodeSettings(
+            int(meta["image_size"]), meta["resize"], int(meta["channels"]), meta["crop"], meta.get("window", "")
+        )
+        parse_window(prep.window)
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} has damaged cnnlab metadata ({_first_line(e)})") from None
     if (
