@@ -23,7 +23,8 @@ from pathlib import Path
 from cnnlab.errors import UserError
 from cnnlab.reporting.display import Image, Report
 
-__all__ = ["Image", "Report", "Run", "StudyResults", "cv", "inspect", "load", "make_config", "study", "train"]
+__all__ = ["Image", "Report", "Run", "StudyResults", "cv", "inspect", "load", "make_config", "register_model"]
+__all__ += ["study", "train"]
 
 
 def make_config(config=None, default: str | None = None, **overrides):
@@ -33,6 +34,17 @@ def make_config(config=None, default: str | None = None, **overrides):
     from cnnlab.training import checks
 
     return checks.make_config(config, overrides, default=default)
+
+
+def register_model(name: str, cam_layer=None):
+    """Decorator: your own model as `model=name` (`--model name`): a callable or nn.Module class called as
+    `fn(model_config, in_channels, n_classes)` (plus `image_size=` if it takes it), trained from scratch. Runs
+    record the registering module (`model.registered_in`), which fresh processes (`cnnlab predict`, spawned
+    workers, Ray tasks) import: define it in a module on PYTHONPATH, not in a notebook. `cam_layer(model)` may
+    pick the layer heatmaps explain (default: the last spatial map before the head). docs/api.md has an example."""
+    from cnnlab.training import models
+
+    return models.register_model(name, cam_layer)
 
 
 def _shown(fig):
@@ -403,7 +415,7 @@ def _study(name, data, out, seeds, jobs, config, param, runner, reporter, overri
 
 def cv(
     data: str | Path,
-    folds: str | Path,
+    folds: str | Path | None = None,
     *,
     out: str | Path,
     config: str | Path | None = None,
@@ -414,11 +426,13 @@ def cv(
     lang: str = "en",
     log=print,
     command: str = "",
+    n_folds: int = 5,
     **overrides,
 ) -> dict:
     """Cross-validate on a data set's own folds (or resume) and return the contents of `out/cv.json`.
 
-    `folds`: a CSV with the columns path (relative to `data`), class and fold, e.g. patient-wise folds. Each fold is
+    `folds`: a CSV with the columns path (relative to `data`), class and fold, e.g. patient-wise folds; or None with
+    `split="groups"`: the groups (a label file's group column, a group_file) dealt into `n_folds`. Each fold is
     scored once, by a run trained on the other folds and validated on the next one; `config` is a TOML file or a
     recipe (default: `cnnlab train`'s defaults), keywords override it. `jobs`, `executor`, `address` and
     `gpus_per_run` are `study`'s. `cnnlab cv` is this function."""
@@ -432,4 +446,4 @@ def cv(
         from cnnlab.studies.cross_validation import run_cv
 
         base = make_config(config, **{"data.path": str(data), **overrides})
-        return run_cv(base, Path(folds), Path(out), runner, jobs, reporter=reporter, command=command)
+        return run_cv(base, folds and Path(folds), Path(out), runner, jobs, reporter, command, n_folds)

@@ -33,6 +33,12 @@ class DataConfig:
     resize: str = "squash"  # squash | pad | keep (variable size, for size-agnostic models)
     channels: int = 3  # 1 = gray
     crop: str = "none"  # none | foreground
+    # LOW:HIGH (e.g. 0:4095, -1000:400): the values of 16-bit, 32-bit, float and gray DICOM images (DICOM after its
+    # modality LUT: CT in HU) mapped linearly to 0..255, the same for every image, those outside clipped. "" = each
+    # image's own range (min..max: suits MRI), or a DICOM file's own window when it has one. 8-bit and colour
+    # images are never windowed: their values already are display values, and a window meant for 12-bit data
+    # would black them out.
+    window: str = ""
     val_fraction: float = 0.3
     split_seed: int = 42
     dedupe: bool = False  # keep duplicate groups whole on one side of the train/val split
@@ -85,6 +91,10 @@ class ModelConfig:
     batchnorm: bool = True  # for models whose name does not fix it (mlp, adaptive, resnet)
     hidden: int = 512
     output_stride: int = 16  # resnet: 16, or 8 (the last stage keeps its resolution: a finer map to explain)
+    pretrained: bool = False  # refused when true: cnnlab trains from scratch
+    # the module whose import registers `model` (cnnlab.register_model): recorded by make_config, imported by every
+    # process that rebuilds the run
+    registered_in: str = ""
 
 
 @dataclass

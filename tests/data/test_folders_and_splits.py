@@ -633,7 +633,10 @@ def test_group_split_keeps_each_listed_group_on_one_side(shapes, tmp_path):
         by_group.setdefault(group, set()).add(side[path])
     assert all(len(sides) == 1 for sides in by_group.values())
     assert {"train", "val"} <= set(side.values())
-    assert "needs a group_file" in one_line_error("train", "--data", shapes, "--set", "split=groups", "--out", out)
+    # Neither a group file, a group column nor DICOM PatientIDs: nothing gives the groups (known once scanned).
+    line = one_line_error("train", "--data", shapes, "--set", "split=groups", "--out", tmp_path / "r2")
+    assert "no group_file given" in line and "PatientID" in line and not (tmp_path / "r2").exists()
+    assert "needs split = groups" in one_line_error("train", "--data", shapes, "--set", "group_file=x.csv")
     (tmp_path / "bad.csv").write_text("path,group\ntrain/circle/nope.png,a\n")
     assert "is not a train image" in one_line_error(
         "train",

@@ -21,8 +21,16 @@ from cnnlab.errors import UserError
     type=click.Path(),
     help="TOML config, or a shipped recipe by name (assignment, mri); flags and --set override it.",
 )
-@click.option("--data", help="Dataset root (train/test or Training/Testing split folders, or a class tree).")
-@click.option("--model", help="simple, simple-bn, simple-dropout, simple-bn-dropout, mlp, adaptive, resnet.")
+@click.option(
+    "--data",
+    help="Dataset root (train/test or Training/Testing split folders, or a class tree), or a label file LABELS.csv "
+    "(path,label[,split,group]).",
+)
+@click.option(
+    "--model",
+    help="simple, simple-bn, simple-dropout, simple-bn-dropout, mlp, adaptive, resnet; torchvision:NAME or "
+    "timm:NAME (from scratch); package.module:builder (your own).",
+)
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
 @click.option("--image-size", type=int, help="Input side in pixels.")
 @click.option("--batch-size", type=int)
@@ -134,7 +142,7 @@ def _interrupted_advice(out: Path) -> str:
 
 @click.command("test")
 @click.argument("run", type=click.Path())
-@click.option("--data", help="Dataset root (default: the run's own).")
+@click.option("--data", help="Dataset root or label file (default: the run's own).")
 @click.option("--manifest", type=click.Path(), help="Score only the images listed (CSV: path,class[,split]).")
 @click.option("--class-map", help="test_name=train_name,... when test folders are named differently.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
@@ -171,12 +179,13 @@ def test_cmd(run, data, manifest, class_map, as_json):
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of {path, label, probs}.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV: path, label, one probability column per class.")
 def predict(run, paths, as_json, as_csv):
-    """Classify images or folders of images with a run's best checkpoint, or with a FILE.onnx from
-    `cnnlab export` (on onnxruntime alone: no torch needed).
+    """Classify images or folders of images (or a label file's test rows) with a run's best checkpoint, or with a
+    FILE.onnx from `cnnlab export` (on onnxruntime alone: no torch needed).
 
     \b
     Example:
       cnnlab predict runs/r1 photo.jpg more_photos/ --json
+      cnnlab predict runs/r1 labels.csv       # the files of its test rows
       cnnlab predict model.onnx photo.jpg --csv
     """
     if run.lower().endswith(".onnx") and not Path(run).is_dir():  # before anything imports torch

@@ -52,7 +52,7 @@ def executor_options(f):
 
 @click.command()
 @click.argument("name")
-@click.option("--data", help="Dataset root.")
+@click.option("--data", help="Dataset root, or a label file LABELS.csv.")
 @click.option(
     "--out",
     type=click.Path(),
@@ -127,14 +127,15 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, lang, 
     type=click.Path(),
     help="Config of every fold's run: a TOML file or a recipe name (default: cnnlab train's defaults).",
 )
-@click.option("--data", required=True, help="Dataset root.")
+@click.option("--data", required=True, help="Dataset root, or a label file LABELS.csv.")
 @click.option(
     "--folds",
     "folds_csv",
     type=click.Path(),
-    required=True,
-    help="CSV with the columns path (relative to --data), class, fold.",
+    help="CSV with the columns path (relative to --data), class, fold; without it, --set split=groups deals the "
+    "data set's groups (a label file's group column, a group_file) into --n-folds folds.",
 )
+@click.option("--n-folds", type=int, default=5, show_default=True, help="Folds made from groups (no --folds).")
 @click.option("--out", type=click.Path(), required=True, help="Folder for the folds' runs, cv.json and the report.")
 @click.option("--epochs", type=int, help="Maximum epochs per fold.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every fold.")
@@ -146,7 +147,7 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, lang, 
     help="Language of report.md/report.html and the conclusions.",
 )
 @executor_options
-def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, address, gpus_per_run):
+def cv(config_file, data, folds_csv, n_folds, out, epochs, sets, lang, jobs, executor, address, gpus_per_run):
     """Cross-validate on the data set's own folds (e.g. patient-wise): each fold scored once by a run trained on
     the others, validated on another whole fold; cv.json, report.md and report.html. Rerunning resumes.
 
@@ -154,6 +155,7 @@ def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, ad
     Example:
       cnnlab cv --config mri --data ../shared/datasets/figshare-brain-tumor \\
           --folds ../shared/datasets/figshare-brain-tumor/folds.csv --out runs/figshare-cv --jobs 2
+      cnnlab cv --data labels.csv --set split=groups --n-folds 5 --out runs/cv   # by its group column
     """
     import shlex
 
@@ -172,6 +174,7 @@ def cv(config_file, data, folds_csv, out, epochs, sets, lang, jobs, executor, ad
         lang=lang,
         log=click.echo,
         command=shlex.join(["cnnlab", *sys.argv[1:]]),
+        n_folds=n_folds,
         **{"train.epochs": epochs, **parse_sets(sets)},
     )
     click.echo(

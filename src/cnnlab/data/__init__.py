@@ -1,7 +1,8 @@
 """Data: image folders as datasets, never written to. Finding a folder-per-class set and its split folders
 (`scan`), splitting train/validation without moving a file (`splits`), the manifest CSV, decoding a file into a
 C x H x W uint8 array (`decode`, `DecodeSettings`), the decode cache outside the dataset (`load_images`), exact and
-near-duplicate groups (`duplicate_groups`), object boxes mapped into decoded images (`read_boxes`,
+near-duplicate groups (`duplicate_groups`), label files as data sets (`scan_labels`), DICOM files (`read_dicom`,
+`dicom_tags`), object boxes mapped into decoded images (`read_boxes`,
 `decoded_boxes`), and the built-in synthetic eclipse set (`synth_eclipse`).
 
 Names are imported from their modules on first use (`cnnlab.lazy_face`).
@@ -19,6 +20,12 @@ _EXPORTS = {
     "parse_class_map": "folders",
     "report_skipped": "folders",
     "image_extensions": "folders",
+    "scan_labels": "labels",
+    "protected_paths": "labels",
+    "read_dicom": "dicom",
+    "dicom_tags": "dicom",
+    "patient_id": "dicom",
+    "parse_window": "decode",
     "split_train_val": "splits",
     "split_by_manifest": "splits",
     "block_split_groups": "splits",

@@ -50,9 +50,12 @@ LABEL_DIR_NAMES = {
 
 
 def image_extensions() -> set[str]:
-    """Every extension Pillow can open, lower case (.jpg .jpeg .png .bmp .tif .webp ...)."""
+    """Every extension Pillow can open, lower case (.jpg .jpeg .png .bmp .tif .webp ...), and DICOM's (.dcm .dicom).
+    A file of any other extension (or none) is an image too when it has the DICOM preamble (`_unusable`)."""
+    from cnnlab.data.dicom import DICOM_EXTENSIONS
+
     Image.init()
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN} | DICOM_EXTENSIONS
 
 
 @dataclass
@@ -76,6 +79,9 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     folders: dict[str, Path] = field(default_factory=dict)  # split -> its folder (root itself for a class tree)
     notes: list[str] = field(default_factory=list)  # how the layout was read ("using archive/inner ..."), said once
+    source: Path | None = None  # a label file's data set (data/labels.py): the CSV itself; root is its folder
+    groups: dict[str, str] = field(default_factory=dict)  # a label file's group column: relative path -> group
+    skipped_splits: dict[str, str] = field(default_factory=dict)  # a label file's skipped files: path -> split
 
     def counts(self, split: str) -> dict[str, int]:
         c = Counter(s.label for s in self.splits.get(split, []))
@@ -102,8 +108,13 @@ def _subdirs(path: Path, skipped: list | None = None) -> list[Path]:
 
 
 def check_root(root: Path) -> Path:
-    """The dataset root, resolved; raises UserError when it does not exist, is not a folder or cannot be read."""
+    """The dataset root, resolved (a label file's folder); raises UserError when it does not exist, is not a folder
+    (nor a label file) or cannot be read."""
     root = Path(root).expanduser()
+    if root.suffix.lower() == ".csv" and not root.is_dir():
+        from cnnlab.data.labels import check_label_file
+
+        return check_label_file(root).parent
     if not root.exists():
         raise UserError(f"dataset path does not exist: {root}")
     if not root.is_dir():
@@ -238,7 +249,10 @@ def _unusable(p: Path, exts: set[str]) -> str | None:
     if _is_hidden(p.name):
         return "hidden file"
     if p.suffix.lower() not in exts:
-        return "not an image file"
+        from cnnlab.data.dicom import has_dicom_preamble
+
+        if not has_dicom_preamble(p):  # only a file of no image extension is opened to look
+            return "not an image file"
     try:
         p.name.encode("utf-8")
     except UnicodeEncodeError:
@@ -289,7 +303,11 @@ def parse_class_map(spec: str | dict | None) -> dict[str, str]:
 
 
 def scan(root, class_map=None, strict: bool = False, warn: bool = True) -> Dataset:
-    """Scan a dataset root; raise UserError for anything that makes it unusable."""
+    """Scan a dataset root (or a label file: data/labels.py); raise UserError for anything that makes it unusable."""
+    if Path(root).suffix.lower() == ".csv" and not Path(root).is_dir():
+        from cnnlab.data.labels import scan_labels
+
+        return scan_labels(root, class_map, strict, warn)
     given = root
     root = check_root(Path(root))
     exts = image_extensions()
@@ -372,7 +390,11 @@ def _class_files(folder: Path, exts: set[str], skipped: list, mapping: dict[str,
 def scored_split(root, classes: list[str], class_map=None, strict: bool = False) -> tuple[Path, list[Sample], list]:
     """The images on which to score a model of `classes`, from any data set: its test folder, or a bare tree of
     class folders, whole. Folder names are mapped by `class_map` (theirs=ours); a data set's other splits (its
-    own training data, under other names) are not looked at. -> (folder, samples, skipped)."""
+    own training data, under other names) are not looked at; a label file's test rows. -> (folder, samples, skipped)."""
+    if Path(root).suffix.lower() == ".csv" and not Path(root).is_dir():
+        from cnnlab.data.labels import scored_split_labels
+
+        return scored_split_labels(root, classes, class_map, strict)
     given = root
     root = check_root(Path(root))
     layout = find_layout(root)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.data.decode import BadImage, DecodeSettings, decode
+from cnnlab.data.dicom import has_dicom_preamble
 from cnnlab.data.folders import image_extensions, printable
 from cnnlab.errors import UserError
 
@@ -16,15 +17,24 @@ from cnnlab.errors import UserError
 
 
 def expand_paths(paths) -> list[Path]:
-    """Files given, and the image files in folders given (hidden ones left out; broken links skipped, said)."""
+    """Files given, and the image files in folders given (hidden ones left out; broken links skipped, said): those
+    of an image or DICOM extension, and files of any other extension (or none) with the DICOM preamble. A label
+    file (`.csv`) given stands for the files of its test rows."""
+    from cnnlab.data.labels import expand_label_files
+
+    paths = expand_label_files(paths)
     exts = image_extensions()
+
+    def is_image(q: Path) -> bool:  # only a file of no image extension is opened to look
+        return q.suffix.lower() in exts or (q.is_file() and has_dicom_preamble(q))
+
     out = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(
                 q
                 for q in p.rglob("*")
-                if q.suffix.lower() in exts and not any(part.startswith(".") for part in q.relative_to(p).parts)
+                if not any(part.startswith(".") for part in q.relative_to(p).parts) and is_image(q)
             )
             for q in found:
                 if q.is_file():

@@ -97,12 +97,46 @@ def read_groups(path: Path, ds: Dataset, split: str = "train") -> dict[str, int]
     return out
 
 
-def group_split_groups(ds: Dataset, path: Path, size: int, duplicates: dict[str, int] | None = None) -> dict[str, int]:
-    """Groups for split = groups: the file's groups; for the files it does not list, the blocked split's groups
-    (runs of `size` files in name order, with its fallback for folders whose copies chain every run together).
-    Copies never straddle the split: a copy group with a listed member joins that member's group."""
+def dicom_patients(ds: Dataset, split: str = "train") -> dict[str, str]:
+    """Relative path -> PatientID of the DICOM files of `split` that have one: the groups of split = groups (and cv)
+    when neither a group_file nor a label file's group column gives any. Reads headers only."""
+    from cnnlab.data.dicom import is_dicom, patient_id
+    from cnnlab.data.folders import image_extensions
+
+    exts = image_extensions()
+    found = {ds.rel(s.path): patient_id(s.path) for s in ds.splits.get(split, []) if is_dicom(s.path, exts)}
+    return {rel: f"PatientID {pid}" for rel, pid in found.items() if pid}
+
+
+def column_groups(ds: Dataset, split: str = "train") -> dict[str, int]:
+    """Relative path -> group id from a label file's group column (`ds.groups`), for the files of `split`."""
+    ids: dict[str, int] = {}
+    return {
+        rel: ids.setdefault(ds.groups[rel], len(ids))
+        for rel in (ds.rel(s.path) for s in ds.splits.get(split, []))
+        if rel in ds.groups
+    }
+
+
+def group_split_groups(
+    ds: Dataset, path: Path | None, size: int, duplicates: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Groups for split = groups: a label file's group column and the group file `path` (either or both: files
+    either puts together stay together); for the files neither lists, the blocked split's groups (runs of `size`
+    files in name order, with its fallback for folders whose copies chain every run together). Copies never
+    straddle the split: a copy group with a listed member joins that member's group."""
     duplicates = duplicates or {}
-    listed = read_groups(path, ds)
+    if path is None and not ds.groups:
+        ds.groups = dicom_patients(ds)
+    if path is None and not ds.groups:
+        where = f"{ds.source} has no group column" if ds.source else "no group_file given"
+        raise UserError(
+            f"split = groups: {where} and no DICOM file has a PatientID (a group_file is a CSV path,group; a label "
+            "file may have a group column)"
+        )
+    listed = merge_groups(column_groups(ds), read_groups(path, ds) if path else None)
+    if not listed:
+        raise UserError(f"split = groups: {ds.source} gives no train row a group")
     touching = {g for rel, g in duplicates.items() if rel in listed}
     blocked = {rel: g for rel, g in block_split_groups(ds, size, duplicates).items() if rel not in listed}
     return merge_groups({rel: g for rel, g in duplicates.items() if g in touching}, listed, blocked)
@@ -172,7 +206,8 @@ def split_by_manifest(ds: Dataset, path: Path, groups: dict[str, int] | None = N
     """Validate on the training images a manifest lists (its 'val' rows if it has a split column, e.g. a run's
     split.csv); train on the rest. With `groups`, a group with any listed member goes wholly to validation."""
     if "val" in ds.splits:
-        raise UserError(f"{ds.root} has a val folder: a validation manifest would replace it; use one or the other")
+        where = f"{ds.source} has val rows" if ds.source else f"{ds.root} has a val folder"
+        raise UserError(f"{where}: a validation manifest would replace it; use one or the other")
     listed = {ds.rel(s.path): s.label for s in read_manifest(path, ds.root, ds.classes, split="val")}
     groups = groups or {}
     in_val = {groups[r] for r in listed if r in groups}
@@ -183,9 +218,7 @@ def split_by_manifest(ds: Dataset, path: Path, groups: dict[str, int] | None = N
         if g is not None:
             s.group = g
         if rel in listed and listed[rel] != s.label:
-            raise UserError(
-                f"{path}: {rel} is listed as '{ds.classes[listed[rel]]}' but lies in the '{ds.classes[s.label]}' folder"
-            )
+            raise _label_clash(ds, path, rel, listed[rel], s.label)
         (val if rel in listed or g in in_val else train).append(s)
     missing = listed.keys() - {ds.rel(s.path) for s in val}
     if missing:
@@ -200,21 +233,57 @@ def split_by_manifest(ds: Dataset, path: Path, groups: dict[str, int] | None = N
     ds.splits["train"], ds.splits["val"] = train, val
 
 
+def _label_clash(ds: Dataset, path: Path, rel: str, listed: int, label: int) -> UserError:
+    """The error for a file a manifest lists under another class than the data set gives it."""
+    where = (
+        f"is labelled '{ds.classes[label]}' in {ds.source}"
+        if ds.source
+        else f"lies in the '{ds.classes[label]}' folder"
+    )
+    return UserError(f"{path}: {rel} is listed as '{ds.classes[listed]}' but {where}")
+
+
 def keep_listed(ds: Dataset, path: Path) -> None:
     """Train only on the training images a manifest lists (e.g. the other folds of a cross-validation); its test
-    rows, if it has a split column, are never trained on."""
+    rows, if it has a split column, are never trained on. A label file's val rows are training images here: the
+    manifest chooses among its train and val rows (its test rows are never looked at)."""
     listed = {ds.rel(s.path): s.label for s in read_manifest(path, ds.root, ds.classes) if s.split != "test"}
-    kept = [s for s in ds.splits["train"] if ds.rel(s.path) in listed]
+    pool = ds.splits["train"] + (ds.splits.pop("val", []) if ds.source else [])
+    kept = [s for s in pool if ds.rel(s.path) in listed]
     for s in kept:
+        s.split = "train"
         if listed[ds.rel(s.path)] != s.label:
-            raise UserError(
-                f"{path}: {ds.rel(s.path)} is listed as '{ds.classes[listed[ds.rel(s.path)]]}' but lies "
-                f"in the '{ds.classes[s.label]}' folder"
-            )
+            raise _label_clash(ds, path, ds.rel(s.path), listed[ds.rel(s.path)], s.label)
     missing = listed.keys() - {ds.rel(s.path) for s in kept}
     if missing:
         raise UserError(
-            f"{path}: {len(missing)} listed image(s) are not usable training images of {ds.root}, "
+            f"{path}: {len(missing)} listed image(s) are not usable training images of {ds.source or ds.root}, "
             f"e.g. {sorted(missing)[0]}"
         )
     ds.splits["train"] = kept
+
+
+def group_folds(
+    ds: Dataset, path: Path | None, size: int, n_folds: int = 5, seed: int = 42
+) -> dict[str, list[tuple[str, str]]]:
+    """Cross-validation folds by groups (split = groups: a label file's group column and/or the group file `path`,
+    the blocked split's groups for files neither lists): fold "1", "2", ... -> [(relative path, class)], each
+    group wholly in one fold, the largest groups first, each into the fold that holds fewest images so far.
+    Folds the train images (and a label file's val rows, which `keep_listed` pools with them); test images never."""
+    if ds.source and "val" in ds.splits:
+        ds.splits["train"] = ds.splits["train"] + ds.splits.pop("val")
+    groups = group_split_groups(ds, path, size)
+    units: dict[str, list[Sample]] = {}
+    for s in ds.splits.get("train", []):
+        rel = ds.rel(s.path)
+        units.setdefault(f"group-{groups[rel]}" if rel in groups else rel, []).append(s)
+    n = min(n_folds, len(units))
+    if n < 3:
+        raise UserError(
+            f"{ds.source or ds.root}: {len(units)} group(s) of training images: cross-validation by groups needs "
+            "at least 3 (one to test, one to validate, the rest to train)"
+        )
+    folds: list[list[Sample]] = [[] for _ in range(n)]
+    for key in sorted(units, key=lambda k: (-len(units[k]), _stable_rank(k, seed))):
+        min(folds, key=len).extend(units[key])
+    return {str(i + 1): [(ds.rel(s.path), ds.classes[s.label]) for s in fold] for i, fold in enumerate(folds)}

@@ -28,6 +28,7 @@ from cnnlab.data.duplicates import (
     thumbnails,
 )
 from cnnlab.data.folders import Dataset, Sample, scan
+from cnnlab.data.labels import protected_paths
 from cnnlab.data.manifest import MANIFEST_FIELDS
 from cnnlab.errors import UserError
 from cnnlab.files import atomic_write, output_folder, write_text
@@ -219,12 +220,13 @@ def run_audit(
     if not 0 <= threshold < 1:
         raise UserError(f"threshold must be between 0 and 255 gray levels, got {threshold * 255:g}")
     ds = scan(root, class_map=class_map)
-    out_dir = output_folder(out, [ds.root]) if out else None  # before the slow part: a bad --out fails at once
+    out_dir = output_folder(out, protected_paths(ds)) if out else None  # before the slow part: a bad --out fails
     idx = _index(ds, threshold, cache_dir)
     exact_groups, near_groups = _copy_groups(idx)
     leakage, leak_free = _leakage(idx, ds)
     report = {
         "dataset": str(ds.root),
+        **({"labels": str(ds.source)} if ds.source else {}),  # a label file: its classes and splits
         "classes": ds.classes,
         "images": {split: len(v) for split, v in ds.splits.items()},
         "unreadable": int((~idx.readable).sum()),
@@ -325,7 +327,8 @@ def format_audit(r: dict, extra: list[str] | tuple[str, ...] = ()) -> str:
     lines = [
         f"audit of {r['dataset']}: {sum(r['images'].values())} images ("
         + ", ".join(f"{k} {v}" for k, v in r["images"].items())
-        + ")",
+        + ")"
+        + (f", labels and splits from {r['labels']}" if r.get("labels") else ""),
         f"near copy: mean |difference| <= {r['threshold_gray']:g}/255 between 64x64 gray thumbnails",
         "",
         f"{'':26}{'groups':>8}{'redundant':>11}" + "".join(f"{'in ' + c if c != 'across' else c:>12}" for c in cols),

@@ -24,6 +24,7 @@ from cnnlab.config import Config
 from cnnlab.data.cache import ImageSet, load_images
 from cnnlab.data.decode import DecodeSettings
 from cnnlab.data.folders import check_root, printable, report_skipped, scored_split
+from cnnlab.data.labels import is_label_file
 from cnnlab.data.manifest import read_manifest
 from cnnlab.errors import UserError
 from cnnlab.evaluation.loading import load_run
@@ -78,8 +79,9 @@ _HASH = re.compile(r"[0-9a-f]{8}")
 def folder_name(root: Path, manifest: str | None, content_id: str) -> str:
     """The folder of an evaluation in RUN/tests/: the data set folder's name, then the manifest's stem, then the
     first 8 characters of the content id (so two data sets of one name never share a folder, and the same images
-    tested again reuse theirs), e.g. `ecl-1f3a9c0d`, `ecl-leak_free_test-77b2e410`."""
-    return "-".join([*(_safe(p) for p in (root.name, *([Path(manifest).stem] if manifest else []))), content_id[:8]])
+    tested again reuse theirs), e.g. `ecl-1f3a9c0d`, `ecl-leak_free_test-77b2e410`; a label file by its stem."""
+    name = root.stem if root.suffix.lower() == ".csv" else root.name
+    return "-".join([*(_safe(p) for p in (name, *([Path(manifest).stem] if manifest else []))), content_id[:8]])
 
 
 def _safe(part: str) -> str:
@@ -149,7 +151,7 @@ def run_test(
     run = Path(run)
     cfg, ckpt, eng = load_run(run)
     classes = list(ckpt["classes"])
-    root, images, skipped, split = _choose_images(cfg, classes, data, manifest, class_map, name)
+    source, root, images, skipped, split = _choose_images(cfg, classes, data, manifest, class_map, name)
     # Count before scoring: a repeated evaluation is reported even if this one is interrupted.
     split_id, content_id = _split_id(images.samples), _content_id(images.samples, classes)
     history, earlier = _earlier_evaluations(run, split_id, content_id)
@@ -157,7 +159,7 @@ def run_test(
     cm, scored = _score(images.labels, logits.argmax(1), classes)
     result = {
         "run": str(run),
-        "data": str(root),
+        "data": str(source),
         "split": split,
         "n_images": int(len(images.labels)),
         **scored,
@@ -166,7 +168,7 @@ def run_test(
         "evaluation_number": earlier + 1,
         "skipped": skipped,
     }
-    folder = run / TESTS / folder_name(root, manifest, content_id)
+    folder = run / TESTS / folder_name(source, manifest, content_id)
     _write_files(folder, result, cm, images, root, logits)
     _record_evaluation(run, history, split_id, content_id, result)
     # After the count: the gallery reuses this evaluation's logits and is no further evaluation.
@@ -176,21 +178,31 @@ def run_test(
 
 def _choose_images(
     cfg: Config, classes: list[str], data: str | None, manifest: str | None, class_map: str | None, name: str | None
-) -> tuple[Path, ImageSet, int, str]:
-    """The images to score: a manifest's, else the test split of `data` (default: the run's own data set), decoded
-    as the run was trained; -> the data set's root, the images, how many were skipped, and the split's label."""
-    root = check_root(Path(data or cfg.data.path))
+) -> tuple[Path, Path, ImageSet, int, str]:
+    """The images to score: a manifest's, else the test split of `data` (default: the run's own data set; a label
+    file's test rows), decoded as the run was trained; -> the data set (its root, or the label file), the root the
+    images' paths are relative to, the images, how many were skipped, and the split's label."""
+    given = Path(data or cfg.data.path)
+    root = check_root(given)
+    source = given.expanduser().resolve() if is_label_file(given) else root
     if manifest:
         samples = read_manifest(Path(manifest), root, classes, split="test")
         name = name or f"test-{Path(manifest).stem}"
     else:  # the run's classes decide: any layout, other names mapped, another training folder never read
-        own = root == check_root(Path(cfg.data.path)) if cfg.data.path and Path(cfg.data.path).is_dir() else not data
-        _, samples, _ = scored_split(root, classes, class_map or (cfg.data.class_map if own else None), cfg.data.strict)
+        own = not data or bool(cfg.data.path) and Path(cfg.data.path).exists() and _same(given, Path(cfg.data.path))
+        _, samples, _ = scored_split(
+            given, classes, class_map or (cfg.data.class_map if own else None), cfg.data.strict
+        )
         name = name or "test"
     images, bad, _ = load_images(samples, root, DecodeSettings.of(cfg.data), cfg.data.cache_dir or None)
     if bad:
         report_skipped(bad, strict=cfg.data.strict)
-    return root, images, len(bad), name
+    return source, root, images, len(bad), name
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two data set paths name the same data set (the same folder, or the same label file)."""
+    return a.expanduser().resolve() == b.expanduser().resolve() and is_label_file(a) == is_label_file(b)
 
 
 def _earlier_evaluations(run: Path, split_id: str, content_id: str) -> tuple[list[dict], int]:

@@ -23,6 +23,7 @@ from cnnlab.data.boxes import read_boxes
 from cnnlab.data.decode import BadImage, DecodeSettings, decode_with_geometry
 from cnnlab.data.folders import check_root, printable
 from cnnlab.data.image_files import read_images
+from cnnlab.data.labels import protected_paths
 from cnnlab.data.manifest import read_manifest
 from cnnlab.errors import UserError
 from cnnlab.evaluation.cam import METHODS, cam_class, explain_arrays, resolve_method
@@ -59,7 +60,11 @@ def layer_modules(cfg, eng, layer: str | None) -> list[str]:
     from cnnlab.training.models import cam_layer
 
     names = {id(m): n for n, m in eng.model.named_modules()}
-    return [names.get(id(m), type(m).__name__) for m in cam_layer(cfg.model.model, eng.model, layer)]
+    import torch
+
+    d = cfg.data
+    example = torch.zeros(1, d.channels, d.image_size, d.image_size)
+    return [names.get(id(m), type(m).__name__) for m in cam_layer(cfg.model.model, eng.model, layer, example)]
 
 
 def _layer_label(layer: str | None) -> str:
@@ -82,7 +87,7 @@ def explain_images(
     cfg = run_folder.read_config(Path(run))
     method = resolve_method(method, cfg.model.model)
     # The run's data and the folders of the images explained are both read-only.
-    inputs = [cfg.data.path] * bool(cfg.data.path) + [p if Path(p).is_dir() else Path(p).parent for p in paths]
+    inputs = protected_paths(cfg.data.path) + [p if Path(p).is_dir() else Path(p).parent for p in paths]
     out = output_folder(out, datasets=inputs, create=False)
     rows = heatmaps(run, paths, method, target, layer=layer)
     out = output_folder(out, datasets=inputs)
@@ -272,8 +277,9 @@ def localisation(
     if not (data or cfg.data.path):
         raise UserError("no dataset given: pass --data DIR")
     root = check_root(Path(data or cfg.data.path))
+    protected = protected_paths(data or cfg.data.path)
     if out:
-        out = output_folder(out, datasets=[root], create=False)
+        out = output_folder(out, datasets=protected, create=False)
     table = read_boxes(boxes)
     items, unboxed = _box_items(root, table, boxes, manifest, classes)
     prep = DecodeSettings.of(cfg.data)
@@ -302,5 +308,5 @@ def localisation(
         "decode": vars(prep) | {"normalize": cfg.data.normalize},
     }
     if out:
-        write_localisation(output_folder(out, datasets=[root]), result, rows, job.shown)
+        write_localisation(output_folder(out, datasets=protected), result, rows, job.shown)
     return result

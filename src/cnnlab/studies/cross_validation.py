@@ -24,8 +24,9 @@ import numpy as np
 
 from cnnlab.config import Config
 from cnnlab.data.folders import Dataset, scan
+from cnnlab.data.labels import protected_paths
 from cnnlab.data.manifest import read_manifest
-from cnnlab.data.splits import natural_key
+from cnnlab.data.splits import group_folds, natural_key
 from cnnlab.errors import UserError
 from cnnlab.evaluation.testing import find_test, test_run
 from cnnlab.files import output_folder, write_text
@@ -103,26 +104,40 @@ def _jobs(base: Config, manifests: dict[str, Path], out: Path, threads: int) -> 
     return jobs
 
 
+def choose_folds(base: Config, folds_csv: Path | None, ds: Dataset, n_folds: int = 5) -> dict:
+    """The folds (`read_folds`'s shape): from a folds file; or, with split = groups and no folds file (or the data
+    set's own label file given as one), the data set's groups dealt into `n_folds` (`splits.group_folds`)."""
+    own = folds_csv is not None and ds.source is not None and Path(folds_csv).expanduser().resolve() == ds.source
+    if folds_csv is not None and not own:
+        return read_folds(folds_csv, ds)
+    d = base.data
+    if d.split != "groups":
+        what = f"{folds_csv} is the data set's label file" if own else "no folds file given"
+        raise UserError(f"{what}: pass --folds FILE (path,class,fold), or --set split=groups to fold by groups")
+    return group_folds(ds, Path(d.group_file) if d.group_file else None, d.block_size, n_folds, d.split_seed)
+
+
 def run_cv(
     base: Config,
-    folds_csv: Path,
+    folds_csv: Path | None,
     out: Path,
     executor: Executor | None = None,
     jobs: int = 1,
     reporter: Reporter | None = None,
     command: str = "",
+    n_folds: int = 5,
 ) -> dict:
     """Train every fold (or resume), test each once, write cv.json and the report (in the reporter's
-    language; cv.json is the same in every language); -> the cv.json contents."""
+    language; cv.json is the same in every language); -> the cv.json contents. The folds: `choose_folds`."""
     reporter = reporter or Reporter()
     check_config(base)
     if not base.data.path:
         raise UserError("no dataset given: pass --data DIR")
     ds = scan(base.data.path, class_map=base.data.class_map, warn=False)
-    out = output_folder(out, [ds.root], "cross-validation folder", create=False)
-    folds = read_folds(folds_csv, ds)
+    out = output_folder(out, protected_paths(ds), "cross-validation folder", create=False)
+    folds = choose_folds(base, folds_csv, ds, n_folds)
     all_jobs = _jobs(base, {k: out / "folds" / f"fold-{k}.csv" for k in folds}, out, study_threads(base, jobs))
-    output_folder(out, [ds.root], "cross-validation folder")
+    output_folder(out, protected_paths(ds), "cross-validation folder")
     write_fold_manifests(folds, out)
     with given_or_local(executor, jobs, reporter.line) as runner:
         trained = runner.map(all_jobs)

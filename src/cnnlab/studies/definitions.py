@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cnnlab.config import Config, parse_sets, read_toml
 from cnnlab.data.folders import find_splits
+from cnnlab.data.labels import is_label_file, protected_paths, read_rows
 from cnnlab.errors import UserError, nearest
 from cnnlab.evaluation.testing import find_test, test_run
 from cnnlab.files import atomic_write, output_folder
@@ -212,7 +213,7 @@ def run_study(
     reporter = reporter or Reporter()
     out = Path(out)
     all_jobs = make_jobs(study, base, out, seeds, study_threads(base, jobs))
-    output_folder(out, [base.data.path], "study folder")
+    output_folder(out, protected_paths(base.data.path), "study folder")
     known = {} if known is None else known
     keys = [json.dumps(j.config.to_dict(), sort_keys=True) for j in all_jobs]
     todo = [j for j, k in zip(all_jobs, keys, strict=True) if k not in known]
@@ -260,7 +261,7 @@ def run_assignment(
     out = Path(out)
     for name in ASSIGNMENT_STAGES:  # every stage's runs are checked before the first one trains
         make_jobs(STUDIES[name], base, out / name, seeds, study_threads(base, jobs))
-    output_folder(out, [base.data.path], "study folder")
+    output_folder(out, protected_paths(base.data.path), "study folder")
     stages = []
     current = base.copy()
     known: dict[str, dict] = {}
@@ -300,4 +301,6 @@ def run_assignment(
 
 
 def _has_test(cfg: Config) -> bool:
+    if is_label_file(cfg.data.path):
+        return any(row.split == "test" for row in read_rows(cfg.data.path)[1])
     return "test" in find_splits(Path(cfg.data.path))

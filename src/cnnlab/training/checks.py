@@ -17,12 +17,21 @@ from collections.abc import Mapping
 import torch
 
 from cnnlab.config import Config, ModelConfig, load_recipe
-from cnnlab.data.decode import CROP_POLICIES, RESIZE_POLICIES
+from cnnlab.data.decode import CROP_POLICIES, RESIZE_POLICIES, parse_window
 from cnnlab.data.splits import SPLIT_POLICIES
 from cnnlab.errors import UserError, nearest
 from cnnlab.training.batching import IMBALANCE_MODES
 from cnnlab.training.engine import PRECISIONS
-from cnnlab.training.models import ACTIVATIONS, FIXED_SIZE, GAP_HEAD, MODELS, POOLS, build
+from cnnlab.training.models import (
+    ACTIVATIONS,
+    FIXED_SIZE,
+    GAP_HEAD,
+    MODELS,
+    POOLS,
+    build,
+    check_model_name,
+    model_source,
+)
 from cnnlab.training.optimization import MONITORS, NO_WARMUP, OPTIMIZERS, SCHEDULERS
 from cnnlab.training.presets import NORMALIZE_POLICIES
 
@@ -41,6 +50,9 @@ def make_config(base=None, *overrides: Mapping | None, default: str | None = Non
     cfg = name.copy() if isinstance(name, Config) else load_recipe(name) if name else Config()
     for mapping in overrides:
         cfg.update({k: v for k, v in (mapping or {}).items() if v is not None})
+    m = cfg.model
+    if m.model in MODELS or ":" in m.model:  # else a registered name this process has not imported yet: keep it
+        m.registered_in = model_source(m.model)
     return check_config(cfg)
 
 
@@ -98,12 +110,15 @@ def _data(cfg: Config) -> None:
     _within("image_size", d.image_size, *IMAGE_SIZES)
     _name(d.resize, RESIZE_POLICIES, "resize policy")
     _name(d.crop, CROP_POLICIES, "crop policy")
+    parse_window(d.window)  # two numbers, LOW < HIGH
     if d.channels not in (1, 3):
         raise UserError(f"channels must be 1 (gray) or 3 (RGB), got {d.channels}")
     _within("val_fraction", d.val_fraction, 0, 1, hi_open=True)
     _name(d.split, SPLIT_POLICIES, "split")
-    if (d.split == "groups") != bool(d.group_file):
-        raise UserError("split = groups needs a group_file (CSV path,group), and a group_file needs split = groups")
+    # split = groups takes its groups from a group_file, a label file's group column, or DICOM PatientIDs: whether
+    # the data gives any is known once it is scanned (data/splits.py group_split_groups)
+    if d.group_file and d.split != "groups":
+        raise UserError("a group_file needs split = groups")
     _at_least("block_size", d.block_size, 1)
     _name(d.normalize, NORMALIZE_POLICIES, "normalize policy")
     _name(d.imbalance, IMBALANCE_MODES, "imbalance")
@@ -125,7 +140,7 @@ def _augment(cfg: Config) -> None:
 
 def _model(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
-    _name(m.model, MODELS, "model")
+    check_model_name(m)
     _name(m.activation, ACTIVATIONS, "activation")
     _name(m.pool, POOLS, "pooling")
     for name in ("width", "depth", "kernel_size", "stride", "hidden"):

@@ -44,9 +44,11 @@ def split_dataset(cfg: Config) -> Dataset:
     """Scan the dataset and split train/validation (in memory; the manifest is saved with the run)."""
     d = cfg.data
     if not d.path:
-        raise UserError("no dataset given: pass --data DIR (or set data.path)")
+        raise UserError("no dataset given: pass --data DIR or --data LABELS.csv (or set data.path)")
     ds = scan(d.path, class_map=d.class_map, strict=d.strict)
     if "train" not in ds.splits:
+        if ds.source:
+            raise UserError(f"no training images in {ds.source}: no usable row has split train (or a blank split)")
         raise UserError(f"no training split in {ds.root}: expected a train/ or training/ folder")
     if d.train_manifest:
         keep_listed(ds, Path(d.train_manifest))
@@ -61,7 +63,7 @@ def split_dataset(cfg: Config) -> Dataset:
         if d.split == "blocks":
             groups = block_split_groups(ds, d.block_size, groups)
         elif d.split == "groups":
-            groups = group_split_groups(ds, Path(d.group_file), d.block_size, groups)
+            groups = group_split_groups(ds, Path(d.group_file) if d.group_file else None, d.block_size, groups)
         split_train_val(ds, d.val_fraction, d.split_seed, groups)
     if "val" not in ds.splits:
         raise UserError("no validation data: set val_fraction > 0 or provide a val/ folder")

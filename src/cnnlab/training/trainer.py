@@ -23,6 +23,7 @@ import torch
 
 from cnnlab.config import Config
 from cnnlab.data.cache import ImageSet
+from cnnlab.data.labels import protected_paths
 from cnnlab.errors import UserError
 from cnnlab.files import LOCK, FolderLock, output_folder
 from cnnlab.reporting.reporter import Reporter
@@ -201,9 +202,10 @@ def fit(cfg: Config, out: Path, reporter: Reporter | None = None, force: bool = 
     reporter: where the progress bars and epoch lines go (default: printed)."""
     reporter = reporter or Reporter()
     cfg = check_config(cfg).absolute()
-    out = output_folder(out, [cfg.data.path], "run folder", create=False)
+    protected = protected_paths(cfg.data.path)
+    out = output_folder(out, protected, "run folder", create=False)
     created = not out.exists()
-    output_folder(out, [cfg.data.path], "run folder")
+    output_folder(out, protected, "run folder")
     try:
         with FolderLock(out):
             if run_folder.is_run(out):
