@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,ray,export,tensorboard,explain,serve,notebook,timm,dicom]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,export,tensorboard,explain,serve,notebook,timm,dicom,tune]'
 	touch $@
 
 demo: install

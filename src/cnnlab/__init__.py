@@ -1,8 +1,8 @@
 """cnnlab: train CNN image classifiers from scratch, compare training choices, teach optimizers.
 
-The Python API (docs/api.md): `inspect`, `train`, `load`, `study`, `cv`, `register_model`, and the `Run` and
-`StudyResults` they return; every user mistake raises `UserError` with a one-line message. Importing cnnlab imports
-no torch.
+The Python API (docs/api.md): `inspect`, `train`, `load`, `lr_find`, `study`, `tune`, `cv`, `register_model`, and
+the `Run` and `StudyResults` they return; every user mistake raises `UserError` with a one-line message.
+Importing cnnlab imports no torch.
 
 The packages, in the order they depend on one another (docs/ARCHITECTURE.md): `reporting` (log lines, progress,
 figures, the report language), `data` (finding, splitting, decoding and caching images), `training` (everything
@@ -25,9 +25,11 @@ __all__ = [
     "cv",
     "inspect",
     "load",
+    "lr_find",
     "register_model",
     "study",
     "train",
+    "tune",
 ]
 
 
@@ -51,3 +53,11 @@ def lazy_face(package: str, exports: dict[str, str]):
 # After lazy_face: the package faces that api imports use it.
 from cnnlab.api import Image, Report, Run, StudyResults, cv, inspect, load, register_model, study, train  # noqa: E402
 from cnnlab.errors import UserError  # noqa: E402
+
+# The learning-rate range test and the search import torch or Optuna when first used: imported then, not here.
+_LAZY = {"lr_find": "training.lr_finder", "tune": "studies.tuning"}
+__getattr__, _lazy_dir = lazy_face(__name__, _LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

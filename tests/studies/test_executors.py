@@ -4,6 +4,7 @@ come back once, and without Ray installed `--executor ray` is one clear line."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error, run_cli
+from conftest import make_shapes, one_line_error, run_cli
 
 from cnnlab.config import Config
 from cnnlab.errors import UserError
@@ -244,3 +245,17 @@ def test_ray_tasks_import_a_users_model_from_the_drivers_path(eclipse, tmp_path,
     run_cli(*study, "--out", tmp_path / "local")
     run_cli(*study, "--out", tmp_path / "ray", "--executor", "ray")
     assert _rows(tmp_path / "ray" / "summary.csv") == _rows(tmp_path / "local" / "summary.csv")
+
+
+@pytest.mark.slow
+def test_a_search_on_ray_one_trial_at_a_time_is_the_local_search(tmp_path, local_ray):
+    pytest.importorskip("optuna")
+    data = make_shapes(tmp_path / "d", splits=(("train", 30),), seed=3)
+    cmd = ["tune", "--data", data, "--trials", 6, "--epochs", 3, "--param", "lr=log:1e-4:1e-1", "--jobs", 1]
+    cmd += ["--set", "image_size=32", "--set", "batch_size=16", "--set", "model=simple-bn", "--set", "device=cpu"]
+    run_cli(*cmd, "--out", tmp_path / "local")
+    run_cli(*cmd, "--out", tmp_path / "ray", "--executor", "ray")
+    local, on_ray = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("local", "ray"))
+    strip = [{k: v for k, v in t.items() if k not in ("out", "seconds")} for t in local["trials"]]
+    assert strip == [{k: v for k, v in t.items() if k not in ("out", "seconds")} for t in on_ray["trials"]]
+    assert on_ray["best"]["trial"] == local["best"]["trial"] and on_ray["n_pruned"] == local["n_pruned"]

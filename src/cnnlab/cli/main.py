@@ -63,9 +63,11 @@ def _register():
     from cnnlab.cli.model_cmds import explain_cmd, export_cmd, serve_cmd
     from cnnlab.cli.optim_cmds import optim
     from cnnlab.cli.run_cmds import predict, test_cmd, train
+    from cnnlab.cli.search_cmds import lr_find_cmd, tune
     from cnnlab.cli.study_cmds import cv, study
 
-    for command in (data, train, test_cmd, predict, explain_cmd, export_cmd, serve_cmd, study, cv, optim):
+    commands = (data, train, test_cmd, predict, explain_cmd, export_cmd, serve_cmd, lr_find_cmd, study, tune, cv, optim)
+    for command in commands:
         main.add_command(command)
 
 

@@ -5,6 +5,7 @@ cnnlab only `files` (to write atomically) is imported."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,72 @@ def heatmap_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     save(fig, path, dpi=90)
+
+
+def lr_find_figure(lrs: list[float], smoothed: list[float], losses: list[float], suggested: float, title: str = ""):
+    """The learning-rate range test: the loss of each step (faint) and its smoothed curve against the learning rate
+    (log scale), the suggestion marked."""
+    fig, ax = _subplots(1, 1, figsize=(7, 4.2))
+    ax.plot(lrs, losses, color="tab:blue", alpha=0.25, lw=1, label="loss of the step")
+    ax.plot(lrs, smoothed, color="tab:blue", lw=2, label="smoothed")
+    at = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(suggested))))
+    ax.plot([suggested], [smoothed[at]], "o", color="tab:red", ms=8, label=f"suggested {suggested:.2g}")
+    ax.axvline(suggested, color="tab:red", lw=1, ls="--")
+    top = max(smoothed[: max(1, at + 1)] + [smoothed[0]])
+    ax.set_ylim(min(smoothed) * 0.95, top * 1.6 if math.isfinite(top) else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def tune_history_figure(trials: list[dict]):
+    """A search's trials in order: each finished trial's best validation macro-F1 (a dot), each pruned trial's last
+    one (a cross), and the best so far (a step line)."""
+    fig, ax = _subplots(1, 1, figsize=(7, 4.2))
+    done = [t for t in trials if t["state"] == "complete"]
+    cut = [t for t in trials if t["state"] == "pruned" and t["curve"]]
+    ax.plot([t["trial"] for t in done], [t["value"] for t in done], "o", color="tab:blue", label="finished")
+    ax.plot([t["trial"] for t in cut], [max(t["curve"]) for t in cut], "x", color="tab:gray", label="pruned")
+    best, xs, ys = -np.inf, [], []
+    for t in done:
+        best = max(best, t["value"])
+        xs.append(t["trial"])
+        ys.append(best)
+    if xs:
+        ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best validation macro-F1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def tune_curves_figure(trials: list[dict]):
+    """Every trial's validation macro-F1 per epoch: finished trials solid, pruned ones dashed."""
+    fig, ax = _subplots(1, 1, figsize=(7, 4.2))
+    colors = colormaps["viridis"]
+    for t in trials:
+        c = colors(t["trial"] / max(1, len(trials) - 1))
+        ls = "--" if t["state"] == "pruned" else "-"
+        ax.plot(range(1, len(t["curve"]) + 1), t["curve"], ls, color=c, lw=1.5, label=f"trial {t['trial']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation macro-F1")
+    ax.grid(alpha=0.3)
+    if len(trials) <= 12:
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+    return fig
+
+
+def importance_figure(importances: dict[str, float]):
+    """The searched fields' importances (Optuna's default evaluator), largest on top."""
+    names = list(importances)[::-1]
+    fig, ax = _subplots(1, 1, figsize=(6, 0.5 * len(names) + 1.2))
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (Optuna)")
+    ax.grid(alpha=0.3, axis="x")
+    return fig

@@ -78,6 +78,28 @@ EN = {
     "{n} folds).",
     "cv.confusion_alt": "confusion matrix summed over the folds",
     "cv.curves_alt": "loss and macro-F1 per epoch of every fold's run",
+    # search (cnnlab tune) report
+    "col.trial": "trial",
+    "col.state": "state",
+    "tune.title": "Search: best settings by validation macro-F1",
+    "tune.intro": "Data `{path}`; {date}; machine: {machine}; {n} trials. Each trial is a run trained on the "
+    "training split and scored on validation only; the test split was never read.",
+    "tune.counts": "{complete} trials finished, {pruned} pruned (stopped when their validation macro-F1 lagged the "
+    "finished trials' at the same epoch); {epochs} epochs trained in all, {minutes:.1f} minutes of training.",
+    "tune.best": "Best: **trial {trial}**, validation macro-F1 {f1:.4f} after {epochs} epochs, with {settings}. "
+    "Its config is `best.toml`: `cnnlab train --config best.toml --out R` trains it again.",
+    "tune.no_best": "No trial finished: every trial was pruned or none ran.",
+    "tune.state.complete": "finished",
+    "tune.state.pruned": "pruned",
+    "tune.state.running": "running",
+    "tune.state.fail": "failed",
+    "tune.state.waiting": "waiting",
+    "tune.history_alt": "best validation macro-F1 of each trial in trial order, pruned trials marked, the best so far",
+    "tune.curves_alt": "validation macro-F1 per epoch of every trial, pruned trials dashed",
+    "tune.importance": "Which settings mattered",
+    "tune.importance_alt": "importance of each searched field (Optuna's evaluator over the finished trials)",
+    "tune.footer": "Every trial's figures: `trials.csv`; each run folder under `trials/` holds its config.toml and "
+    "history.csv; Optuna's storage is `optuna.db`.",
     # the built-in studies' questions
     "question.regularization": "What do BatchNorm and Dropout do to the assignment's CNN?",
     "question.optimizers": "Which torch.optim optimizer trains the chosen network best at the same learning rate?",
@@ -157,6 +179,28 @@ RU = {
     "отклонение по фолдам, n = {n}).",
     "cv.confusion_alt": "матрица ошибок, просуммированная по всем фолдам",
     "cv.curves_alt": "функция потерь и macro-F1 по эпохам для модели каждого фолда",
+    "col.trial": "попытка",
+    "col.state": "состояние",
+    "tune.title": "Поиск: лучшие настройки по macro-F1 на валидации",
+    "tune.intro": "Данные: `{path}`; {date}; машина: {machine}; попыток: {n}. Каждая попытка — запуск, обученный "
+    "на обучающей выборке и оценённый только на валидации; тестовая выборка не читалась.",
+    "tune.counts": "Завершено попыток: {complete}, остановлено досрочно: {pruned} (их macro-F1 на валидации "
+    "отставал от завершённых попыток на той же эпохе); всего обучено эпох: {epochs}, {minutes:.1f} мин обучения.",
+    "tune.best": "Лучшая: **попытка {trial}**, macro-F1 на валидации {f1:.4f} после {epochs} эпох, с {settings}. "
+    "Её конфигурация — `best.toml`: `cnnlab train --config best.toml --out R` обучает её заново.",
+    "tune.no_best": "Ни одна попытка не завершилась: все остановлены досрочно или не запускались.",
+    "tune.state.complete": "завершена",
+    "tune.state.pruned": "остановлена",
+    "tune.state.running": "идёт",
+    "tune.state.fail": "ошибка",
+    "tune.state.waiting": "ожидает",
+    "tune.history_alt": "лучший macro-F1 на валидации каждой попытки по порядку, остановленные отмечены, лучший на "
+    "данный момент",
+    "tune.curves_alt": "macro-F1 на валидации по эпохам для каждой попытки, остановленные — пунктиром",
+    "tune.importance": "Какие настройки важны",
+    "tune.importance_alt": "важность каждого параметра поиска (оценка Optuna по завершённым попыткам)",
+    "tune.footer": "Показатели каждой попытки: `trials.csv`; в каждой папке в `trials/` лежат её config.toml и "
+    "history.csv; хранилище Optuna — `optuna.db`.",
     "question.regularization": "Как BatchNorm и Dropout влияют на CNN из задания?",
     "question.optimizers": "Какой оптимизатор из torch.optim лучше всего обучает выбранную сеть при одной и той же "
     "скорости обучения?",

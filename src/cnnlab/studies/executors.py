@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 
 from cnnlab.errors import UserError
 from cnnlab.studies.jobs import Executor, Job, run_job
@@ -59,17 +60,22 @@ def resolve_jobs(jobs: int | str, kind: str = "local") -> int:
 
 
 def make_executor(
-    kind: str = "local", jobs: int = 1, address: str | None = None, gpus_per_run: float = 0.25, log=print
+    kind: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    gpus_per_run: float = 0.25,
+    log=print,
+    task: Callable[[Job], dict] = run_job,
 ) -> Executor:
-    """The executor the `study` command names: local (the default) or ray. A local one with jobs > 1 starts its
-    worker processes now."""
+    """The executor the `study` command names: local (the default) or ray, running `task` on each job (`run_job`; a
+    search's `tune_task`). A local one with jobs > 1 starts its worker processes now."""
     if kind == "ray":
-        return RayExecutor(address, gpus_per_run, log=log)
+        return RayExecutor(address, gpus_per_run, log=log, task=task)
     if kind != "local":
         raise UserError(f"unknown executor '{kind}' (choose from: {', '.join(EXECUTORS)})")
     if address:
         raise UserError("--address is the address of a Ray cluster: it needs --executor ray")
-    return LocalExecutor(jobs, log=log)
+    return LocalExecutor(jobs, log=log, task=task)
 
 
 class Terminated(KeyboardInterrupt):
@@ -130,10 +136,10 @@ def _sigterm_raises():
 
 
 @contextlib.contextmanager
-def given_or_local(executor: Executor | None, jobs: int, log=print):
-    """`executor`, or a LocalExecutor of `jobs` for the duration (`running`)."""
+def given_or_local(executor: Executor | None, jobs: int, log=print, task: Callable[[Job], dict] = run_job):
+    """`executor`, or a LocalExecutor of `jobs` running `task` for the duration (`running`)."""
     if executor is not None:
         yield executor
         return
-    with running(LocalExecutor(jobs, log=log)) as local:
+    with running(LocalExecutor(jobs, log=log, task=task)) as local:
         yield local

@@ -50,9 +50,10 @@ def set_epoch_hook(hook: Callable[[Job, dict], None] | None) -> None:
     epoch_hook = hook
 
 
-def run_job(job: Job, progress: bool = False) -> dict:
+def run_job(job: Job, progress: bool = False, check: Callable[[dict], None] | None = None) -> dict:
     """Train one run, or resume it, or read its result if it has finished. Safe to call again. After every epoch
-    `epoch_hook` (if set) hears of it."""
+    `epoch_hook` (if set) hears of it, then `check` (if given) gets its history row, and may raise to stop the run
+    there (a search's pruning): the epoch is on disk by then."""
     from cnnlab.reporting.reporter import Reporter
     from cnnlab.training import run_folder
     from cnnlab.training.trainer import fit, resume
@@ -64,6 +65,8 @@ def run_job(job: Job, progress: bool = False) -> dict:
     def on_epoch(row: dict, improved: bool) -> None:
         if hook is not None:
             hook(job, {"epoch": int(row["epoch"]), "epochs": cfg.train.epochs, "val_f1": float(row["val_f1"])})
+        if check is not None:
+            check(row)
 
     # A bar per epoch at most: the study prints its own lines.
     reporter = Reporter.quiet().with_(progress=progress, on_epoch=on_epoch)

@@ -26,7 +26,7 @@ from cnnlab.studies.live_progress import StudyProgress, interactive
 def log_done(log, r: dict) -> None:
     log(
         f"  {r['run']} seed {r['seed']}: best val macro-F1 {r.get('best_val_f1', float('nan')):.4f} "
-        f"at epoch {r.get('best_epoch')} of {r.get('epochs')}"
+        f"at epoch {r.get('best_epoch')} of {r.get('epochs')}" + (" (pruned)" if r.get("pruned") else "")
     )
 
 
