@@ -34,7 +34,7 @@ def search(args, pruner: str) -> dict:
         config=args.config,
         jobs=args.jobs,
         pruner=pruner,
-        seed=args.seed,
+        sampler_seed=args.sampler_seed,
         log=lambda line: print(line, flush=True) if "best val macro-F1" in line else None,
         **{"train.epochs": args.epochs, **parse_sets(args.set)},
     )
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--config")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--jobs", default="1")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampler-seed", type=int, default=0)
     ap.add_argument("--lr-find", action="store_true")
     args = ap.parse_args()
     result = {

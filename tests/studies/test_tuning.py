@@ -6,11 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_shapes, one_line_error, run_cli
+from conftest import cnnlab_env, make_shapes, one_line_error, run_cli
 
 import cnnlab
 from cnnlab.config import load_recipe
@@ -109,3 +114,29 @@ def test_search_spaces_are_parsed_and_checked(shapes30, tmp_path):
         assert words in one_line_error(*base, "--param", spec, "--jobs", 1), spec
     assert not (tmp_path / "T").exists()
     assert "searched twice" in one_line_error(*base, "--param", "lr=0.1,0.2", "--param", "lr=0.3,0.4", "--jobs", 1)
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_continues_to_the_uninterrupted_search(shapes30, tmp_path):
+    cmd = ["tune", "--data", str(shapes30), "--trials", "4", "--epochs", "6", "--param", "lr=log:1e-4:1e-1"]
+    cmd += [*SMALL, "--jobs", "1", "--set", "seed=2"]
+    run_cli(*cmd, "--out", tmp_path / "full")
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", *cmd, "--out", str(cut)], env=cnnlab_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    history = cut / "trials" / "trial-001" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.is_file() and len(read_history(history)) >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(read_history(history)) < 6  # trial 1 was cut off in the middle
+    run_cli(*cmd, "--out", cut)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("out", "seconds")} for r in rows]
+
+    assert strip(_trials(cut)) == strip(_trials(tmp_path / "full"))
+    for n in range(4):
+        a, b = (read_history(p / "trials" / f"trial-{n:03d}" / "history.csv") for p in (cut, tmp_path / "full"))
+        assert [r["val_f1"] for r in a] == [r["val_f1"] for r in b]

@@ -84,7 +84,9 @@ def lr_find_cmd(data, config_file, model, image_size, batch_size, optimizer, set
     help="Stop a trial whose validation macro-F1 is below the finished trials' median at the same epoch (after "
     "3 finished), or successive halving, or never.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="The sampler's seed.")
+@click.option(
+    "--sampler-seed", type=int, default=0, show_default=True, help="The sampler's seed (--set seed=N: the runs')."
+)
 @click.option(
     "--lang",
     type=click.Choice(["en", "ru"]),
@@ -94,7 +96,20 @@ def lr_find_cmd(data, config_file, model, image_size, batch_size, optimizer, set
 )
 @executor_options
 def tune(
-    data, config_file, out, trials, params, epochs, sets, pruner, seed, lang, jobs, executor, address, gpus_per_run
+    data,
+    config_file,
+    out,
+    trials,
+    params,
+    epochs,
+    sets,
+    pruner,
+    sampler_seed,
+    lang,
+    jobs,
+    executor,
+    address,
+    gpus_per_run,
 ):
     """Search settings with Optuna (TPE; pip install cnnlab[tune]): every trial a run under OUT/trials/, scored on
     validation macro-F1 each epoch, pruned when it lags; the test split is never read. JOBS trials run at a
@@ -122,7 +137,7 @@ def tune(
         address=address,
         gpus_per_run=gpus_per_run,
         pruner=pruner,
-        seed=seed,
+        sampler_seed=sampler_seed,
         lang=lang,
         log=click.echo,
         **{"train.epochs": epochs, **parse_sets(sets)},

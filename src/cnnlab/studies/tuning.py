@@ -302,7 +302,7 @@ def tune(
     address: str | None = None,
     gpus_per_run: float = 0.25,
     pruner: str = "median",
-    seed: int = 0,
+    sampler_seed: int = 0,
     lang: str = "en",
     log=print,
     **overrides,
@@ -310,8 +310,8 @@ def tune(
     """Search `params` (specs such as "lr=log:1e-4:1e-1", "optimizer=adam,sgd", "dropout=0.0:0.5") over `trials`
     runs of `config` (a TOML file or recipe; else `cnnlab train`'s defaults) with `overrides`, on `data`'s
     validation split; `jobs` trials at a time, locally or as Ray tasks (`executor`, `address`, `gpus_per_run` as
-    for `study`). Resumes when called again. Writes `out/report.md`, `best.toml`, `trials.csv`, `results.json`;
-    returns results.json's contents. `cnnlab tune` is this function."""
+    for `study`; `sampler_seed` seeds the sampler, a config `seed` the trials). Resumes when called again. Writes
+    `out/report.md`, `best.toml`, `trials.csv`, `results.json`; returns results.json's contents. `cnnlab tune` is this function."""
     from cnnlab.studies.executors import make_executor, resolve_jobs, running
 
     reporter = Reporter(log=log, lang=lang)
@@ -320,4 +320,4 @@ def tune(
     optuna_module()  # a missing Optuna is the first thing said
     with running(make_executor(executor, jobs, address, gpus_per_run, log=log, task=tune_task)) as runner:
         base = make_config(config, {"data.path": None if data is None else str(data), **overrides})
-        return run_tune(base, specs, Path(out), trials, runner, jobs, reporter, pruner, seed)
+        return run_tune(base, specs, Path(out), trials, runner, jobs, reporter, pruner, sampler_seed)
