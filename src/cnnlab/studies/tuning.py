@@ -311,7 +311,8 @@ def tune(
     runs of `config` (a TOML file or recipe; else `cnnlab train`'s defaults) with `overrides`, on `data`'s
     validation split; `jobs` trials at a time, locally or as Ray tasks (`executor`, `address`, `gpus_per_run` as
     for `study`; `sampler_seed` seeds the sampler, a config `seed` the trials). Resumes when called again. Writes
-    `out/report.md`, `best.toml`, `trials.csv`, `results.json`; returns results.json's contents. `cnnlab tune` is this function."""
+    `out/report.md`, `best.toml`, `trials.csv`, `results.json`; returns results.json's contents. `cnnlab tune` is
+    this function."""
     from cnnlab.studies.executors import make_executor, resolve_jobs, running
 
     reporter = Reporter(log=log, lang=lang)
