@@ -89,6 +89,8 @@ def test_tune_prunes_hopeless_trials_reports_and_reruns_without_training(shapes3
     again = run_cli(*cmd).output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("last.pt")} == stamps and "epoch 1/4" not in again
     assert _trials(out) == trials
+    run_cli(*cmd, "--lang", "ru")  # the report again, in Russian, from the storage and the run folders alone
+    assert "Поиск" in (out / "report.md").read_text() and _trials(out) == trials
     # The same search with other settings is refused; more trials continue it.
     line = one_line_error(*cmd[:-2], "--param", "optimizer=adam,sgd", "--jobs", 1)
     assert "other settings (params differ)" in line

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import click
 
-from cnnlab.cli.study_cmds import executor_options
+from cnnlab.cli.study_cmds import config_option, executor_options, lang_option
 
 
 @click.command("lr-find")
 @click.option("--data", help="Dataset root, or a label file LABELS.csv.")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(),
-    help="The run's config: a TOML file or a recipe name (default: cnnlab train's defaults).",
-)
+@config_option("The run's config: a TOML file or a recipe name (default: cnnlab train's defaults).")
 @click.option("--model", help="Model name, as for cnnlab train.")
 @click.option("--image-size", type=int, help="Input side in pixels.")
 @click.option("--batch-size", type=int)
@@ -58,12 +53,7 @@ def lr_find_cmd(data, config_file, model, image_size, batch_size, optimizer, set
 
 @click.command()
 @click.option("--data", help="Dataset root, or a label file LABELS.csv.")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(),
-    help="Base config of every trial: a TOML file or a recipe name (default: cnnlab train's defaults).",
-)
+@config_option("Base config of every trial: a TOML file or a recipe name (default: cnnlab train's defaults).")
 @click.option("--out", type=click.Path(), required=True, help="Search folder (trials/, optuna.db, report).")
 @click.option("--trials", type=int, required=True, help="Trials in the search (a rerun continues up to this).")
 @click.option(
@@ -87,13 +77,7 @@ def lr_find_cmd(data, config_file, model, image_size, batch_size, optimizer, set
 @click.option(
     "--sampler-seed", type=int, default=0, show_default=True, help="The sampler's seed (--set seed=N: the runs')."
 )
-@click.option(
-    "--lang",
-    type=click.Choice(["en", "ru"]),
-    default="en",
-    show_default=True,
-    help="Language of report.md/report.html.",
-)
+@lang_option
 @executor_options
 def tune(
     data,

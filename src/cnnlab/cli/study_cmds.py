@@ -8,6 +8,19 @@ from pathlib import Path
 
 import click
 
+lang_option = click.option(
+    "--lang",
+    type=click.Choice(["en", "ru"]),
+    default="en",
+    show_default=True,
+    help="Language of report.md/report.html and the conclusions.",
+)
+
+
+def config_option(help: str):
+    """--config (as `config_file`): a TOML file or a shipped recipe by name."""
+    return click.option("--config", "config_file", type=click.Path(), help=help)
+
 
 def executor_options(f):
     """--jobs, --executor, --address and --gpus-per-run: where the runs of a study or a cross-validation train."""
@@ -69,13 +82,7 @@ def executor_options(f):
     type=click.Path(),
     help="Base config for every run: a TOML file or a recipe name (default: assignment).",
 )
-@click.option(
-    "--lang",
-    type=click.Choice(["en", "ru"]),
-    default="en",
-    show_default=True,
-    help="Language of report.md/report.html and the conclusions.",
-)
+@lang_option
 @executor_options
 def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, lang, executor, address, gpus_per_run):
     """Run a comparison study (or resume one): summary.csv, overlay plot, report.md and report.html.
@@ -139,13 +146,7 @@ def study(name, data, out, epochs, sets, param, jobs, seeds, config_file, lang, 
 @click.option("--out", type=click.Path(), required=True, help="Folder for the folds' runs, cv.json and the report.")
 @click.option("--epochs", type=int, help="Maximum epochs per fold.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override for every fold.")
-@click.option(
-    "--lang",
-    type=click.Choice(["en", "ru"]),
-    default="en",
-    show_default=True,
-    help="Language of report.md/report.html and the conclusions.",
-)
+@lang_option
 @executor_options
 def cv(config_file, data, folds_csv, n_folds, out, epochs, sets, lang, jobs, executor, address, gpus_per_run):
     """Cross-validate on the data set's own folds (e.g. patient-wise): each fold scored once by a run trained on

@@ -121,9 +121,10 @@ def make_pruner(name: str):
     return optuna.pruners.NopPruner()
 
 
-def pruning_check(pruner: str, basis: list[dict]):
+def pruning_check(pruner: str, basis: list[dict], epochs: int):
     """A function of a history row that raises Pruned when the pruner, judging against `basis` alone, would stop
-    the trial after that epoch."""
+    the trial after that epoch; never after the trial's last epoch (`epochs`: nothing is left to save, and it has
+    finished)."""
     optuna = optuna_module()
     study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner))
     for b in basis:
@@ -135,7 +136,7 @@ def pruning_check(pruner: str, basis: list[dict]):
 
     def check(row: dict) -> None:
         trial.report(float(row["val_f1"]), int(row["epoch"]))
-        if trial.should_prune():
+        if int(row["epoch"]) < epochs and trial.should_prune():
             raise Pruned
 
     return check
@@ -144,7 +145,7 @@ def pruning_check(pruner: str, basis: list[dict]):
 def tune_task(job: TrialJob, progress: bool = False) -> dict:
     """Train one trial (or resume it, or read it back), pruned as its basis says; what any executor runs. -> the
     run's summary, with `pruned` and `values` (epoch -> validation macro-F1)."""
-    check = pruning_check(job.pruner, job.basis)
+    check = pruning_check(job.pruner, job.basis, job.config.train.epochs)
     done = Path(job.out) / HISTORY
     pruned = False
     try:
@@ -170,7 +171,7 @@ def tune_task(job: TrialJob, progress: bool = False) -> dict:
 
 def _settings(base: Config, params: list[Param], trials: int, pruner: str, seed: int) -> dict:
     return {
-        "base": base.to_dict(),
+        "base": base.absolute().to_dict(),  # a rerun from another folder names the same data
         "params": [dataclasses.asdict(p) | {"choices": list(p.choices)} for p in params],
         "pruner": pruner,
         "seed": seed,
