@@ -72,7 +72,7 @@ def lr_find_cmd(data, config_file, model, image_size, batch_size, optimizer, set
     default="median",
     show_default=True,
     help="Stop a trial whose validation macro-F1 is below the finished trials' median at the same epoch (after "
-    "3 finished), or successive halving, or never.",
+    "3 finished, and after a quarter of its epochs), or successive halving, or never.",
 )
 @click.option(
     "--sampler-seed", type=int, default=0, show_default=True, help="The sampler's seed (--set seed=N: the runs')."
