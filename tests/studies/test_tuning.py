@@ -19,7 +19,7 @@ from conftest import cnnlab_env, make_shapes, one_line_error, run_cli
 
 import cnnlab
 from cnnlab.config import load_recipe
-from cnnlab.studies.tuning import Param, parse_param
+from cnnlab.studies.tuning import Param, Pruned, parse_param, pruning_check
 from cnnlab.training.run_folder import read_history
 
 pytest.importorskip("optuna")
@@ -99,7 +99,8 @@ def test_tune_prunes_hopeless_trials_reports_and_reruns_without_training(shapes3
 
 
 def test_search_spaces_are_parsed_and_checked(shapes30, tmp_path):
-    assert parse_param("lr=log:1e-4:1e-1") == Param("lr", "log", 1e-4, 1e-1)
+    assert parse_param("lr=log:1e-4:1e-1") == Param("lr", "float", 1e-4, 1e-1, log=True)
+    assert parse_param("batch_size=log:16:256") == Param("batch_size", "int", 16, 256, log=True)
     assert parse_param("dropout=0.0:0.5") == Param("dropout", "float", 0.0, 0.5)
     assert parse_param("width=16:64") == Param("width", "int", 16, 64)
     assert parse_param("optimizer=adam,sgd,rmsprop") == Param("optimizer", "choice", choices=("adam", "sgd", "rmsprop"))
@@ -112,6 +113,7 @@ def test_search_spaces_are_parsed_and_checked(shapes30, tmp_path):
         ("optimizer=adam,sggd", "sggd"),
         ("optimizer=0:1", "a range needs a numeric field"),
         ("dropout=0.0:1.5", "dropout must be in"),
+        ("width=16.5:64", "integer field"),
     ]:
         assert words in one_line_error(*base, "--param", spec, "--jobs", 1), spec
     assert not (tmp_path / "T").exists()
@@ -142,3 +144,32 @@ def test_a_search_killed_mid_trial_continues_to_the_uninterrupted_search(shapes3
     for n in range(4):
         a, b = (read_history(p / "trials" / f"trial-{n:03d}" / "history.csv") for p in (cut, tmp_path / "full"))
         assert [r["val_f1"] for r in a] == [r["val_f1"] for r in b]
+
+
+def test_pruners_judge_against_the_basis_alone():
+    # Three finished trials at 0.8 per epoch; a trial at 0.3 is stopped after the warm-up (a quarter of 12
+    # epochs: from epoch 4 on) by the median and by successive halving (its first rung at epoch 4), never by none.
+    basis = [{"number": n, "state": "COMPLETE", "values": {str(e): 0.8 for e in range(1, 13)}} for n in range(3)]
+    train = load_recipe("assignment").train
+    train.epochs, train.patience = 12, 0
+    for pruner, stopped_at in (("median", 4), ("halving", 4), ("none", None)):
+        check = pruning_check(pruner, basis, train)
+        at = None
+        for epoch in range(1, 13):
+            try:
+                check({"epoch": epoch, "val_f1": 0.3, "val_loss": 1.0, "val_acc": 0.3, "train_loss": 1.0})
+            except Pruned:
+                at = epoch
+                break
+        assert at == stopped_at, pruner
+    # The epoch that ends the run anyway (here early stopping at epoch 4, two epochs without improvement) is never
+    # pruned: the trial has finished, and pruning it would drop a finished trial from the median's basis.
+    train.patience = 2
+    check = pruning_check("median", basis, train)
+    for epoch, f1 in zip(range(1, 5), (0.30, 0.31, 0.31, 0.31), strict=True):
+        check({"epoch": epoch, "val_f1": f1, "val_loss": 1.0, "val_acc": f1, "train_loss": 1.0})
+    train.patience = 0
+    with pytest.raises(Pruned):  # without early stopping, epoch 4 is judged and stopped
+        check = pruning_check("median", basis, train)
+        for epoch, f1 in zip(range(1, 5), (0.30, 0.31, 0.31, 0.31), strict=True):
+            check({"epoch": epoch, "val_f1": f1, "val_loss": 1.0, "val_acc": f1, "train_loss": 1.0})

@@ -216,7 +216,8 @@ def scan_labels(path, class_map=None, strict: bool = False, warn: bool = True) -
     }
     ds = Dataset(where.parent, classes, splits, skipped, source=where)
     ds.groups = {ds.rel(r.path): r.group for r in good if r.group}
-    ds.skipped_splits = {str(r.path): r.split for r in rows if r not in good}
+    kept = {id(r) for r in good}  # by identity: `r not in good` compares rows field by field, n x n times
+    ds.skipped_splits = {str(r.path): r.split for r in rows if id(r) not in kept}
     report_skipped(skipped, strict, warn)
     return ds
 

@@ -26,11 +26,13 @@ def _rows(study, out: Path) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         run = out / "trials" / f"trial-{t.number:03d}"
         history = read_history(run / HISTORY) if (run / HISTORY).is_file() else []
+        # a pruned trial's best epoch (Optuna keeps its last one as its value); nothing for a trial unfinished
+        best = max((r["val_f1"] for r in history), default=None) if t.state.name == "PRUNED" else None
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name.lower(),
-                "value": t.value,
+                "value": t.value if t.state.name == "COMPLETE" else best,
                 "epochs": len(history),
                 "seconds": sum(r["epoch_s"] for r in history),
                 "params": dict(t.params),

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnlab.config import Config, resolve_key
+from cnnlab.config import Config, TrainConfig, resolve_key
 from cnnlab.data.labels import protected_paths
 from cnnlab.errors import UserError
 from cnnlab.files import output_folder, write_text
@@ -29,7 +29,8 @@ from cnnlab.studies.definitions import study_threads
 from cnnlab.studies.executors import Executor, given_or_local
 from cnnlab.studies.jobs import Job, run_job
 from cnnlab.training.checks import make_config
-from cnnlab.training.run_folder import HISTORY, read_history, summarize_history
+from cnnlab.training.run_folder import CONFIG, HISTORY, read_config, read_history, summarize_history
+from cnnlab.training.trainer import Best
 
 PRUNERS = ("median", "halving", "none")
 SETTINGS = "tune.json"  # the search's settings, checked on a rerun
@@ -56,25 +57,28 @@ def optuna_module():
 
 @dataclass(frozen=True)
 class Param:
-    """One searched field: `kind` log | float | int | choice; `low`/`high` for ranges, `choices` for a choice."""
+    """One searched field: `kind` float | int | choice; `low`/`high` (and `log`: log-uniform) for a range,
+    `choices` for a choice."""
 
     name: str
     kind: str
     low: float = 0.0
     high: float = 0.0
     choices: tuple = ()
+    log: bool = False
 
     def suggest(self, trial):
         if self.kind == "choice":
             return trial.suggest_categorical(self.name, list(self.choices))
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high))
-        return trial.suggest_float(self.name, self.low, self.high, log=self.kind == "log")
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
 
 def parse_param(spec: str) -> Param:
-    """`lr=log:1e-4:1e-1` (log-uniform), `dropout=0.0:0.5` (uniform; an integer field: integers),
-    `optimizer=adam,sgd,rmsprop` (a choice) -> Param, the field checked to exist."""
+    """`lr=log:1e-4:1e-1` (log-uniform), `dropout=0.0:0.5` (uniform; an integer field such as `width=16:64` or
+    `batch_size=log:16:256`: integers), `optimizer=adam,sgd,rmsprop` (a choice) -> Param, the field checked to
+    exist."""
     if "=" not in spec:
         raise UserError(f"bad --param '{spec}': expected NAME=log:LOW:HIGH, NAME=LOW:HIGH or NAME=A,B,...")
     name, _, values = (v.strip() for v in spec.partition("="))
@@ -92,11 +96,11 @@ def parse_param(spec: str) -> Param:
         raise UserError(f"bad --param '{spec}': a range is LOW:HIGH or log:LOW:HIGH, choices are A,B,...") from None
     if not (math.isfinite(low) and math.isfinite(high) and low < high) or (log and low <= 0):
         raise UserError(f"bad --param '{spec}': needs LOW < HIGH (and LOW > 0 for log)")
-    if typ is int and not log:
-        return Param(name, "int", low, high)
     if typ not in (int, float):
         raise UserError(f"--param {name}: a range needs a numeric field; give choices instead (A,B,...)")
-    return Param(name, "log" if log else "float", low, high)
+    if typ is int and not (low.is_integer() and high.is_integer()):
+        raise UserError(f"bad --param '{spec}': {name} is an integer field: LOW and HIGH must be integers")
+    return Param(name, "int" if typ is int else "float", low, high, log=log)
 
 
 # ------------------------------------------------------------------------------------------ one trial
@@ -130,22 +134,39 @@ def make_pruner(name: str, warmup: int):
     return optuna.pruners.NopPruner()
 
 
-def pruning_check(pruner: str, basis: list[dict], epochs: int):
+def _rungs(values: dict[int, float], warmup: int) -> dict[str, float]:
+    """The successive-halving rungs a trial of these per-epoch values reached, as Optuna's pruner records them on
+    a trial it judges (`completed_rung_R`: the value at epoch (warmup + 1) * 3**R)."""
+    out, rung = {}, 0
+    while (step := (warmup + 1) * 3**rung) in values:
+        out[f"completed_rung_{rung}"] = values[step]
+        rung += 1
+    return out
+
+
+def pruning_check(pruner: str, basis: list[dict], train: TrainConfig):
     """A function of a history row that raises Pruned when the pruner, judging against `basis` alone, would stop
-    the trial after that epoch; never after the trial's last epoch (`epochs`: nothing is left to save, and it has
-    finished)."""
+    the trial after that epoch; never after the epoch that ends the run anyway (its last, early stopping, a
+    diverged loss): nothing is left to save there, and the trial has finished."""
     optuna = optuna_module()
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, warmup_epochs(epochs)))
+    warmup = warmup_epochs(train.epochs)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, warmup))
     for b in basis:
         state = optuna.trial.TrialState[b["state"]]
         values = {int(k): v for k, v in b["values"].items()}
         value = max(values.values()) if state == optuna.trial.TrialState.COMPLETE else None
-        study.add_trial(optuna.trial.create_trial(state=state, value=value, intermediate_values=values))
-    trial = study.ask()
+        attrs = _rungs(values, warmup) if pruner == "halving" else {}
+        study.add_trial(
+            optuna.trial.create_trial(state=state, value=value, intermediate_values=values, system_attrs=attrs)
+        )
+    trial, best = study.ask(), Best(train.monitor)
 
     def check(row: dict) -> None:
-        trial.report(float(row["val_f1"]), int(row["epoch"]))
-        if int(row["epoch"]) < epochs and trial.should_prune():
+        epoch = int(row["epoch"])
+        trial.report(float(row["val_f1"]), epoch)
+        best.update(float(row[train.monitor]), epoch)
+        last = epoch >= train.epochs or (train.patience and best.bad_epochs >= train.patience)
+        if not (last or not math.isfinite(float(row["train_loss"]))) and trial.should_prune():
             raise Pruned
 
     return check
@@ -154,7 +175,7 @@ def pruning_check(pruner: str, basis: list[dict], epochs: int):
 def tune_task(job: TrialJob, progress: bool = False) -> dict:
     """Train one trial (or resume it, or read it back), pruned as its basis says; what any executor runs. -> the
     run's summary, with `pruned` and `values` (epoch -> validation macro-F1)."""
-    check = pruning_check(job.pruner, job.basis, job.config.train.epochs)
+    check = pruning_check(job.pruner, job.basis, job.config.train)
     done = Path(job.out) / HISTORY
     pruned = False
     try:
@@ -223,7 +244,11 @@ def _round(study, params: list[Param], seed: int, jobs: int, trials: int) -> lis
     finished trials it will be pruned against recorded with it."""
     optuna = optuna_module()
     every = study.get_trials(deepcopy=False)
-    out = [optuna.Trial(study, t._trial_id) for t in every if t.state == optuna.trial.TrialState.RUNNING][:jobs]
+    running = [t for t in every if t.state == optuna.trial.TrialState.RUNNING]
+    for t in running:
+        if "basis" not in t.user_attrs:  # stopped while it was being sampled: never trained, never resumed
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    out = [optuna.Trial(study, t._trial_id) for t in running if "basis" in t.user_attrs][:jobs]
     basis = [b["number"] for b in _basis(study)]
     total = len(every)
     while len(out) < jobs and total < trials:
@@ -243,7 +268,10 @@ def _startup(trials: int) -> int:
 
 
 def _job(trial, base: Config, out: Path, pruner: str, basis: list[dict], threads: int) -> TrialJob:
-    cfg = _trial_config(base, dict(trial.params), threads)
+    """The trial's job; an interrupted trial keeps the config its run folder was started with (its threads came
+    from the --jobs of that call)."""
+    run = out / "trials" / f"trial-{trial.number:03d}"
+    cfg = read_config(run) if (run / CONFIG).is_file() else _trial_config(base, dict(trial.params), threads)
     wanted = set(trial.user_attrs.get("basis", []))
     return TrialJob(
         f"trial-{trial.number:03d}",
@@ -289,7 +317,14 @@ def run_tune(
     with given_or_local(executor, jobs, reporter.line, task=tune_task) as runner:
         while batch := _round(study, params, seed, jobs, trials):
             basis = _basis(study)
-            results = runner.map([_job(t, base, out, pruner, basis, threads) for t in batch])
+            todo = []
+            for t in batch:
+                try:
+                    todo.append(_job(t, base, out, pruner, basis, threads))
+                except UserError:  # settings that make no valid config: the trial fails, the search stops here
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                    raise
+            results = runner.map(todo)
             for trial, r in zip(batch, results, strict=True):
                 for epoch, value in sorted(r["values"].items()):
                     trial.report(value, epoch)

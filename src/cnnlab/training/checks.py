@@ -167,6 +167,15 @@ def _model(cfg: Config) -> None:
 def _builds(model: tuple, channels: int, image_size: int) -> None:
     """Build the model once on the CPU (milliseconds): an input too small for its layers fails here."""
     m = ModelConfig(*model)
+    if ":" in m.model:  # a model from outside cnnlab: one image through it, so a size it refuses fails here
+        net = build(m, channels, 2, image_size)
+        try:
+            with torch.no_grad():
+                net.eval()(torch.zeros(1, channels, image_size, image_size))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"model {m.model} cannot take {image_size} x {image_size} inputs: {first}") from None
+        return
     try:
         build(m, channels, 2, image_size)
     except RuntimeError:

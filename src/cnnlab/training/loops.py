@@ -19,6 +19,41 @@ from cnnlab.training.metrics import confusion, recalls, scores
 from cnnlab.training.optimization import Optimization
 
 
+def train_step(
+    eng: Engine,
+    images: ImageSet,
+    opt: Optimization,
+    cfg: Config,
+    g: torch.Generator,
+    idx: torch.Tensor,
+    copies: torch.Tensor,
+    guide: BoxGuidance | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+    """One optimizer step on the training images `idx` (augmented with `g`'s draws; `copies`: each one's copy
+    number under oversampling), with mixup and box guidance as the config says. -> (the batch's loss, its
+    logits, its labels, box guidance's inside-share statistic or None, seconds spent preparing the input)."""
+    t0 = time.perf_counter()
+    if guide is None:
+        x = eng.train_input(gather(images, idx), g, copies)
+    else:
+        masks, has_box = guide.masks.gather(idx, eng.device)
+        x, masks = eng.train_input.with_masks(gather(images, idx), masks, g, copies)
+    y = images.labels.index_select(0, idx).to(eng.device, non_blocking=True)
+    wait = time.perf_counter() - t0
+    lam, partner = mixup_draw(cfg.augment.mixup, len(idx), g)
+    if partner is not None:
+        x = lam * x + (1 - lam) * x.index_select(0, partner.to(x.device))
+    with eng.autocast():
+        out = eng.model(x)
+        logits = out.float()
+        loss = opt.criterion(logits, y)
+        if partner is not None:
+            loss = lam * loss + (1 - lam) * opt.criterion(logits, y.index_select(0, partner.to(y.device)))
+    term, stat = guide.loss(y, masks, has_box) if guide is not None else (0.0, None)
+    opt.step(loss + term)
+    return loss, out, y, stat, wait
+
+
 def train_one_epoch(
     eng: Engine,
     images: ImageSet,
@@ -38,29 +73,11 @@ def train_one_epoch(
     seen, wait = 0, 0.0
     inside = torch.zeros(2, device=eng.device)  # summed share inside the box, images counted
     for step, pos in enumerate(batches(images, order, cfg.train.batch_size)):
-        t0 = time.perf_counter()
         idx = order[pos]
-        if guide is None:
-            x = eng.train_input(gather(images, idx), g, copies[pos])
-        else:
-            masks, has_box = guide.masks.gather(idx, eng.device)
-            x, masks = eng.train_input.with_masks(gather(images, idx), masks, g, copies[pos])
-        y = images.labels.index_select(0, idx).to(eng.device, non_blocking=True)
-        wait += time.perf_counter() - t0
-        lam, partner = mixup_draw(cfg.augment.mixup, len(idx), g)
-        if partner is not None:
-            x = lam * x + (1 - lam) * x.index_select(0, partner.to(x.device))
-        with eng.autocast():
-            out = eng.model(x)
-            logits = out.float()
-            loss = opt.criterion(logits, y)
-            if partner is not None:
-                loss = lam * loss + (1 - lam) * opt.criterion(logits, y.index_select(0, partner.to(y.device)))
-        term = 0.0
-        if guide is not None:
-            term, stat = guide.loss(y, masks, has_box)
+        loss, out, y, stat, waited = train_step(eng, images, opt, cfg, g, idx, copies[pos], guide)
+        wait += waited
+        if stat is not None:
             inside += stat
-        opt.step(loss + term)
         loss_sum += loss.detach().to(torch.float64) * len(idx)
         cm += confusion(y, out.detach().argmax(1), n_classes)
         seen += len(idx)

@@ -3,7 +3,8 @@ for a few hundred steps with the learning rate growing exponentially, and sugges
 loss falls fastest.
 
 It runs on the run's own pipeline: its data (the training split a run of this config would train on), input
-preset and augmentation, model, loss, optimizer and precision, through the same `Optimization.step` as training.
+preset and augmentation, mixup and box guidance, model, loss, optimizer and precision, through the training loop's
+own step (`loops.train_step`).
 The scheduler, warm-up and weight EMA are left out (they would fight the growing rate). Nothing of it survives:
 the model and optimizer are built for the test and dropped, and torch's random state is restored, so a later run
 of the same config trains exactly as if the test had never run. torch-lr-finder does the same around a
@@ -27,8 +28,9 @@ from cnnlab.errors import UserError
 from cnnlab.files import output_folder, write_text
 from cnnlab.reporting.figures import lr_find_figure, save
 from cnnlab.reporting.reporter import Reporter
-from cnnlab.training.batching import batches, epoch_indices, gather
+from cnnlab.training.batching import batches, epoch_indices
 from cnnlab.training.checks import check_config, make_config
+from cnnlab.training.loops import train_step
 from cnnlab.training.preparation import prepare_run_data
 from cnnlab.training.trainer import Trainer, epoch_seed
 
@@ -57,8 +59,9 @@ def smooth(losses: list[float]) -> list[float]:
     0.98, half the test) and moves the suggestion to a higher rate."""
     from scipy.ndimage import gaussian_filter1d
 
-    a = np.nan_to_num(np.asarray(losses, dtype=np.float64), nan=np.inf, posinf=1e30)
-    return [float(v) for v in gaussian_filter1d(np.minimum(a, 1e30), sigma=max(1.0, len(a) / 40), mode="nearest")]
+    a = np.asarray(losses, dtype=np.float64)
+    finite = int(np.argmin(np.isfinite(a))) if not np.isfinite(a).all() else len(a)  # up to the first NaN or inf
+    return [float(v) for v in gaussian_filter1d(a[:finite], sigma=max(1.0, finite / 40), mode="nearest")]
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, int]:
@@ -97,12 +100,7 @@ def range_test(trainer: Trainer, lrs: np.ndarray, progress=None) -> tuple[list[f
         for pos in batches(images, order, cfg.train.batch_size):
             for group in opt.optimizer.param_groups:
                 group["lr"] = float(lrs[len(losses)])
-            idx = order[pos]
-            x = eng.train_input(gather(images, idx), g, copies[pos])
-            y = images.labels.index_select(0, idx).to(eng.device, non_blocking=True)
-            with eng.autocast():
-                loss = opt.criterion(eng.model(x).float(), y)
-            opt.step(loss)
+            loss = train_step(eng, images, opt, cfg, g, order[pos], copies[pos], trainer.guide)[0]
             losses.append(float(loss.detach()))
             if progress is not None:
                 progress.update(1)
@@ -137,6 +135,7 @@ def find_lr(
         bar = reporter.bar(total=steps, desc="lr-find", unit="step")
         losses, diverged = range_test(trainer, lrs, bar)
         bar.close()
+    losses = [v for v in losses if math.isfinite(v)] if not math.isfinite(losses[-1]) else losses
     lrs = [float(v) for v in lrs[: len(losses)]]
     smoothed = smooth(losses)
     lr, i = suggest(lrs, smoothed)

@@ -53,7 +53,7 @@ def _torchvision(name: str, in_channels: int, n_classes: int, image_size: int) -
     return adapt_input_channels(model, in_channels)
 
 
-def _timm(name: str, in_channels: int, n_classes: int) -> nn.Module:
+def _timm(name: str, in_channels: int, n_classes: int, image_size: int) -> nn.Module:
     try:
         import timm
     except ImportError:
@@ -61,7 +61,12 @@ def _timm(name: str, in_channels: int, n_classes: int) -> nn.Module:
     if not timm.is_model(name):
         raise nearest(name, timm.list_models(), "timm model")
     # pretrained=False: timm never looks for weights; the tag of a name such as resnet18.a1_in1k only names them.
-    return timm.create_model(name, pretrained=False, num_classes=n_classes, in_chans=in_channels)
+    try:  # a fixed-size model (a ViT) is made for the run's input size; a CNN takes no img_size
+        return timm.create_model(
+            name, pretrained=False, num_classes=n_classes, in_chans=in_channels, img_size=image_size
+        )
+    except TypeError:
+        return timm.create_model(name, pretrained=False, num_classes=n_classes, in_chans=in_channels)
 
 
 def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
@@ -153,7 +158,7 @@ def build_external(cfg: ModelConfig, in_channels: int, n_classes: int, image_siz
         if source == "torchvision":
             return _torchvision(name, in_channels, n_classes, image_size)
         if source == "timm":
-            return _timm(name, in_channels, n_classes)
+            return _timm(name, in_channels, n_classes, image_size)
     except UserError:
         raise
     except Exception as e:  # a library refusing its own arguments (an input size, a channel count)
@@ -179,8 +184,9 @@ def import_registering_module(cfg: ModelConfig, registry: dict) -> None:
 
 def feature_map_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
     """The layer whose output a heatmap of an arbitrary classifier explains: of the modules a forward pass of
-    `example` runs, the last to finish with a spatial (4-D) output before the head, global pooling excluded (for
-    torchvision's resnet18 `layer4`, for timm's efficientnet_b0 `bn2`). None for a model without spatial maps."""
+    `example` runs, the last to finish with a spatial (4-D) output before the head, a 1 x 1 map only where none is
+    larger (global pooling, or a head's LayerNorm as ConvNeXt's, explains nothing). For torchvision's resnet18
+    `layer4`, for timm's efficientnet_b0 `bn2`. None for a model without spatial maps."""
     order: list[tuple[nn.Module, torch.Size]] = []
     hooks = [
         m.register_forward_hook(lambda mod, _i, out: order.append((mod, out.shape)) if torch.is_tensor(out) else None)
@@ -188,9 +194,10 @@ def feature_map_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | No
         if m is not model
     ]
     was_training = model.training
+    weight = next(model.parameters(), None)
     try:
         with torch.no_grad():
-            model.eval()(example)
+            model.eval()(example.to(weight.device) if weight is not None else example)
     except Exception:
         return None
     finally:
@@ -198,8 +205,19 @@ def feature_map_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | No
             h.remove()
         model.train(was_training)
     head = next((i for i, (_, shape) in enumerate(order) if len(shape) == 2), len(order))
-    spatial = [m for m, shape in order[:head] if len(shape) == 4 and not (shape[-1] == shape[-2] == 1 and _is_pool(m))]
-    return spatial[-1] if spatial else None
+    h, w = example.shape[-2:]
+    # an image's map: no larger than the input, its aspect the input's to a cell (not an attention tensor's
+    # batch x heads x tokens x width, which is 4-D too)
+    spatial = [
+        (m, shape)
+        for m, shape in order[:head]
+        if len(shape) == 4 and shape[-2] <= h and shape[-1] <= w and abs(shape[-2] * w - shape[-1] * h) <= max(h, w)
+    ]
+    wide = [m for m, shape in spatial if shape[-1] * shape[-2] > 1]
+    if wide:
+        return wide[-1]
+    points = [m for m, _ in spatial if not _is_pool(m)]
+    return points[-1] if points else None
 
 
 def _is_pool(m: nn.Module) -> bool:

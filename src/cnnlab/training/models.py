@@ -169,7 +169,9 @@ def cam_layer(
         raise nearest(name, MODELS, "model")
     else:
         pick = CAM_LAYERS.get(name)
-    if pick is _automatic_layer:
+    if layer and pick is not None:  # the layers asked for are looked up below: no default needed
+        default = []
+    elif pick is _automatic_layer:
         default = _automatic_layer(model, example)
     else:
         default = pick(model) if pick else None
