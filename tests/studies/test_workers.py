@@ -114,10 +114,10 @@ def _gone_within(family: set[int], group: int, since: float, seconds: float = 5)
     return left
 
 
-def _start_study(eclipse, out: Path) -> subprocess.Popen:
-    """A `--jobs 2` study, long enough to be stopped while it trains, once its first epoch is written."""
+def _start_study(eclipse, out: Path, jobs: int = 2) -> subprocess.Popen:
+    """A `--jobs 2` study (or `jobs`), long enough to be stopped while it trains, once its first epoch is written."""
     p = subprocess.Popen(
-        _study(eclipse, out),
+        _study(eclipse, out)[:-1] + [str(jobs)],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -161,3 +161,14 @@ def test_sigterm_and_kill_leave_no_worker_behind_and_the_study_resumes(eclipse, 
     killed = time.monotonic()
     p.communicate(timeout=60)
     assert not _gone_within(family, p.pid, killed)
+
+
+def test_sigterm_stops_a_study_trained_in_this_process_in_one_line(eclipse, tmp_path):
+    # --jobs 1: the runs train in the command itself; SIGTERM still ends it as a study ends (143, one line), and
+    # the run under way keeps its last finished epoch.
+    p = _start_study(eclipse, tmp_path / "S", jobs=1)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, out + err
+    assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM"), err
+    assert all(len(list(csv.DictReader(open(h)))) > 0 for h in (tmp_path / "S").glob("runs/*/history.csv"))

@@ -128,6 +128,7 @@ def _sigterm_raises():
             fired.append(signum)
             raise Terminated
 
+    handler.raises_interrupt = True  # a run trained in this process (--jobs 1) keeps it (training/trainer.py)
     signal.signal(signal.SIGTERM, handler)
     try:
         yield fired

@@ -319,6 +319,8 @@ class _Sigterm:
 
     def __enter__(self):
         self.old = None
+        if getattr(signal.getsignal(signal.SIGTERM), "raises_interrupt", False):
+            return self  # a command's handler (a study's, --jobs 1) already raises, and says it was SIGTERM
         try:
             self.old = signal.signal(signal.SIGTERM, self._raise)
         except ValueError:  # not the main thread (e.g. inside a study worker thread)
