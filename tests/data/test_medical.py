@@ -332,3 +332,14 @@ def test_dicom_patient_id_is_the_group_of_a_patient_wise_split(tmp_path):
         patients.setdefault(f"{Path(rel).parent.name}-{int(Path(rel).stem) // 3}", set()).add(split)
     assert len(patients) == 8 and all(len(s) == 1 for s in patients.values())
     assert {"train", "val"} <= set(side.values())
+
+
+def test_a_split_folder_of_extensionless_dicom_files_is_no_class_tree(tmp_path):
+    # Scanners often write DICOM files without an extension: a split folder holding them directly is read as what
+    # it is (images without class folders), as a folder of .png files would be, not as an empty layout.
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_mr(tmp_path / "d" / "train" / f"IM{i:04d}", values("square", 3000, rng), False)
+    (tmp_path / "d" / "test" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds images but no class folders"):
+        scan(tmp_path / "d", warn=False)

@@ -136,9 +136,15 @@ class Layout:
 
 
 def _has_images(folder: Path, exts: set[str]) -> bool:
-    """Whether `folder` holds an image file of its own (not in a sub-folder)."""
+    """Whether `folder` holds an image file of its own (not in a sub-folder): of an image extension, or a DICOM
+    file of any (opened only when its extension is no image's)."""
+    from cnnlab.data.dicom import is_dicom
+
+    def image(p: Path) -> bool:
+        return not _is_hidden(p.name) and p.is_file() and (p.suffix.lower() in exts or is_dicom(p, exts))
+
     try:
-        return any(p.suffix.lower() in exts and not _is_hidden(p.name) and p.is_file() for p in folder.iterdir())
+        return any(image(p) for p in folder.iterdir())
     except OSError as e:
         raise UserError(f"cannot read folder {folder}: {e.strerror or e}") from e
 
