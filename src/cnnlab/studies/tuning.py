@@ -238,10 +238,10 @@ def _trial_config(base: Config, params: dict, threads: int) -> Config:
         raise UserError(f"trial {params}: {e}") from None
 
 
-def _round(study, params: list[Param], seed: int, jobs: int, trials: int) -> list:
+def _round(study, params: list[Param], seed: int, jobs: int, trials: int, basis: list[int]) -> list:
     """This round's trials: the interrupted ones first (in number order), then new ones up to `jobs` (and the
     search's `trials` in all), each sampled by a TPE sampler seeded from (seed, its number), the numbers of the
-    finished trials it will be pruned against recorded with it."""
+    finished trials it will be pruned against (`basis`) recorded with it."""
     optuna = optuna_module()
     every = study.get_trials(deepcopy=False)
     running = [t for t in every if t.state == optuna.trial.TrialState.RUNNING]
@@ -249,7 +249,6 @@ def _round(study, params: list[Param], seed: int, jobs: int, trials: int) -> lis
         if "basis" not in t.user_attrs:  # stopped while it was being sampled: never trained, never resumed
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     out = [optuna.Trial(study, t._trial_id) for t in running if "basis" in t.user_attrs][:jobs]
-    basis = [b["number"] for b in _basis(study)]
     total = len(every)
     while len(out) < jobs and total < trials:
         study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + total, n_startup_trials=_startup(trials))
@@ -315,8 +314,11 @@ def run_tune(
     storage = f"sqlite:///{(out / STORAGE).resolve()}"
     study = optuna.create_study(study_name="cnnlab", storage=storage, direction="maximize", load_if_exists=True)
     with given_or_local(executor, jobs, reporter.line, task=tune_task) as runner:
-        while batch := _round(study, params, seed, jobs, trials):
-            basis = _basis(study)
+        while True:
+            basis = _basis(study)  # the trials finished before this round: what its trials are pruned against
+            batch = _round(study, params, seed, jobs, trials, [b["number"] for b in basis])
+            if not batch:
+                break
             todo = []
             for t in batch:
                 try:

@@ -22,6 +22,7 @@ from cnnlab.data.splits import SPLIT_POLICIES
 from cnnlab.errors import UserError, nearest
 from cnnlab.training.batching import IMBALANCE_MODES
 from cnnlab.training.engine import PRECISIONS
+from cnnlab.training.model_sources import is_external
 from cnnlab.training.models import (
     ACTIVATIONS,
     FIXED_SIZE,
@@ -51,7 +52,7 @@ def make_config(base=None, *overrides: Mapping | None, default: str | None = Non
     for mapping in overrides:
         cfg.update({k: v for k, v in (mapping or {}).items() if v is not None})
     m = cfg.model
-    if m.model in MODELS or ":" in m.model:  # else a registered name this process has not imported yet: keep it
+    if m.model in MODELS or is_external(m.model):  # else a registered name this process has not imported yet: keep it
         m.registered_in = model_source(m.model)
     return check_config(cfg)
 
@@ -167,7 +168,7 @@ def _model(cfg: Config) -> None:
 def _builds(model: tuple, channels: int, image_size: int) -> None:
     """Build the model once on the CPU (milliseconds): an input too small for its layers fails here."""
     m = ModelConfig(*model)
-    if ":" in m.model:  # a model from outside cnnlab: one image through it, so a size it refuses fails here
+    if is_external(m.model):  # a model from outside cnnlab: one image through it, so a size it refuses fails here
         net = build(m, channels, 2, image_size)
         try:
             with torch.no_grad():

@@ -32,7 +32,7 @@ from cnnlab.training.batching import batches, epoch_indices
 from cnnlab.training.checks import check_config, make_config
 from cnnlab.training.loops import train_step
 from cnnlab.training.preparation import prepare_run_data
-from cnnlab.training.trainer import Trainer, epoch_seed
+from cnnlab.training.trainer import Trainer, epoch_seed, use_threads
 
 SMOOTHING = 0.9  # the running loss (a debiased exponential moving average) that tells when it diverges
 DIVERGED = 4.0  # stop once the running loss exceeds this multiple of its minimum
@@ -123,7 +123,7 @@ def find_lr(
         raise UserError(f"lr-find needs at least 20 steps to suggest a rate, got {steps}")
     cfg = _finder_config(cfg).absolute()
     out = output_folder(out, protected_paths(cfg.data.path), "lr-find folder")
-    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    use_threads(cfg)  # as the run would train
     with torch.random.fork_rng(devices=[]):  # nothing of a later run depends on the test
         p = prepare_run_data(cfg, progress=reporter.progress)
         trainer = Trainer.build(cfg, p)

@@ -245,7 +245,7 @@ def resume(out: Path, reporter: Reporter | None = None) -> dict:
             return state["summary"]
         if not (out / run_folder.SPLIT).is_file():
             return _start(cfg, out, reporter)
-        _threads(cfg)
+        use_threads(cfg)
         p = prepare_run_data(
             cfg, progress=reporter.progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"]
         )
@@ -259,7 +259,7 @@ def resume(out: Path, reporter: Reporter | None = None) -> dict:
 
 
 def _start(cfg: Config, out: Path, reporter: Reporter) -> dict:
-    _threads(cfg)
+    use_threads(cfg)
     p = prepare_run_data(cfg, progress=reporter.progress)
     trainer = Trainer.build(cfg, p)
     cfg.save(out / run_folder.CONFIG)
@@ -275,7 +275,8 @@ def _start(cfg: Config, out: Path, reporter: Reporter) -> dict:
     return _train(trainer, out, reporter)
 
 
-def _threads(cfg: Config) -> None:
+def use_threads(cfg: Config) -> None:
+    """The run's threads (`train.threads`, or every core) for torch in this process."""
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
 
 
