@@ -1,4 +1,5 @@
-"""Numbers that must not change by accident: histories and test scores recorded by the code before the redesign.
+"""Numbers that must not change by accident: histories and test scores recorded by cnnlab 0.2.0 (before it, by the
+code before the redesign; see make_golden.py and CHANGELOG.md).
 
 tests/training/golden/make_golden.py wrote them, one folder per kernel set (see its docstring). Two comparisons:
 
@@ -46,7 +47,8 @@ from make_golden import (  # noqa: E402
 
 SETS = [KERNELS / name for name in recorded_sets()]
 HERE = matching_set()  # the recorded kernel set this process runs, or None
-ORIGINAL = KERNELS / "avx512+avx512_bf16+avx512_vnni"  # also where legacy-run/predict.json was written
+# where legacy-run/predict.json was written: there its predictions match to the last digit
+LEGACY_CPU = json.loads((GOLDEN / "legacy-run" / "fingerprint.json").read_text())
 # Across kernel sets (AVX2, AVX-512, no SIMD, oneDNN at SSE4.1) seen at most: 2e-7 relative on the first step's
 # loss, 2e-7 on the first epoch's training loss and 4e-6 on its validation loss (1e-4 with two threads instead
 # of one). A changed default moves them by 1e-3 and more.
@@ -69,7 +71,7 @@ def _close(ours: float, ref: float, tolerance: float, what: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_history_matches_the_code_before_the_redesign(data, tmp_path, name):
+def test_history_matches_the_golden_figures(data, tmp_path, name):
     fit, config, test_run, predict = code()
     seen = train(fit, config, name, data, tmp_path / name)
     losses, run = seen["losses"], tmp_path / name
@@ -114,14 +116,15 @@ def test_a_checkpoint_of_the_first_format_still_predicts(data):
     with one_thread():
         rows = prediction.predict_files(legacy, [str(data / p) for p in ref["images"]])
     ours, theirs = [list(r["probs"].values()) for r in rows], [list(p.values()) for p in ref["probs"]]
-    if HERE == ORIGINAL:
+    if fingerprint() == LEGACY_CPU:
         assert ours == theirs
     else:
         assert sum(ours, []) == pytest.approx(sum(theirs, []), rel=FORWARD_TOLERANCE)
 
 
 def test_golden_files_are_complete():
-    assert {ORIGINAL, KERNELS / "avx2"} <= set(SETS)
+    # an AVX2 set (what the CI's second pass runs) and at least one other
+    assert any(s.name.endswith("-avx2") for s in SETS) and len(SETS) >= 2, [s.name for s in SETS]
     for ref_set in SETS:
         assert set(json.loads((ref_set / "fingerprint.json").read_text())) == set(fingerprint()), ref_set.name
         assert (ref_set / "fixed_test.json").is_file(), ref_set.name

@@ -3,6 +3,7 @@ command, and the console script (`entry`), which ends the process with `os._exit
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -13,9 +14,15 @@ from cnnlab.errors import UserError
 _show_warning = warnings.showwarning
 
 
+def _say(line: str) -> None:
+    """One line to stderr, from rank 0 only when torchrun started several ranks (they would all say it)."""
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(line, err=True)
+
+
 def _echo_warning(message, category, filename, lineno, file=None, line=None):
     if "cnnlab" in str(filename):
-        click.echo(f"warning: {message}", err=True)
+        _say(f"warning: {message}")
     else:
         _show_warning(message, category, filename, lineno, file, line)
 
@@ -31,15 +38,13 @@ class _Group(click.Group):
                 warnings.showwarning = _echo_warning
                 return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            _say(f"error: {e}")
             sys.exit(e.exit_code)
         except click.UsageError as e:  # a bad option value or a missing argument: one line, like any user error
-            click.echo(
-                f"error: {e.format_message()}" + (f" (see: {e.ctx.command_path} --help)" if e.ctx else ""), err=True
-            )
+            _say(f"error: {e.format_message()}" + (f" (see: {e.ctx.command_path} --help)" if e.ctx else ""))
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            _say("interrupted")
             sys.exit(130)
 
 

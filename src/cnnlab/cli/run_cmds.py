@@ -46,6 +46,15 @@ from cnnlab.errors import UserError
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder from its last epoch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.option("--force", is_flag=True, help="Write into an existing non-empty --out that holds no run.")
+@click.option(
+    "--procs",
+    type=int,
+    help="Train data-parallel over N processes on this machine (torchrun: DDP, gloo on the CPU, NCCL on GPUs); "
+    "the batch size stays the whole batch, each process takes its share.",
+)
+@click.option("--nnodes", type=int, default=1, show_default=True, help="With --procs: machines taking part.")
+@click.option("--node-rank", type=int, help="With --nnodes > 1: this machine's number, 0 to nnodes - 1.")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="With --nnodes > 1: where the machines meet (torchrun).")
 def train(
     config_file,
     data,
@@ -65,6 +74,10 @@ def train(
     resume,
     quiet,
     force,
+    procs,
+    nnodes,
+    node_rank,
+    rdzv_endpoint,
 ):
     """Train one model from scratch; writes config.toml, split.csv, history.csv, curves.png, checkpoints.
 
@@ -73,8 +86,10 @@ def train(
       cnnlab train --data /tmp/ecl --model simple-bn-dropout --image-size 64 --epochs 10 --out runs/r1
       cnnlab train --config recipes/mri.toml --data ../shared/datasets/brain-tumor-mri --set seed=1 --out R
       cnnlab train --resume runs/r1        # after Ctrl-C, SIGTERM or kill -9
+      cnnlab train --procs 2 --data /tmp/ecl --batch-size 64 --out runs/r2   # torchrun, 2 ranks x 32
     """
     from cnnlab import api
+    from cnnlab.training import distributed
 
     params = click.get_current_context().params
     flags = {field: params[name] for name, field in _FLAG_FIELDS.items()}  # the config field of each flag
@@ -88,16 +103,30 @@ def train(
 
         cfg = make_config(config_file, flags, parse_sets(sets))  # --set wins over the flags
         out = Path(out or api.default_out(cfg))
+        if distributed.launched():  # every rank writes to rank 0's folder, named by its clock
+            out = Path(distributed.join(cfg.train.device).broadcast(str(out)))
         run = lambda: api.train(config=cfg, out=out, progress=not quiet, log=click.echo, force=force)  # noqa: E731
+    if procs is not None and not distributed.launched():
+        torchrun = distributed.torchrun_args(procs, nnodes, node_rank, rdzv_endpoint)
+        sys.exit(distributed.launch(torchrun, _worker_argv(out, resume)))
+    _run_and_report(run, out)
+
+
+def _run_and_report(run, out: Path) -> None:
+    """Train (`run`), then one line of its result; from rank 0 alone in a data-parallel run."""
+    from cnnlab.training import distributed
+
     try:
         summary = run().summary
     except KeyboardInterrupt:
-        click.echo(_interrupted_advice(out), err=True)
+        if distributed.current().main:
+            click.echo(_interrupted_advice(out), err=True)
         sys.exit(130)
-    click.echo(
-        f"run {out}: best val macro-F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']} "
-        f"of {summary['epochs']}; curves in {out / 'curves.png'}"
-    )
+    if distributed.current().main:
+        click.echo(
+            f"run {out}: best val macro-F1 {summary['best_val_f1']:.4f} at epoch {summary['best_epoch']} "
+            f"of {summary['epochs']}; curves in {out / 'curves.png'}"
+        )
 
 
 _FLAG_FIELDS = {
@@ -116,13 +145,31 @@ _FLAG_FIELDS = {
 }
 
 
+def _worker_argv(out: Path, resume) -> list[str]:
+    """The `cnnlab train` options every rank runs: those given on this command line but the launcher's, and --out
+    (the one folder, whatever each rank's clock says)."""
+    ctx = click.get_current_context()
+    argv = []
+    for p in ctx.command.params:
+        if p.name in ("procs", "nnodes", "node_rank", "rdzv_endpoint", "out", "resume"):
+            continue
+        if ctx.get_parameter_source(p.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        value, flag = ctx.params[p.name], max(p.opts, key=len)
+        if getattr(p, "is_flag", False):
+            argv += [flag] if value else []
+        else:
+            argv += [x for v in (value if p.multiple else [value]) for x in (flag, str(v))]
+    return [*argv, "--resume" if resume else "--out", str(out)]
+
+
 def _refuse_changes_on_resume() -> None:
     """--resume continues a run as it was configured: any other option given on the command line is an error."""
     ctx = click.get_current_context()
     given = [
         max(p.opts, key=len)
         for p in ctx.command.params
-        if p.name not in ("resume", "quiet")
+        if p.name not in ("resume", "quiet", "procs", "nnodes", "node_rank", "rdzv_endpoint")
         and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
     ]
     if given:

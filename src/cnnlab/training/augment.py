@@ -1,7 +1,10 @@
 """Per-sample augmentation on batched tensors (no decoding; only JPEG re-encoding goes through Pillow, per image),
-and mixup's draws.
+its random draws (`Draws`), and mixup's draws.
 
-Every random draw comes from the epoch's `torch.Generator`, so a run is reproducible and resumable.
+In training every image's draws come from its own generator, seeded by (the epoch's seed, the image's position
+in the epoch's order) (`Draws.per_image`): an image is augmented the same whatever batch or process it lands in,
+so one process with batch B and N data-parallel ranks with B/N each see the same inputs, and a run is
+reproducible and resumable. Tests and one-off calls may draw a batch's values from one `torch.Generator`.
 Geometric transforms (flips, rotation, shift, zoom) are folded into one affine warp per sample.
 """
 
@@ -31,8 +34,67 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
+# One uniform in [0, 1) per image for each of these, whatever the config turns on: switching one transform on
+# or off leaves the others' draws as they were.
+SLOTS = (
+    "hflip", "vflip", "angle", "scale", "tx", "ty", "brightness", "contrast", "gamma", "blur", "sharpness",
+    "jpeg", "jpeg_quality", "erase", "erase_area", "erase_aspect", "erase_top", "erase_left",
+)  # fmt: skip
+_SLOT = {name: i for i, name in enumerate(SLOTS)}
+
+
+class Draws:
+    """A batch's random draws: one row of uniforms a image (a column per `SLOTS` name) and Gaussian noise.
+
+    `per_image(seed, positions)`: each image's own numpy generator, seeded by (seed, its position): the training
+    loop's. `from_generator(g, n)`: the whole batch from one torch generator, drawn on first use."""
+
+    def __init__(self, n: int, uniforms, normal):
+        self.n, self._uniforms, self._normal, self._u = n, uniforms, normal, None
+
+    @classmethod
+    def per_image(cls, seed: int, positions: torch.Tensor) -> Draws:
+        """Each image's own numpy generator, seeded by (seed, its position), made when a draw is first asked for:
+        the uniforms first, then (only if asked) the noise, so a generator's stream is always in that order."""
+        positions, rngs = positions.tolist(), []
+
+        def streams() -> list[np.random.Generator]:
+            if not rngs:
+                rngs.extend(np.random.default_rng([seed, 0, p]) for p in positions)
+            return rngs
+
+        def uniforms() -> torch.Tensor:
+            return torch.from_numpy(np.stack([r.random(len(SLOTS), dtype=np.float32) for r in streams()]))
+
+        def normal(shape) -> torch.Tensor:
+            return torch.from_numpy(np.stack([r.standard_normal(shape, dtype=np.float32) for r in streams()]))
+
+        return cls(len(positions), uniforms, normal)
+
+    @classmethod
+    def from_generator(cls, g: torch.Generator, n: int) -> Draws:
+        return cls(n, lambda: torch.rand(n, len(SLOTS), generator=g), lambda shape: torch.randn(n, *shape, generator=g))
+
+    def u(self, name: str) -> torch.Tensor:
+        """The batch's uniforms in [0, 1) for slot `name` (n,)."""
+        if self._u is None:
+            self._u = self._uniforms().reshape(self.n, len(SLOTS))
+        return self._u[:, _SLOT[name]]
+
+    def uniform(self, name: str, lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * self.u(name)
+
+    def coin(self, name: str, p: float) -> torch.Tensor:
+        return self.u(name) < p
+
+    def normal(self, shape) -> torch.Tensor:
+        """Standard normal noise, n x `shape` (drawn after the uniforms)."""
+        self.u(SLOTS[0])
+        return self._normal(tuple(shape))
+
+
+def as_draws(draws: Draws | torch.Generator, n: int) -> Draws:
+    return draws if isinstance(draws, Draws) else Draws.from_generator(draws, n)
 
 
 class Augmenter:
@@ -64,69 +126,69 @@ class Augmenter:
             or c.erase
         )
 
-    def pixels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def pixels(self, x: torch.Tensor, draws: Draws | torch.Generator) -> torch.Tensor:
         """x: float B x C x H x W in [0, 1]. Returns the augmented batch, still in [0, 1]."""
-        return self.pixels_and_masks(x, None, g)[0]
+        return self.pixels_and_masks(x, None, draws)[0]
 
     def pixels_and_masks(
-        self, x: torch.Tensor, masks: torch.Tensor | None, g: torch.Generator
+        self, x: torch.Tensor, masks: torch.Tensor | None, draws: Draws | torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`pixels`, with box masks (B x 1 x H x W float) moved by the same geometric transform (flips, rotation,
         shift, zoom) and untouched by the photometric ones; the random draws are the same with or without masks."""
-        c, n = self.cfg, x.shape[0]
+        c, d = self.cfg, as_draws(draws, x.shape[0])
         if self.geometric:
-            x, masks = self._affine(x, masks, g)
+            x, masks = self._affine(x, masks, d)
         else:
             for flip, dim in ((c.hflip, -1), (c.vflip, -2)):
                 if flip:
-                    pick = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1).to(x.device)
+                    pick = d.coin("hflip" if dim == -1 else "vflip", 0.5).view(-1, 1, 1, 1).to(x.device)
                     x = torch.where(pick, x.flip(dim), x)
                     masks = None if masks is None else torch.where(pick, masks.flip(dim), masks)
         if c.brightness:
-            x = x * _uniform(n, 1 - c.brightness, 1 + c.brightness, g).view(-1, 1, 1, 1).to(x)
+            x = x * d.uniform("brightness", 1 - c.brightness, 1 + c.brightness).view(-1, 1, 1, 1).to(x)
         if c.contrast:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * _uniform(n, 1 - c.contrast, 1 + c.contrast, g).view(-1, 1, 1, 1).to(x) + mean
+            x = (x - mean) * d.uniform("contrast", 1 - c.contrast, 1 + c.contrast).view(-1, 1, 1, 1).to(x) + mean
         if c.brightness or c.contrast:
             x = x.clamp(0, 1)
         if c.gamma:
             log_g = math.log1p(c.gamma)
-            x = x.clamp_min(1e-6) ** torch.exp(_uniform(n, -log_g, log_g, g)).view(-1, 1, 1, 1).to(x)
+            x = x.clamp_min(1e-6) ** torch.exp(d.uniform("gamma", -log_g, log_g)).view(-1, 1, 1, 1).to(x)
         if c.blur:
-            pick = (torch.rand(n, generator=g) < c.blur).view(-1, 1, 1, 1).to(x.device)
+            pick = d.coin("blur", c.blur).view(-1, 1, 1, 1).to(x.device)
             x = torch.where(pick, _smooth(x), x)
         if c.sharpness:
             # factor 0 = smoothed, 1 = unchanged, 2 = sharpened: sources differ in sharpness and noise, and
             # a model should not read the class from how crisp a scan is
             smooth = _smooth(x)
-            factor = _uniform(n, 1 - c.sharpness, 1 + c.sharpness, g).view(-1, 1, 1, 1).to(x)
+            factor = d.uniform("sharpness", 1 - c.sharpness, 1 + c.sharpness).view(-1, 1, 1, 1).to(x)
             x = (smooth + factor * (x - smooth)).clamp(0, 1)
         if c.jpeg:
-            x = self._jpeg(x, g)
+            x = self._jpeg(x, d)
         if c.erase:
-            x = self._erase(x, g)
+            x = self._erase(x, d)
         return x, masks
 
-    def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _erase(self, x: torch.Tensor, d: Draws) -> torch.Tensor:
         """Random erasing: black out one rectangle (2-20% of the area, aspect 1:3 to 3:1) in a random subset,
         so that no single region of the image can carry the decision alone."""
-        n, (h, w) = x.shape[0], x.shape[-2:]
-        pick = torch.rand(n, generator=g) < self.cfg.erase
-        area = _uniform(n, *ERASE_AREA, g)
-        aspect = torch.exp(_uniform(n, -math.log(3), math.log(3), g))
+        h, w = x.shape[-2:]
+        pick = d.coin("erase", self.cfg.erase)
+        area = d.uniform("erase_area", *ERASE_AREA)
+        aspect = torch.exp(d.uniform("erase_aspect", -math.log(3), math.log(3)))
         eh, ew = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
-        top, left = torch.rand(n, generator=g) * (1 - eh), torch.rand(n, generator=g) * (1 - ew)
+        top, left = d.u("erase_top") * (1 - eh), d.u("erase_left") * (1 - ew)
         ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
         rows = (ys >= top[:, None]) & (ys < (top + eh)[:, None])
         cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])
         mask = (rows[:, :, None] & cols[:, None, :] & pick[:, None, None]).unsqueeze(1).to(x.device)
         return x.masked_fill(mask, 0.0)
 
-    def _jpeg(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _jpeg(self, x: torch.Tensor, d: Draws) -> torch.Tensor:
         """Re-encode a random subset as JPEG (blocking, ringing, lost detail: what re-saved scans look like)."""
-        n = x.shape[0]
-        pick = torch.rand(n, generator=g) < self.cfg.jpeg
-        quality = torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (n,), generator=g)
+        pick = d.coin("jpeg", self.cfg.jpeg)
+        levels = JPEG_QUALITY[1] - JPEG_QUALITY[0] + 1
+        quality = JPEG_QUALITY[0] + (d.u("jpeg_quality") * levels).long().clamp(max=levels - 1)
         idx = pick.nonzero().flatten().tolist()
         if not idx:
             return x
@@ -139,22 +201,22 @@ class Augmenter:
             out[i] = (torch.from_numpy(back).permute(2, 0, 1).float() / 255).to(x)
         return out
 
-    def noise(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def noise(self, x: torch.Tensor, draws: Draws | torch.Generator) -> torch.Tensor:
         """Gaussian noise, added after normalisation so its scale is independent of the data."""
         if not self.cfg.noise:
             return x
-        return x + self.cfg.noise * torch.randn(x.shape, generator=g).to(x)
+        return x + self.cfg.noise * as_draws(draws, x.shape[0]).normal(x.shape[1:]).to(x)
 
     def _affine(
-        self, x: torch.Tensor, masks: torch.Tensor | None, g: torch.Generator
+        self, x: torch.Tensor, masks: torch.Tensor | None, d: Draws
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         c, n = self.cfg, x.shape[0]
-        angle = _uniform(n, -c.rotate, c.rotate, g) * (math.pi / 180)
+        angle = d.uniform("angle", -c.rotate, c.rotate) * (math.pi / 180)
         # The sampling grid is scaled by s: s < 1 samples a smaller region, i.e. zooms in.
-        scale = _uniform(n, c.scale_min, c.scale_max, g)
-        tx, ty = (_uniform(n, -2 * c.translate, 2 * c.translate, g) for _ in range(2))
-        fx = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if c.hflip else torch.ones(n)
-        fy = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if c.vflip else torch.ones(n)
+        scale = d.uniform("scale", c.scale_min, c.scale_max)
+        tx, ty = (d.uniform(k, -2 * c.translate, 2 * c.translate) for k in ("tx", "ty"))
+        fx = torch.where(d.coin("hflip", 0.5), -1.0, 1.0) if c.hflip else torch.ones(n)
+        fy = torch.where(d.coin("vflip", 0.5), -1.0, 1.0) if c.vflip else torch.ones(n)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         theta = torch.stack(
             [torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cnnlab.config import Config
+from cnnlab.training.distributed import SOLO, Ranks, local_device, parallel_model, synchronised_batchnorm
 from cnnlab.training.presets import EvalInput, TrainInput
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -18,7 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass
 class Engine:
-    """Everything the loops need: the model on its device, its precision and its two input presets."""
+    """Everything the loops need: the model on its device, its precision and its two input presets; in a
+    data-parallel run, its ranks and the DDP wrapper that trains the model (`trained`)."""
 
     model: nn.Module
     device: torch.device
@@ -26,6 +28,18 @@ class Engine:
     train_input: TrainInput
     eval_input: EvalInput
     tta: bool = False
+    ranks: Ranks = SOLO
+    parallel: nn.Module | None = None
+
+    @property
+    def trained(self) -> nn.Module:
+        """What a training step calls: over several ranks the DDP wrapper, made on the first step (its
+        construction is a collective: every rank makes it at once), else the model itself."""
+        if self.ranks.world == 1:
+            return self.model
+        if self.parallel is None:
+            self.parallel = parallel_model(self.model, self.device)
+        return self.parallel
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -51,7 +65,8 @@ class Engine:
                 else " (auto)"
             )
         layout = "channels_last" if self.train_input.channels_last else "NCHW"
-        return f"{where}, {dtype}{why}, {layout}"
+        ranks = f", rank 0 of {self.ranks.world} (DDP)" if self.ranks.world > 1 else ""
+        return f"{where}, {dtype}{why}, {layout}{ranks}"
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -96,11 +111,15 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> Engine:
+def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Tensor, ranks: Ranks = SOLO) -> Engine:
     """The `Engine` for `model` under `cfg`: the device and precision picked (auto resolved), the model moved there
-    (channels_last if asked), and the train and eval input presets with the statistics `mean` and `std`."""
+    (channels_last if asked), and the train and eval input presets with the statistics `mean` and `std`. Over
+    several `ranks`: each rank's own GPU and BatchNorm synchronised over ranks (the DDP wrapper comes with the
+    first step)."""
     t, d = cfg.train, cfg.data
-    device = pick_device(t.device)
+    device = local_device(pick_device(t.device), ranks)
+    if ranks.world > 1:
+        model = synchronised_batchnorm(model, device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
@@ -111,4 +130,5 @@ def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Te
         TrainInput(mean, std, d.normalize, device, t.channels_last, cfg.augment),
         EvalInput(mean, std, d.normalize, device, t.channels_last),
         t.tta,
+        ranks,
     )

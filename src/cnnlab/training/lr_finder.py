@@ -28,9 +28,9 @@ from cnnlab.errors import UserError
 from cnnlab.files import output_folder, write_text
 from cnnlab.reporting.figures import lr_find_figure, save
 from cnnlab.reporting.reporter import Reporter
-from cnnlab.training.batching import batches, epoch_indices
+from cnnlab.training.batching import batches
 from cnnlab.training.checks import check_config, make_config
-from cnnlab.training.loops import train_step
+from cnnlab.training.loops import EpochOrder, train_step
 from cnnlab.training.preparation import prepare_run_data
 from cnnlab.training.trainer import Trainer, epoch_seed, use_threads
 
@@ -95,12 +95,11 @@ def range_test(trainer: Trainer, lrs: np.ndarray, progress=None) -> tuple[list[f
     best, n_classes, epoch = math.inf, len(trainer.classes), 0
     while True:
         epoch += 1
-        g = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch) + 1)
-        order, copies = epoch_indices(images.labels, n_classes, cfg.data.imbalance, g)
-        for pos in batches(images, order, cfg.train.batch_size):
+        order = EpochOrder.draw(images.labels, n_classes, cfg.data.imbalance, epoch_seed(cfg.train.seed, epoch))
+        for step, pos in enumerate(batches(images, order.order, cfg.train.batch_size)):
             for group in opt.optimizer.param_groups:
                 group["lr"] = float(lrs[len(losses)])
-            loss = train_step(eng, images, opt, cfg, g, order[pos], copies[pos], trainer.guide)[0]
+            loss = train_step(eng, images, opt, cfg, order, pos, step, trainer.guide)[0]
             losses.append(float(loss.detach()))
             if progress is not None:
                 progress.update(1)

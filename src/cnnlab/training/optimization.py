@@ -68,6 +68,12 @@ class Criterion(nn.Module):
         w = self.weight.to(logits.device) if self.weight is not None else None
         return F.cross_entropy(logits, target, weight=w, label_smoothing=self.label_smoothing)
 
+    def denominator(self, target: torch.Tensor) -> torch.Tensor:
+        """What the mean loss of `target`'s images divides by: their summed class weights, or their count."""
+        if self.weight is None:
+            return torch.tensor(float(len(target)), device=target.device)
+        return self.weight.to(target.device).index_select(0, target).sum()
+
 
 def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Loss weights for imbalance = weights: each class's weight is N / its count (an empty class counts 1)."""

@@ -1,13 +1,13 @@
 """The input presets that turn a uint8 batch into the network's input, a pair as in torchvision's classification
 references: `EvalInput` normalises (dataset statistics, per image, or histogram equalisation); `TrainInput`
-augments from the epoch's generator, then normalises the same way and adds noise."""
+augments with each image's own draws (augment.Draws), then normalises the same way and adds noise."""
 
 from __future__ import annotations
 
 import torch
 
 from cnnlab.config import AugmentConfig
-from cnnlab.training.augment import COPY_AUGMENT, Augmenter
+from cnnlab.training.augment import COPY_AUGMENT, Augmenter, Draws, as_draws
 
 NORMALIZE_POLICIES = ("dataset", "image", "equalize")
 
@@ -79,13 +79,15 @@ class TrainInput(EvalInput):
         super().__init__(mean, std, normalize, device, channels_last)
         self.augment, self.copy_augment = Augmenter(augment), Augmenter(COPY_AUGMENT)
 
-    def __call__(self, x_uint8: torch.Tensor, g: torch.Generator, copies: torch.Tensor) -> torch.Tensor:
-        return self.with_masks(x_uint8, None, g, copies)[0]
+    def __call__(self, x_uint8: torch.Tensor, draws: Draws | torch.Generator, copies: torch.Tensor) -> torch.Tensor:
+        return self.with_masks(x_uint8, None, draws, copies)[0]
 
     def with_masks(
-        self, x_uint8: torch.Tensor, masks: torch.Tensor | None, g: torch.Generator, copies: torch.Tensor
+        self, x_uint8: torch.Tensor, masks: torch.Tensor | None, draws: Draws | torch.Generator, copies: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The network's input, and the box masks (B x 1 x H x W float) moved as their images were."""
+        """The network's input, and the box masks (B x 1 x H x W float) moved as their images were; `draws`: the
+        images' own (training) or one generator's for the batch."""
+        g = as_draws(draws, x_uint8.shape[0])
         x = self.floats(x_uint8)
         augment_copies = not self.augment.active and bool(copies.any())
         augmented = self.augment.active or augment_copies

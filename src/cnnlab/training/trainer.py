@@ -30,6 +30,7 @@ from cnnlab.reporting.reporter import Reporter
 from cnnlab.training import run_folder
 from cnnlab.training.batching import place, steps_per_epoch
 from cnnlab.training.checks import check_config
+from cnnlab.training.distributed import SOLO, Ranks, join
 from cnnlab.training.engine import Engine, make_engine
 from cnnlab.training.guidance import BoxGuidance
 from cnnlab.training.loops import train_one_epoch, validate_epoch
@@ -86,11 +87,13 @@ class Trainer:
     diverged: bool = False
 
     @classmethod
-    def build(cls, cfg: Config, p: RunData) -> Trainer:
-        """The model (initialised from the config's seed), its engine, and its optimization, on `p`'s data."""
+    def build(cls, cfg: Config, p: RunData, ranks: Ranks = SOLO) -> Trainer:
+        """The model (initialised from the config's seed), its engine, and its optimization, on `p`'s data; over
+        several `ranks`, this rank's part of the data-parallel run."""
         n_classes = len(p.classes)
         torch.manual_seed(cfg.train.seed)
-        eng = make_engine(cfg, build(cfg.model, cfg.data.channels, n_classes, cfg.data.image_size), p.mean, p.std)
+        model = build(cfg.model, cfg.data.channels, n_classes, cfg.data.image_size)
+        eng = make_engine(cfg, model, p.mean, p.std, ranks)
         for images in (p.train, p.val):
             place(images, eng.device, cfg.train.channels_last)
         weight = class_weights(p.train.labels, n_classes) if cfg.data.imbalance == "weights" else None
@@ -104,11 +107,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------ one epoch
 
     def train_epoch(self, epoch: int, progress=None) -> dict:
-        """The training half of `epoch`, seeded from (seed, epoch): dropout through torch's global RNG, the
-        order and the augmentation through the epoch's generator."""
-        torch.manual_seed(epoch_seed(self.cfg.train.seed, epoch))
-        g = torch.Generator().manual_seed(epoch_seed(self.cfg.train.seed, epoch) + 1)
-        return train_one_epoch(self.eng, self.train, self.opt, len(self.classes), self.cfg, g, progress, self.guide)
+        """The training half of `epoch`, seeded from (seed, epoch): dropout through torch's global RNG (one stream a
+        rank), the order and every image's augmentation through seeds of their own (the same on every rank)."""
+        seed = epoch_seed(self.cfg.train.seed, epoch)
+        torch.manual_seed(seed + self.eng.ranks.rank)
+        return train_one_epoch(self.eng, self.train, self.opt, len(self.classes), self.cfg, seed, progress, self.guide)
 
     def validate(self) -> dict:
         eng = dataclasses.replace(self.eng, model=self.opt.eval_model)
@@ -202,6 +205,14 @@ def fit(cfg: Config, out: Path, reporter: Reporter | None = None, force: bool = 
     reporter: where the progress bars and epoch lines go (default: printed)."""
     reporter = reporter or Reporter()
     cfg = check_config(cfg).absolute()
+    ranks = _join(cfg)
+    if not ranks.main:
+        return _follow(Path(out), ranks)
+    with _Lead(ranks) as lead:
+        return _fit(cfg, Path(out), reporter, force, lead)
+
+
+def _fit(cfg: Config, out: Path, reporter: Reporter, force: bool, lead: _Lead) -> dict:
     protected = protected_paths(cfg.data.path)
     out = output_folder(out, protected, "run folder", create=False)
     created = not out.exists()
@@ -216,7 +227,7 @@ def fit(cfg: Config, out: Path, reporter: Reporter | None = None, force: bool = 
                     f"{out} is not empty ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
                     "and holds no cnnlab run: choose a new --out, or pass --force to write into it"
                 )
-            return _start(cfg, out, reporter)
+            return _start(cfg, out, reporter, lead)
     except BaseException:
         if created and not run_folder.is_run(out):  # nothing of the run was written: leave no empty folder
             (out / LOCK).unlink(missing_ok=True)
@@ -231,7 +242,10 @@ def resume(out: Path, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     out = Path(out)
     cfg = check_config(run_folder.read_config(out))
-    with FolderLock(out):
+    ranks = _join(cfg)
+    if not ranks.main:
+        return _follow(out, ranks)
+    with _Lead(ranks) as lead, FolderLock(out):
         last = out / run_folder.LAST
         state = (
             run_folder.load_checkpoint(
@@ -244,24 +258,73 @@ def resume(out: Path, reporter: Reporter | None = None) -> dict:
             reporter.line(f"run {out} is already finished ({state['epoch']} epochs)")
             return state["summary"]
         if not (out / run_folder.SPLIT).is_file():
-            return _start(cfg, out, reporter)
-        use_threads(cfg)
-        p = prepare_run_data(
-            cfg, progress=reporter.progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"]
-        )
-        if p.boxes is not None:
-            run_folder.check_boxes(p.boxes.record, out)
-        trainer = Trainer.build(cfg, p)
+            return _start(cfg, out, reporter, lead)
+        trainer = _rebuild(cfg, out, state, ranks, reporter.progress)
         if state is not None:
-            trainer.load_state_dict(state)
             reporter.line(f"resuming {out} at epoch {trainer.epoch + 1}")
-        return _train(trainer, out, reporter)
+        return _train(trainer, out, reporter, lead)
 
 
-def _start(cfg: Config, out: Path, reporter: Reporter) -> dict:
-    use_threads(cfg)
+def _rebuild(cfg: Config, out: Path, state: dict | None, ranks: Ranks, progress: bool) -> Trainer:
+    """The Trainer of the run in `out` on the images its split.csv lists, at `state` (its last.pt) if any."""
+    use_threads(cfg, ranks)
+    p = prepare_run_data(cfg, progress=progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"])
+    if p.boxes is not None:
+        run_folder.check_boxes(p.boxes.record, out)
+    trainer = Trainer.build(cfg, p, ranks)
+    if state is not None:
+        trainer.load_state_dict(state)
+    return trainer
+
+
+def _join(cfg: Config) -> Ranks:
+    """This process's ranks when torchrun started several (SOLO otherwise); refuses what they cannot share."""
+    ranks = join(cfg.train.device)
+    if ranks.world > 1 and cfg.data.boxes:
+        raise UserError("box-guided training runs in one process: drop data.boxes or train without --procs/torchrun")
+    return ranks
+
+
+class _Lead:
+    """Rank 0's word to the other ranks of a data-parallel run: "go" once the run folder holds what they train
+    from (config, split, last.pt), else, on leaving, "done" (nothing to train) or "stop" (it failed)."""
+
+    def __init__(self, ranks: Ranks):
+        self.ranks, self.said = ranks, False
+
+    def go(self) -> None:
+        if not self.said:
+            self.said = True
+            self.ranks.broadcast("go")
+
+    def __enter__(self) -> _Lead:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if not self.said:
+            self.said = True
+            self.ranks.broadcast("stop" if exc_type else "done")
+
+
+def _follow(out: Path, ranks: Ranks) -> dict:
+    """A rank other than 0: wait for rank 0's word, then train its share of the run in `out` as rank 0 does,
+    from the same folder, writing and printing nothing. A rank-0 failure ends it with code 2, quietly (rank 0
+    printed why)."""
+    word = ranks.broadcast(None)
+    if word == "stop":
+        raise SystemExit(2)
+    if word == "done":
+        return {}
+    cfg = check_config(run_folder.read_config(out))
+    last = out / run_folder.LAST
+    state = run_folder.load_checkpoint(last) if last.is_file() else None
+    return _train(_rebuild(cfg, out, state, ranks, False), out, Reporter.quiet())
+
+
+def _start(cfg: Config, out: Path, reporter: Reporter, lead: _Lead | None = None) -> dict:
+    use_threads(cfg, lead.ranks if lead else SOLO)
     p = prepare_run_data(cfg, progress=reporter.progress)
-    trainer = Trainer.build(cfg, p)
+    trainer = Trainer.build(cfg, p, lead.ranks if lead else SOLO)
     cfg.save(out / run_folder.CONFIG)
     run_folder.write_split(p.dataset, out)
     run_folder.write_skipped(p.skipped, out)
@@ -272,24 +335,30 @@ def _start(cfg: Config, out: Path, reporter: Reporter) -> dict:
             f"box guidance: {r['train_images_with_box']} of {r['train_images']} training images have a box "
             f"(weight {cfg.loss.box_weight:g}, {r['path']})"
         )
-    return _train(trainer, out, reporter)
+    return _train(trainer, out, reporter, lead)
 
 
-def use_threads(cfg: Config) -> None:
-    """The run's threads (`train.threads`, or every core) for torch in this process."""
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+def use_threads(cfg: Config, ranks: Ranks = SOLO) -> None:
+    """The run's threads (`train.threads`, or the cores shared among this machine's ranks) for torch here."""
+    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // ranks.local_world))
 
 
-def _train(trainer: Trainer, out: Path, reporter: Reporter) -> dict:
+def _train(trainer: Trainer, out: Path, reporter: Reporter, lead: _Lead | None = None) -> dict:
     """Epochs until the last, early stopping or divergence; after each, the run's files are written in the
-    background (`RunWriter`, training/run_folder.py) while the next epoch trains."""
-    writer, t = RunWriter(out, trainer.cfg.train.save_every), trainer.cfg.train
-    board = TensorBoard(out) if t.tensorboard else None
+    background (`RunWriter`, training/run_folder.py) while the next epoch trains: by rank 0 alone in a
+    data-parallel run (whose other ranks are told to start with `lead`)."""
+    t, main = trainer.cfg.train, trainer.eng.ranks.main
+    if lead is not None:
+        lead.go()
+    writer = RunWriter(out, t.save_every) if main else None
+    board = TensorBoard(out) if t.tensorboard and main else None
     reporter.note(f"training on {trainer.eng.describe(t.precision)}")
     try:
         with _Sigterm():
             while not trainer.finished and trainer.epoch < t.epochs:
                 row, improved = trainer.run_epoch(reporter)
+                if writer is None:
+                    continue
                 writer.epoch_done(
                     trainer.epoch,
                     trainer.meta(),
@@ -306,7 +375,8 @@ def _train(trainer: Trainer, out: Path, reporter: Reporter) -> dict:
                     reporter.line(f"training diverged at epoch {trainer.epoch} (loss {row['train_loss']}); stopping")
     finally:
         try:
-            writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
+            if writer is not None:
+                writer.close()  # Ctrl-C included: the last finished epoch reaches the disk
         finally:
             if board is not None:
                 board.close()

@@ -1,23 +1,27 @@
 """Record the golden figures of tests/training/test_golden.py, for the kernel set of this process.
 
-Golden means the code before the redesign: record from commit 698ef8c (before the train.py split), whose
-fit/test_run/predict this script finds under their old names:
+The goldens are the figures of cnnlab 0.2.0, the version that draws augmentation per image (CHANGELOG.md). Until
+then they were those of the code before the redesign (commit 698ef8c), which this tree matched to the last digit
+on the sets recorded then; 0.2.0 changed the draws on purpose and re-recorded them. Record with this tree:
 
-    git archive 698ef8c src | tar -x -C /tmp/old
-    PYTHONPATH=/tmp/old/src python tests/training/golden/make_golden.py
+    PYTHONPATH=src python tests/training/golden/make_golden.py
     # the AVX2 set, on any x86-64 CPU with AVX2 (what the CI's second pass emulates; the vendor is part of it):
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 PYTHONPATH=/tmp/old/src \
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 PYTHONPATH=src \
         python tests/training/golden/make_golden.py
 
-Each kernel set is a folder kernels/NAME/: fingerprint.json (what the figures depend on: torch version, ATen's
-CPU kernel level, oneDNN's and MKL's instruction-set caps, the extensions oneDNN dispatches on, the CPU vendor),
-each config's history (NAME.csv) and every optimizer step's loss (NAME-steps.json), and the fixed run's test
-figures. The train/validation split (split-NAME.csv) and the labels of every training batch (labels-NAME.json)
-depend on no kernel and are shared.
+Each kernel set is a folder kernels/VENDOR-NAME/: fingerprint.json (what the figures depend on: torch version,
+ATen's CPU kernel level, oneDNN's and MKL's instruction-set caps, the extensions oneDNN dispatches on, the CPU
+vendor), each config's history (NAME.csv) and every optimizer step's loss (NAME-steps.json), and the fixed run's
+test figures. The train/validation split (split-NAME.csv) and the labels of every training batch
+(labels-NAME.json) depend on no kernel and are shared.
 
-kernels/avx512+avx512_bf16+avx512_vnni was written on a 2-core AMD EPYC with AVX-512 BF16, torch 2.14.1 (before
-the step losses were recorded); kernels/avx2 on a 2-core AMD EPYC with AVX2 only, torch 2.14.1. Regenerate
-them only for a change meant to alter training numbers, and say so in the commit.
+kernels/intel-avx512+amx_bf16+amx_int8+... and kernels/intel-avx2 were written on a 2-core Intel Xeon with AMX, torch
+2.14.1. A session on another vendor's CPU adds its own sets beside them (the same command); the sets of 0.1.0 on
+AMD EPYC CPUs (AVX2 only; AVX-512 BF16) were removed with the change, not re-recorded. Regenerate only for a
+change meant to alter training numbers, and say so in the commit and CHANGELOG.md.
+
+legacy-run/ is a run written before the redesign (checkpoint format 1); its predict.json was written on the CPU
+of legacy-run/fingerprint.json, where its predictions must match to the last digit.
 """
 
 from __future__ import annotations
@@ -178,8 +182,12 @@ def fingerprint() -> dict:
     }
 
 
+VENDORS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+
+
 def kernel_set_name(fp: dict) -> str:
-    return "+".join([fp["cpu_capability"].lower(), *fp["cpu_flags"]])
+    vendor = VENDORS.get(fp["cpu_vendor"], fp["cpu_vendor"].lower() or "unknown")
+    return f"{vendor}-" + "+".join([fp["cpu_capability"].lower(), *fp["cpu_flags"]])
 
 
 def recorded_sets() -> dict[str, dict]:
