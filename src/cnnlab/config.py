@@ -51,6 +51,8 @@ class DataConfig:
     strict: bool = False  # unusable files are an error instead of a warning
     class_map: str = ""  # test_name=train_name,...
     cache_dir: str = ""
+    # auto (in memory when the decoded set fits easily, else memory-mapped from the cache folder) | memory | mmap
+    cache: str = "auto"
     imbalance: str = "none"  # none | weights | oversample | undersample
     # dataset (training mean/std per channel) | image (each image to mean 0, std 1) | equalize (each image's
     # nonzero pixels to their rank in its own histogram, then to mean 0, std 1: blind to any monotone

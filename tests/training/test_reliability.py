@@ -211,7 +211,7 @@ def test_a_copy_of_the_test_folder_is_the_same_test(shapes, tmp_path):
     assert "already evaluated 1 time" in run_cli("test", out, "--data", copy).output
 
 
-@pytest.mark.parametrize("victim", [".last.pt.tmp", ".best.pt.tmp", ".v1-16-squash"])  # a checkpoint, the cache
+@pytest.mark.parametrize("victim", [".last.pt.tmp", ".best.pt.tmp", ".index.pt"])  # a checkpoint, the cache index
 def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_file(shapes, tmp_path, monkeypatch, victim):
     real_save = torch.save
 

@@ -1,11 +1,13 @@
-"""The decode cache: images decoded once into uint8 tensors (`load_images`, `ImageSet`), kept outside the dataset.
+"""The decode cache: images decoded once into uint8 (`load_images`, `ImageSet`), kept outside the dataset.
 
 Decoding and resizing full-size JPEGs every epoch dominated the assignment's run time. Here each file is
 decoded once per preprocessing setting (JPEG draft mode decodes large files at a reduced scale), on all
-cores, and stored in a cache keyed by the file's path, size and mtime and by the preprocessing settings:
-a second run opens no image, and a changed file or setting re-decodes exactly what it affects. While the cache
-file is unchanged it is also kept in the process's memory, so a study's runs share it. How one file is decoded
-(`DecodeSettings`, `decode`) is in data/decode.py, which imports no torch.
+cores, into a store on disk (data/store.py: shard files and an index) keyed by the file's path, size and mtime
+and by the preprocessing settings: a second run opens no image, and a changed file or setting re-decodes exactly
+what it affects. A run's images are then read into memory when they fit easily, or else memory-mapped from the
+store and read by the batches that need them (`data.cache`: auto, memory, mmap), so a data set larger than the
+memory trains, and the processes of a study or of a data-parallel run share the page cache's one copy. How one
+file is decoded (`DecodeSettings`, `decode`) is in data/decode.py, which imports no torch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,17 @@ import torch
 
 from cnnlab.data.decode import BadImage, DecodeSettings, decode
 from cnnlab.data.folders import Sample
-from cnnlab.files import output_folder, torch_save
+from cnnlab.data.store import (
+    Entry,
+    Index,
+    MappedImages,
+    ShardWriter,
+    read_entries,
+    read_index,
+    read_stacked,
+    write_index,
+)
+from cnnlab.files import output_folder
 
 # ---------------------------------------------------------------------------------------------- cache
 
@@ -58,11 +71,36 @@ def _locked(lock_path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+CACHE_MODES = ("auto", "memory", "mmap")
+MEMORY_SHARE = 0.25  # auto: in memory when the images take at most this share of the available memory
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable: free plus reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 8 << 30
+
+
+def size_text(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
 @dataclass
 class ImageSet:
-    """Decoded images of some samples. `images` is one N x C x S x S tensor, or a list for resize=keep."""
+    """Decoded images of some samples. `images` is one N x C x S x S tensor, `MappedImages` (the same, read from
+    the store by the batches that ask), or a list of tensors for resize=keep. `mapped` says which; `nbytes`
+    is the pixels' size."""
 
-    images: torch.Tensor | list[torch.Tensor]
+    images: torch.Tensor | MappedImages | list[torch.Tensor]
     labels: torch.Tensor
     samples: list[Sample]
     sizes: list[tuple[int, int]]
@@ -71,6 +109,24 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def mapped(self) -> bool:
+        return isinstance(self.images, MappedImages)
+
+    @property
+    def nbytes(self) -> int:
+        if isinstance(self.images, list):
+            return sum(x.numel() for x in self.images)
+        return self.images.nbytes if self.mapped else self.images.numel()
+
+
+def cache_note(*sets: ImageSet) -> str:
+    """One line of where a run's images are: `cache: memory-mapped, 6.1 GB on disk` or `cache: in memory, 140 MB`."""
+    total = sum(s.nbytes for s in sets)
+    if any(s.mapped for s in sets):
+        return f"cache: memory-mapped, {size_text(total)} on disk"
+    return f"cache: in memory, {size_text(total)}"
+
 
 @dataclass
 class CacheStats:
@@ -78,9 +134,6 @@ class CacheStats:
     decoded: int = 0
     bad: int = 0
     seconds: float = 0.0
-
-
-_IN_MEMORY: dict[Path, tuple[int, dict]] = {}  # cache file -> (its mtime, its store), for the last one read
 
 
 class ImageCache:
@@ -94,33 +147,14 @@ class ImageCache:
         output_folder(base, [root], "cache folder", create=False)
         tag = hashlib.sha1(str(root).encode()).hexdigest()[:16]
         self.dir = base / tag
-        self.path = self.dir / f"{prep.key()}.pt"
+        self.store = self.dir / prep.key()
         self.stats = CacheStats()
 
-    def _read(self) -> dict:
-        """The store, from this process's memory while the file is unchanged (a study's runs share it)."""
-        try:
-            stamp = self.path.stat().st_mtime_ns
-        except OSError:
-            return {"entries": {}, "bad": {}}
-        held = _IN_MEMORY.get(self.path)
-        if held is not None and held[0] == stamp:
-            return held[1]
-        try:
-            store = torch.load(self.path, weights_only=True)
-        except Exception:  # a damaged cache is rebuilt, never fatal
-            return {"entries": {}, "bad": {}}
-        _IN_MEMORY.clear()  # one store held at a time: memory stays that of one data set
-        _IN_MEMORY[self.path] = (stamp, store)
-        return store
-
-    def _write(self, store: dict) -> None:
-        torch_save(store, self.path)
-        _IN_MEMORY.clear()
-        _IN_MEMORY[self.path] = (self.path.stat().st_mtime_ns, store)
-
-    def load(self, samples: list[Sample], progress: bool = False) -> tuple[ImageSet, list[tuple[str, str]]]:
-        """Decode (or fetch) every sample; returns the images of the good ones and the (path, reason) of bad."""
+    def load(
+        self, samples: list[Sample], progress: bool = False, mode: str = "auto", copies: int = 1
+    ) -> tuple[ImageSet, list[tuple[str, str]]]:
+        """Decode (or find) every sample; returns the images of the good ones (in memory, or memory-mapped:
+        `mode`) and the (path, reason) of the bad ones."""
         t0 = time.perf_counter()
         keys, gone = [], {}
         for s in samples:
@@ -129,46 +163,58 @@ class ImageCache:
             except OSError as e:  # removed or moved since the scan: unusable, like a corrupt file
                 gone[str(s.path)] = f"cannot read: {e.strerror or e}"
                 keys.append(None)
-        store = self._read()
-        missing = [
-            i for i, k in enumerate(keys) if k is not None and k not in store["entries"] and k not in store["bad"]
-        ]
+        index = read_index(self.store)
+        missing = [i for i, k in enumerate(keys) if k is not None and not index.knows(k)]
         if missing:
             output_folder(self.dir, [self.root], "cache folder")
+            self.store.mkdir(exist_ok=True)
             with _locked(self.dir / "lock"):
-                store = self._read()  # another process may have filled it meanwhile
-                missing = [
-                    i
-                    for i, k in enumerate(keys)
-                    if k is not None and k not in store["entries"] and k not in store["bad"]
-                ]
-                self._decode_into(store, [samples[i].path for i in missing], [keys[i] for i in missing], progress)
-                self._write(store)
+                index = read_index(self.store)  # another process may have filled it meanwhile
+                missing = [i for i, k in enumerate(keys) if k is not None and not index.knows(k)]
+                writer = ShardWriter(self.store)
+                try:
+                    self._decode_into(
+                        index, writer, [samples[i].path for i in missing], [keys[i] for i in missing], progress
+                    )
+                    write_index(self.store, index)
+                except BaseException:
+                    writer.abort()  # no index names these shards
+                    raise
+                (self.dir / f"{self.prep.key()}.pt").unlink(missing_ok=True)  # the store of cnnlab 0.1
         self.stats.decoded = len(missing)
         self.stats.hits = len(samples) - len(missing) - len(gone)
-
         good, bad = [], []
         for s, k in zip(samples, keys, strict=True):
             if k is None:
                 bad.append((str(s.path), gone[str(s.path)]))
-            elif k in store["bad"]:
-                bad.append((str(s.path), store["bad"][k]))
+            elif k in index.bad:
+                bad.append((str(s.path), index.bad[k]))
             else:
-                good.append((s, store["entries"][k]))
+                good.append((s, index.entries[k]))
         self.stats.bad = len(bad)
-        imgs = [e["image"] for _, e in good]
-        stacked = torch.stack(imgs) if imgs and self.prep.resize != "keep" else imgs
+        entries = [e for _, e in good]
         result = ImageSet(
-            images=stacked,
+            images=self._images(entries, mode, copies),
             labels=torch.tensor([s.label for s, _ in good], dtype=torch.long),
             samples=[s for s, _ in good],
-            sizes=[tuple(e["size"].tolist()) for _, e in good],
-            modes=[e["mode"] for _, e in good],
+            sizes=[e.size for e in entries],
+            modes=[e.mode for e in entries],
         )
         self.stats.seconds = time.perf_counter() - t0
         return result, bad
 
-    def _decode_into(self, store: dict, paths: list[Path], keys: list[str], progress: bool) -> None:
+    def _images(self, entries: list[Entry], mode: str, copies: int):
+        if self.prep.resize == "keep":
+            return read_entries(self.store, entries)  # variable sizes: in memory
+        nbytes = sum(e.nbytes for e in entries) * copies  # every process of this machine would hold its own
+        if entries and (mode == "mmap" or (mode == "auto" and nbytes > MEMORY_SHARE * available_memory())):
+            return MappedImages(self.store, entries)
+        return read_stacked(self.store, entries)
+
+    def _decode_into(
+        self, index: Index, writer: ShardWriter, paths: list[Path], keys: list[str], progress: bool
+    ) -> None:
+        """Decode `paths` on all cores, each image written to a new shard as it arrives (never all held)."""
         from cnnlab.reporting.progress import progress_bar
 
         def work(p):
@@ -177,27 +223,51 @@ class ImageCache:
             except BadImage as e:
                 return str(e)
 
-        with ThreadPoolExecutor(self.workers) as pool:
-            results = pool.map(work, paths)
-            for k, r in progress_bar(
-                zip(keys, results, strict=True), total=len(keys), desc="decoding", unit="img", enabled=progress
-            ):
-                if isinstance(r, str):
-                    store["bad"][k] = r
-                else:
-                    arr, size, mode = r
-                    store["entries"][k] = {"image": torch.from_numpy(arr), "size": torch.tensor(size), "mode": mode}
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                results = _bounded_map(pool, work, paths, window=8 * self.workers)
+                for k, r in progress_bar(
+                    zip(keys, results, strict=True), total=len(keys), desc="decoding", unit="img", enabled=progress
+                ):
+                    if isinstance(r, str):
+                        index.bad[k] = r
+                    else:
+                        arr, size, mode = r
+                        index.entries[k] = writer.add(arr, size, mode)
+        finally:
+            writer.close()
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, window: int):
+    """`pool.map(fn, items)` in order, with at most `window` results waiting at once (pool.map would queue every
+    item up front, and finished images would pile up behind one slow file)."""
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def load_images(
-    samples: list[Sample], root: Path, prep: DecodeSettings, cache_dir=None, progress=False, strict=False
+    samples: list[Sample],
+    root: Path,
+    prep: DecodeSettings,
+    cache_dir=None,
+    progress=False,
+    strict=False,
+    mode: str = "auto",
+    copies: int = 1,
 ) -> tuple[ImageSet, list[tuple[str, str]], CacheStats]:
     """Decode `samples` (paths under `root`) with `prep` through the cache, each file once per setting.
 
-    Returns (ImageSet of the usable ones, (path, reason) of the unusable ones, CacheStats); with `strict`, an
-    unusable file is a UserError instead."""
+    Returns (ImageSet of the usable ones, in memory or memory-mapped as `mode` says (auto: mapped when they
+    would take more than a quarter of the available memory, counted `copies` times: the processes of this machine
+    that hold them, e.g. a data-parallel run's ranks), (path, reason) of the unusable ones, CacheStats);
+    with `strict`, an unusable file is a UserError instead."""
     cache = ImageCache(root, prep, cache_dir)
-    images, bad = cache.load(samples, progress=progress)
+    images, bad = cache.load(samples, progress=progress, mode=mode, copies=copies)
     if bad and strict:
         from cnnlab.data.folders import report_skipped
 

@@ -153,7 +153,7 @@ def sorted_groups(labels: np.ndarray, keys: list[str]) -> list[list[int]]:
 
 def thumbnails(samples: list[Sample], root: Path, cache_dir) -> tuple[torch.Tensor, list[int]]:
     """Gray 64x64 thumbnails (through the shared decode cache) and the indices of the decodable samples."""
-    images, _bad, _ = load_images(samples, root, THUMB, cache_dir)
+    images, _bad, _ = load_images(samples, root, THUMB, cache_dir, mode="memory")
     index = {id(s): i for i, s in enumerate(samples)}
     good = [index[id(s)] for s in images.samples]
     thumbs = images.images if good else torch.zeros(0, 1, SIDE, SIDE, dtype=torch.uint8)

@@ -194,7 +194,9 @@ def _choose_images(
             given, classes, class_map or (cfg.data.class_map if own else None), cfg.data.strict
         )
         name = name or "test"
-    images, bad, _ = load_images(samples, root, DecodeSettings.of(cfg.data), cfg.data.cache_dir or None)
+    images, bad, _ = load_images(
+        samples, root, DecodeSettings.of(cfg.data), cfg.data.cache_dir or None, mode=cfg.data.cache
+    )
     if bad:
         report_skipped(bad, strict=cfg.data.strict)
     return source, root, images, len(bad), name

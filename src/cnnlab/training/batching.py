@@ -44,7 +44,7 @@ def epoch_indices(
 def batches(images: ImageSet, order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Positions into `order`, one tensor a batch. Variable-size images are grouped by size (buckets)."""
     positions = torch.arange(len(order))
-    if isinstance(images.images, torch.Tensor):
+    if not isinstance(images.images, list):  # one size (in memory or mapped)
         groups = [positions]
     else:
         buckets: dict[tuple, list[int]] = {}
@@ -66,6 +66,9 @@ def steps_per_epoch(images: ImageSet, n_classes: int, imbalance: str, batch_size
 
 
 def gather(images: ImageSet, idx: torch.Tensor) -> torch.Tensor:
+    """The uint8 images at `idx`: indexed in memory (on the set's device), read from the store when mapped."""
+    if images.mapped:
+        return images.images.gather(idx)
     if isinstance(images.images, torch.Tensor):
         return images.images[idx.to(images.images.device)]  # indexing keeps channels_last strides
     return torch.stack([images.images[i] for i in idx.tolist()])
@@ -73,8 +76,11 @@ def gather(images: ImageSet, idx: torch.Tensor) -> torch.Tensor:
 
 def place(images: ImageSet, device: torch.device, channels_last: bool) -> ImageSet:
     """Store a fixed-size set the way the model reads it: channels_last (batches then need no layout copy),
-    and on the GPU when there is one (140 MB of uint8 for the whole MRI set at 128 px)."""
-    if isinstance(images.images, torch.Tensor):
+    and on the GPU when there is one (140 MB of uint8 for the whole MRI set at 128 px). A mapped set stays in
+    the store; its batches come in the same layout, and go to the device with the input preset."""
+    if images.mapped:
+        images.images.channels_last = channels_last
+    elif isinstance(images.images, torch.Tensor):
         x = images.images.to(device)
         images.images = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     return images

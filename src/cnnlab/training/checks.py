@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import torch
 
 from cnnlab.config import Config, ModelConfig, load_recipe
+from cnnlab.data.cache import CACHE_MODES
 from cnnlab.data.decode import CROP_POLICIES, RESIZE_POLICIES, parse_window
 from cnnlab.data.splits import SPLIT_POLICIES
 from cnnlab.errors import UserError, nearest
@@ -123,6 +124,7 @@ def _data(cfg: Config) -> None:
     _at_least("block_size", d.block_size, 1)
     _name(d.normalize, NORMALIZE_POLICIES, "normalize policy")
     _name(d.imbalance, IMBALANCE_MODES, "imbalance")
+    _name(d.cache, CACHE_MODES, "cache mode")
 
 
 def _augment(cfg: Config) -> None:

@@ -34,6 +34,7 @@ class Ranks:
     world: int = 1
     local_rank: int = 0
     local_world: int = 1
+    device: str = "cpu"  # where the collectives' tensors must be: cuda:N for NCCL
 
     @property
     def main(self) -> bool:
@@ -47,7 +48,12 @@ class Ranks:
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """`t` summed over ranks, in place."""
         if self.world > 1:
-            dist.all_reduce(t)
+            if str(t.device) == self.device:
+                dist.all_reduce(t)
+            else:
+                moved = t.to(self.device)
+                dist.all_reduce(moved)
+                t.copy_(moved)
         return t
 
     def gather(self, part: torch.Tensor, n: int) -> torch.Tensor:
@@ -55,12 +61,12 @@ class Ranks:
         if self.world == 1:
             return part
         size = -(-n // self.world)
-        padded = part.new_zeros((size, *part.shape[1:]))
+        padded = part.new_zeros((size, *part.shape[1:]), device=self.device)
         padded[: len(part)] = part
         out = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(out, padded)
         shares = [Ranks(r, self.world).share(n) for r in range(self.world)]
-        return torch.cat([o[: s.stop - s.start] for o, s in zip(out, shares, strict=True)])
+        return torch.cat([o[: s.stop - s.start] for o, s in zip(out, shares, strict=True)]).to(part.device)
 
     def broadcast(self, obj):
         """Rank 0's `obj` (any picklable value), on every rank."""
@@ -98,7 +104,9 @@ def join(device: str) -> Ranks:
         torch.cuda.set_device(local_rank)
     # rank 0 decodes a new data set while the others wait: allow it hours, not the default half hour
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=JOIN_TIMEOUT_HOURS))
-    _joined = Ranks(dist.get_rank(), dist.get_world_size(), local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    where = f"cuda:{local_rank}" if cuda else "cpu"
+    _joined = Ranks(dist.get_rank(), dist.get_world_size(), local_rank, local_world, where)
     return _joined
 
 

@@ -44,7 +44,8 @@ def box_masks(boxes_csv: str, root: Path, train: ImageSet, prep: DecodeSettings)
     table = read_boxes(boxes_csv)
     rels = [Path(s.path).resolve().relative_to(Path(root).resolve()).as_posix() for s in train.samples]
     boxes = decoded_boxes(root, rels, table, prep)
-    shapes = [tuple(x.shape[-2:]) for x in train.images]
+    fixed = not isinstance(train.images, list)
+    shapes = [tuple(train.images.shape[-2:])] * len(train) if fixed else [tuple(x.shape[-2:]) for x in train.images]
     masks = [
         torch.from_numpy(box_mask(shape, boxes.get(rel, []))).to(torch.uint8)[None]
         for rel, shape in zip(rels, shapes, strict=True)
@@ -56,7 +57,7 @@ def box_masks(boxes_csv: str, root: Path, train: ImageSet, prep: DecodeSettings)
             f"folder {root}, e.g. {rels[0]})"
         )
     record = file_record(boxes_csv) | {"train_images": len(rels), "train_images_with_box": int(has_box.sum())}
-    stacked = torch.stack(masks) if isinstance(train.images, torch.Tensor) else masks
+    stacked = torch.stack(masks) if fixed else masks
     return BoxMasks(stacked, has_box, record)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import Config
-from cnnlab.data.cache import ImageSet, load_images
+from cnnlab.data.cache import ImageSet, cache_note, load_images
 from cnnlab.data.decode import DecodeSettings
 from cnnlab.data.folders import Dataset, check_root, report_skipped, scan
 from cnnlab.data.manifest import check_sizes, manifest_classes, read_manifest
@@ -38,6 +38,11 @@ class RunData:
     @property
     def classes(self) -> list[str]:
         return self.dataset.classes
+
+    @property
+    def cache_note(self) -> str:
+        """Where the images are: `cache: in memory, 140 MB` or `cache: memory-mapped, 6.1 GB on disk`."""
+        return cache_note(self.train, self.val)
 
 
 def split_dataset(cfg: Config) -> Dataset:
@@ -80,16 +85,28 @@ def dataset_from_split(cfg: Config, split_csv: Path, classes: list[str] | None =
 
 
 def prepare_run_data(
-    cfg: Config, progress: bool = False, split_csv: Path | None = None, classes: list[str] | None = None
+    cfg: Config,
+    progress: bool = False,
+    split_csv: Path | None = None,
+    classes: list[str] | None = None,
+    copies: int = 1,
 ) -> RunData:
     """A run's `RunData`: a new split (or, with `split_csv`, the run's own split read back, with its `classes`),
-    then train and validation decoded through the cache."""
+    then train and validation decoded through the cache (`copies`: the processes of this machine that hold the
+    images, when data.cache = auto chooses between memory and a map)."""
     d = cfg.data
     ds = dataset_from_split(cfg, split_csv, classes) if split_csv else split_dataset(cfg)
     sets, skipped = {}, list(ds.skipped)
     for split in ("train", "val"):
         sets[split], bad, _ = load_images(
-            ds.splits[split], ds.root, DecodeSettings.of(d), d.cache_dir or None, progress=progress, strict=d.strict
+            ds.splits[split],
+            ds.root,
+            DecodeSettings.of(d),
+            d.cache_dir or None,
+            progress=progress,
+            strict=d.strict,
+            mode=d.cache,
+            copies=copies,
         )
         skipped += bad
     if len(skipped) > len(ds.skipped):

@@ -80,6 +80,7 @@ class Trainer:
     std: torch.Tensor
     steps: int  # optimizer steps an epoch
     guide: BoxGuidance | None = None  # box-guided training's localisation term
+    cache_note: str = ""  # where the images are (in memory or memory-mapped), printed as training starts
     history: list[dict] = field(default_factory=list)
     best: Best = None
     epoch: int = 0  # the last finished epoch
@@ -101,7 +102,18 @@ class Trainer:
         opt = Optimization.build(eng.model, cfg, steps, weight, eng.autocast_dtype == torch.float16)
         guide = BoxGuidance(eng.model, cfg.loss.box_weight, p.boxes) if p.boxes is not None else None
         return cls(
-            cfg, list(p.classes), eng, opt, p.train, p.val, p.mean, p.std, steps, guide, best=Best(cfg.train.monitor)
+            cfg,
+            list(p.classes),
+            eng,
+            opt,
+            p.train,
+            p.val,
+            p.mean,
+            p.std,
+            steps,
+            guide,
+            p.cache_note,
+            best=Best(cfg.train.monitor),
         )
 
     # ------------------------------------------------------------------------------------ one epoch
@@ -268,7 +280,8 @@ def resume(out: Path, reporter: Reporter | None = None) -> dict:
 def _rebuild(cfg: Config, out: Path, state: dict | None, ranks: Ranks, progress: bool) -> Trainer:
     """The Trainer of the run in `out` on the images its split.csv lists, at `state` (its last.pt) if any."""
     use_threads(cfg, ranks)
-    p = prepare_run_data(cfg, progress=progress, split_csv=out / run_folder.SPLIT, classes=state and state["classes"])
+    classes = state and state["classes"]
+    p = prepare_run_data(cfg, progress, out / run_folder.SPLIT, classes, copies=ranks.local_world)
     if p.boxes is not None:
         run_folder.check_boxes(p.boxes.record, out)
     trainer = Trainer.build(cfg, p, ranks)
@@ -323,7 +336,7 @@ def _follow(out: Path, ranks: Ranks) -> dict:
 
 def _start(cfg: Config, out: Path, reporter: Reporter, lead: _Lead | None = None) -> dict:
     use_threads(cfg, lead.ranks if lead else SOLO)
-    p = prepare_run_data(cfg, progress=reporter.progress)
+    p = prepare_run_data(cfg, progress=reporter.progress, copies=lead.ranks.local_world if lead else 1)
     trainer = Trainer.build(cfg, p, lead.ranks if lead else SOLO)
     cfg.save(out / run_folder.CONFIG)
     run_folder.write_split(p.dataset, out)
@@ -352,6 +365,7 @@ def _train(trainer: Trainer, out: Path, reporter: Reporter, lead: _Lead | None =
         lead.go()
     writer = RunWriter(out, t.save_every) if main else None
     board = TensorBoard(out) if t.tensorboard and main else None
+    reporter.note(trainer.cache_note)
     reporter.note(f"training on {trainer.eng.describe(t.precision)}")
     try:
         with _Sigterm():
