@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,14 +39,6 @@ TRAIN = [
     *("--epochs", "1", "--batch-size", "64", "--set", "eval_batch_size=128", "--set", "val_fraction=0.05"),
     *("--set", "hflip=true", "-q"),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def _render(job: tuple[Path, int, int, int]) -> None:
@@ -166,10 +157,10 @@ def main(argv=None) -> dict:
         memory.append(train(labels, work / f"run-memory-subset-{i}", args.size, cache, "memory", []))
         mapped.append(train(labels, work / f"run-mmap-subset-{i}", args.size, cache, "mmap", []))
     rate = {k: statistics.median(r["images_per_s"] for r in runs) for k, runs in (("memory", memory), ("mmap", mapped))}
-    import torch
+    from cnnlab.studies.reports import machine
 
     result = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "images": args.images,
         "size": args.size,

@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,14 +37,6 @@ DETERMINISTIC = [
 ]
 DROPOUT = ["--model", "simple-bn-dropout", "--set", "hflip=true", "--set", "rotate=10"]
 COMPARED = ("train_loss", "train_f1", "val_loss", "val_f1")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def train(data: Path, out: Path, args: list[str], procs: int, cache: Path, threads: int = 2) -> dict:
@@ -140,10 +131,10 @@ def main(argv=None) -> dict:
             synth_eclipse(data, train_per_class=100, test_per_class=10, size=64)
         det = deterministic(data, work, args.epochs)
         drop = dropout(data, work, args.epochs, args.seeds)
-    import torch
+    from cnnlab.studies.reports import machine
 
     result = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "data": str(args.data or "synthetic eclipse, 100 a class, 64 px"),
         "epochs": args.epochs,
