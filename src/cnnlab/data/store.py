@@ -27,7 +27,7 @@ from cnnlab.files import torch_save, write_error
 
 SHARD_BYTES = 1 << 30  # a shard ends after the image that takes it past 1 GiB
 INDEX = "index.pt"
-FORMAT = 2  # 1 was one torch file holding every image
+FORMAT = 3  # 1: one torch file holding every image (cnnlab 0.1); 2: shards of C x H x W images; 3: H x W x C
 RELEASE_BYTES = 64 << 20  # MappedImages hands its mapped pages back after reading this much
 
 

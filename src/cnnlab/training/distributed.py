@@ -192,21 +192,6 @@ def parallel_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 # -------------------------------------------------------------------------------------------- launcher
 
-LAUNCHER_OPTIONS = ("--procs", "--nnodes", "--node-rank", "--rdzv-endpoint")
-
-
-def worker_argv(argv: list[str]) -> list[str]:
-    """The command line each rank runs: `argv` without the launcher's own options."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in LAUNCHER_OPTIONS:
-            skip = True
-        elif not arg.startswith(tuple(f"{o}=" for o in LAUNCHER_OPTIONS)):
-            out.append(arg)
-    return out
-
 
 def torchrun_args(procs: int, nnodes: int, node_rank: int | None, endpoint: str | None) -> list[str]:
     """torchrun's options for N processes a node: one machine (`--standalone`, a free port), or `nnodes`

@@ -52,14 +52,14 @@ def _inputs(eng: Engine, images: ImageSet, epoch: EpochOrder, pos: torch.Tensor,
     return x, masks, has_box
 
 
-def _mean_loss(criterion, logits: torch.Tensor, y: torch.Tensor, ranks) -> torch.Tensor:
+def _mean_loss(criterion, logits: torch.Tensor, y: torch.Tensor, ranks, batch: int) -> torch.Tensor:
     """The criterion's mean over this rank's images, scaled so that DDP's average over ranks is the mean over
-    the whole batch (class weights included); unscaled in a single process."""
+    the whole batch of `batch` images (class weights included: their sum over ranks); unscaled in one process."""
     loss = criterion(logits, y)
     if ranks.world == 1:
         return loss
     den = criterion.denominator(y)
-    total = ranks.sum(den.detach().clone())
+    total = ranks.sum(den.detach().clone()) if criterion.weight is not None else float(batch)
     return loss * (den * ranks.world / total) if len(y) else logits.sum() * 0
 
 
@@ -93,9 +93,9 @@ def train_step(
     with eng.autocast():
         out = eng.trained(x)
         logits = out.float()
-        loss = _mean_loss(opt.criterion, logits, y, ranks)
+        loss = _mean_loss(opt.criterion, logits, y, ranks, len(pos))
         if partner is not None:
-            loss = lam * loss + (1 - lam) * _mean_loss(opt.criterion, logits, y_mix, ranks)
+            loss = lam * loss + (1 - lam) * _mean_loss(opt.criterion, logits, y_mix, ranks, len(pos))
     term, stat = guide.loss(y, masks, has_box) if guide is not None else (0.0, None)
     opt.step(loss + term)
     return loss / ranks.world, out, y, stat, wait

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import Config
-from cnnlab.data.cache import ImageSet, cache_note, load_images
+from cnnlab.data.cache import ImageSet, load_images
 from cnnlab.data.decode import DecodeSettings
 from cnnlab.data.folders import Dataset, check_root, report_skipped, scan
 from cnnlab.data.manifest import check_sizes, manifest_classes, read_manifest
@@ -38,11 +38,6 @@ class RunData:
     @property
     def classes(self) -> list[str]:
         return self.dataset.classes
-
-    @property
-    def cache_note(self) -> str:
-        """Where the images are: `cache: in memory, 140 MB` or `cache: memory-mapped, 6.1 GB on disk`."""
-        return cache_note(self.train, self.val)
 
 
 def split_dataset(cfg: Config) -> Dataset:

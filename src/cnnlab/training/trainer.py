@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import Config
-from cnnlab.data.cache import ImageSet
+from cnnlab.data.cache import ImageSet, cache_note
 from cnnlab.data.labels import protected_paths
 from cnnlab.errors import UserError
 from cnnlab.files import LOCK, FolderLock, output_folder
@@ -80,7 +80,6 @@ class Trainer:
     std: torch.Tensor
     steps: int  # optimizer steps an epoch
     guide: BoxGuidance | None = None  # box-guided training's localisation term
-    cache_note: str = ""  # where the images are (in memory or memory-mapped), printed as training starts
     history: list[dict] = field(default_factory=list)
     best: Best = None
     epoch: int = 0  # the last finished epoch
@@ -112,7 +111,6 @@ class Trainer:
             p.std,
             steps,
             guide,
-            p.cache_note,
             best=Best(cfg.train.monitor),
         )
 
@@ -365,7 +363,7 @@ def _train(trainer: Trainer, out: Path, reporter: Reporter, lead: _Lead | None =
         lead.go()
     writer = RunWriter(out, t.save_every) if main else None
     board = TensorBoard(out) if t.tensorboard and main else None
-    reporter.note(trainer.cache_note)
+    reporter.note(cache_note(trainer.train, trainer.val))
     reporter.note(f"training on {trainer.eng.describe(t.precision)}")
     try:
         with _Sigterm():
