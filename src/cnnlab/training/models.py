@@ -11,6 +11,7 @@ from torch import nn
 
 from cnnlab.config import ModelConfig
 from cnnlab.errors import UserError, nearest
+from cnnlab.training.layers import Dropout
 from cnnlab.training.model_sources import (
     REGISTERED_IN,
     build_external,
@@ -250,12 +251,12 @@ def simple_cnn(
     def block(cin, cout):
         layers = [nn.Conv2d(cin, cout, cfg.kernel_size, cfg.stride, cfg.padding), pool(cfg.pool, 3)]
         layers += [nn.BatchNorm2d(cout)] if batchnorm else []
-        layers += [nn.Dropout(p)] if dropout else []
+        layers += [Dropout(p)] if dropout else []
         return layers + [activation(cfg.activation)]
 
     features = nn.Sequential(*block(in_channels, cfg.width), *block(cfg.width, 2 * cfg.width), nn.Flatten())
     flat = _flat_size(features, in_channels, image_size)
-    head = [nn.Linear(flat, cfg.hidden)] + ([nn.Dropout(p)] if dropout else [])
+    head = [nn.Linear(flat, cfg.hidden)] + ([Dropout(p)] if dropout else [])
     head += [activation(cfg.activation), nn.Linear(cfg.hidden, n_classes)]
     return nn.Sequential(*features, *head)
 
@@ -277,8 +278,8 @@ def mlp(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) -> 
     d = in_channels * image_size * image_size
     layers: list[nn.Module] = [nn.Flatten(), nn.Linear(d, cfg.hidden)]
     layers += [nn.BatchNorm1d(cfg.hidden)] if cfg.batchnorm else []
-    layers += [activation(cfg.activation), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden // 2)]
-    layers += [activation(cfg.activation), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden // 2, n_classes)]
+    layers += [activation(cfg.activation), Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden // 2)]
+    layers += [activation(cfg.activation), Dropout(cfg.dropout), nn.Linear(cfg.hidden // 2, n_classes)]
     return nn.Sequential(*layers)
 
 
@@ -303,7 +304,7 @@ def adaptive(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int
             layers += conv_bn_act(cin if i == 0 else cout, cout, cfg)
         layers.append(pool(cfg.pool, 2))
         cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cin, n_classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), Dropout(cfg.dropout), nn.Linear(cin, n_classes)]
     return nn.Sequential(*layers)
 
 
@@ -345,5 +346,5 @@ def resnet(cfg: ModelConfig, in_channels: int, n_classes: int, image_size: int) 
         for i in range(max(1, cfg.depth)):
             layers.append(BasicBlock(cin, cout, 2 if (i == 0 and stage > 0 and not keep) else 1, cfg))
             cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cin, n_classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), Dropout(cfg.dropout), nn.Linear(cin, n_classes)]
     return nn.Sequential(*layers)

@@ -1,8 +1,9 @@
 """Record the golden figures of tests/training/test_golden.py, for the kernel set of this process.
 
-The goldens are the figures of cnnlab 0.2.0, the version that draws augmentation per image (CHANGELOG.md). Until
-then they were those of the code before the redesign (commit 698ef8c), which this tree matched to the last digit
-on the sets recorded then; 0.2.0 changed the draws on purpose and re-recorded them. Record with this tree:
+The goldens are the figures of cnnlab 0.3.0, the version whose Dropout draws its CPU mask from 16 random bits a
+value (CHANGELOG.md). Before it they were those of 0.2.0 (augmentation drawn per image), and before that those of
+the code before the redesign (commit 698ef8c), which the tree matched to the last digit on the sets recorded then;
+each of those versions changed the numbers on purpose and re-recorded them. Record with this tree:
 
     PYTHONPATH=src python tests/training/golden/make_golden.py
     # the AVX2 set, on any x86-64 CPU with AVX2 (what the CI's second pass emulates; the vendor is part of it):
