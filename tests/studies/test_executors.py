@@ -179,6 +179,39 @@ def test_a_dead_worker_is_one_clear_error(tmp_path):
     executor.close()
 
 
+def _sharing(job: Job) -> dict:
+    """Which worker of how many this process was told it is, and the GPU it would take among 2 and among 4."""
+    import os
+    import time
+
+    from cnnlab.training import engine
+
+    time.sleep(0.5)  # long enough that every worker takes a job
+    s = engine._sharing
+    return {
+        "run": job.run,
+        "seed": job.seed,
+        "pid": os.getpid(),
+        "index": s.index,
+        "workers": s.workers,
+        "of2": s.gpu(2),
+        "of4": s.gpu(4),
+    }
+
+
+def test_workers_are_told_their_share_of_the_gpus(tmp_path):
+    executor = LocalExecutor(3, log=lambda *a: None, task=_sharing)
+    try:
+        out = executor.map([Job(f"r{i}", 0, Config(), str(tmp_path / f"r{i}")) for i in range(6)])
+    finally:
+        executor.close()
+    seen = {r["pid"]: r for r in out}
+    assert sorted(r["index"] for r in seen.values()) == [0, 1, 2] and {r["workers"] for r in out} == {3}
+    # dealt round-robin: two GPUs hold workers {0, 2} and {1}; four hold one each
+    assert sorted(tuple(r["of2"]) for r in seen.values()) == [(0, 2), (0, 2), (1, 1)]
+    assert sorted(tuple(r["of4"]) for r in seen.values()) == [(0, 1), (1, 1), (2, 1)]
+
+
 def _flaky(job: Job) -> dict:
     """Counts its attempts beside the job's folder; fails with a UserError, or once with an OSError."""
     tries = Path(job.out + ".tries")

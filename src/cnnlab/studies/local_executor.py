@@ -169,8 +169,8 @@ def _start_workers(n: int) -> list[_Worker]:
     try:
         for _ in range(n):
             workers.append(_Worker.fork() if fork else _Worker.spawn())
-        for w in workers:  # threads only now: every fork above is done from a single-threaded process
-            w.start()
+        for i, w in enumerate(workers):  # threads only now: every fork above is done from a single-threaded process
+            w.start(i, n)
     except BaseException:
         for w in workers:
             w.terminate()
@@ -244,8 +244,9 @@ class _Worker:
             os.close(fd)
         return cls(pid, os.fdopen(w0, "wb"), os.fdopen(r1, "rb"), os.fdopen(r2, "rb"))
 
-    def start(self) -> None:
+    def start(self, index: int, workers: int) -> None:
         self.send(("path", list(sys.path)))  # where a task's module (a test's) is found
+        self.send(("share", index, workers))  # which GPU its CUDA runs use, and with how many others
         self.forwarder = threading.Thread(target=self._forward, daemon=True, name=f"cnnlab-stderr-{self.pid}")
         self.forwarder.start()
 

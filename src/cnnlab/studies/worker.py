@@ -5,7 +5,7 @@ A worker is started from cnnlab's own entry point, never from the user's script:
 (see `local_executor._start_workers`). Either way it runs `serve`, which talks to its parent over its standard input
 and output, one pickle a message:
 
-    parent -> worker: ("path", sys.path) | ("run", pickle of (task, job)) | None (stop)
+    parent -> worker: ("path", sys.path) | ("share", index, workers) | ("run", pickle of (task, job)) | None (stop)
     worker -> parent: ("epoch", {"epoch", "epochs", "val_f1"}) after each epoch of a job, then its reply:
                       ("ok", result) | ("error", exception, traceback text)
 
@@ -36,6 +36,20 @@ def main() -> None:
     os._exit(serve(int(sys.argv[1])))
 
 
+def _setting(msg: tuple) -> bool:
+    """Apply a message that sets up this worker (True), not a job (False): the parent's import path (a task, a
+    test's, may live in a module of its own), or which worker of how many it is (its GPU and memory share)."""
+    if msg[0] == "path":
+        sys.path[:] = msg[1]
+        return True
+    if msg[0] == "share":
+        from cnnlab.training.engine import share_machine
+
+        share_machine(msg[1], msg[2])
+        return True
+    return False
+
+
 def serve(parent: int) -> int:
     """Run jobs from stdin until told to stop, or until the parent is gone; the exit code."""
     _stop_with_parent(parent)
@@ -57,8 +71,7 @@ def serve(parent: int) -> int:
             msg = _next(messages)
             if msg is None:  # asked to stop, or the parent is gone
                 return 0
-            if msg[0] == "path":  # the parent's import path: a task (a test's) may live in a module of its own
-                sys.path[:] = msg[1]
+            if _setting(msg):
                 continue
             _busy.set()
             try:

@@ -31,6 +31,7 @@ class Engine:
     tta: bool = False
     ranks: Ranks = SOLO
     parallel: nn.Module | None = None
+    gpu_share: int = 1  # runs sharing this GPU at once (a study's workers): each takes 1/gpu_share of its memory
 
     @property
     def trained(self) -> nn.Module:
@@ -51,6 +52,8 @@ class Engine:
         """One line of what this machine got: device, precision (and why, for auto), layout, threads."""
         if self.device.type == "cuda":
             where = f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+            if self.gpu_share > 1:
+                where += f", shared by {self.gpu_share} runs (1/{self.gpu_share} of its memory each)"
         else:
             where = f"cpu ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
         dtype = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.autocast_dtype]
@@ -104,6 +107,45 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
+@dataclass(frozen=True)
+class Sharing:
+    """This process is worker `index` of `workers` that train a study's runs at once on this machine."""
+
+    index: int = 0
+    workers: int = 1
+
+    def gpu(self, count: int) -> tuple[int, int]:
+        """The GPU this worker trains on when `count` are visible (the workers dealt round-robin), and how many
+        workers share it."""
+        count = max(1, count)
+        return self.index % count, len(range(self.index % count, self.workers, count))
+
+
+_sharing = Sharing()
+
+
+def share_machine(index: int, workers: int) -> None:
+    """Tell this process it is worker `index` of `workers` running at once (a study's local workers): a run on
+    `cuda` then trains on GPU index % count, and takes at most its share of that GPU's memory, so that one run's
+    cached blocks never starve the others."""
+    global _sharing
+    _sharing = Sharing(index, max(1, workers))
+
+
+def _shared_gpu(device: torch.device, ranks: Ranks) -> tuple[torch.device, int]:
+    """A solo CUDA run's GPU among the workers sharing this machine's GPUs, its memory share applied ->
+    (device, runs sharing it)."""
+    if device.type != "cuda" or ranks.world > 1 or _sharing.workers == 1:
+        return device, 1
+    index, share = _sharing.gpu(torch.cuda.device_count())
+    if device.index is None:
+        device = torch.device("cuda", index)
+    torch.cuda.set_device(device)
+    if share > 1:
+        torch.cuda.set_per_process_memory_fraction(1 / share, device)
+    return device, share
+
+
 def pick_device(name: str) -> torch.device:
     """auto: the GPU when there is one. Names are checked by `check_config` (training/checks.py) before any work."""
     if name == "auto":
@@ -145,7 +187,7 @@ def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Te
     several `ranks`: each rank's own GPU and BatchNorm synchronised over ranks (the DDP wrapper comes with the
     first step)."""
     t, d = cfg.train, cfg.data
-    device = local_device(pick_device(t.device), ranks)
+    device, share = _shared_gpu(local_device(pick_device(t.device), ranks), ranks)
     if ranks.world > 1:
         model = synchronised_batchnorm(model, device)
     if t.channels_last:
@@ -161,4 +203,5 @@ def make_engine(cfg: Config, model: nn.Module, mean: torch.Tensor, std: torch.Te
         EvalInput(mean, std, d.normalize, device, t.channels_last),
         t.tta,
         ranks,
+        gpu_share=share,
     )
