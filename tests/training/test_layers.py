@@ -64,25 +64,36 @@ def test_the_assignment_network_uses_it():
 
 _FAULTS = """
 import resource, torch
+from cnnlab.config import Config
 from cnnlab.training.engine import keep_freed_memory
+from cnnlab.training.models import build
 
-def faults():
+torch.manual_seed(0)
+torch.set_num_threads(1)
+model = build(Config().model, 3, 4, 128).train()
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.rand(48, 3, 128, 128), torch.randint(0, 4, (48,))  # the first convolution's output: 96 MB
+
+def faults(steps):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        torch.ones(64 << 18)  # 64 MB, allocated, written and freed
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-default = faults()
+faults(1)
+default = faults(2)
 assert keep_freed_memory() and keep_freed_memory()
-faults()  # the heap grows once
-print(default, faults())
+faults(3)  # the heap grows to the step's peak
+print(default, faults(2))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_kept_heap_ends_the_page_faults_of_large_tensors():
+def test_kept_heap_ends_the_page_faults_of_training_steps():
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(_FAULTS)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     default, kept = map(int, out.stdout.split())
-    assert default > 3 * 16384 * 0.9  # each 64 MB block mapped and faulted in afresh
-    assert kept < default / 20
+    assert default > 2 * 50_000  # every step maps its large tensors afresh and faults them in (96 MB: 24,576 pages)
+    assert kept < default / 10

@@ -299,6 +299,33 @@ def test_cuda_path_with_amp_and_channels_last(eclipse, tmp_path):
     assert 0 <= json.loads(res)["macro_f1"] <= 1
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_steps_never_wait_for_the_gpu(eclipse, tmp_path):
+    # An epoch's steps (augmentation, mixup, class weights, metrics) under torch's sync debug mode, where any
+    # operation that makes the host wait for the GPU (a value read back, bincount sizing its output) raises.
+    from cnnlab.training.batching import batches
+    from cnnlab.training.loops import EpochOrder, train_step
+    from cnnlab.training.metrics import confusion
+    from cnnlab.training.preparation import prepare_run_data
+    from cnnlab.training.trainer import Trainer
+
+    cfg = _cfg(eclipse, device="cuda", hflip=True, rotate=5, brightness=0.1, noise=0.05, mixup=0.2)
+    cfg = cfg.update({"imbalance": "weights", "cache_dir": str(tmp_path / "cache")})
+    tr = Trainer.build(cfg, prepare_run_data(cfg))
+    epoch = EpochOrder.draw(tr.train.labels, len(tr.classes), cfg.data.imbalance, 1)
+    cm = torch.zeros(len(tr.classes), len(tr.classes), dtype=torch.long, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, pos in enumerate(batches(tr.train, epoch.order, cfg.train.batch_size)):
+            loss, out, y, _, _ = train_step(tr.eng, tr.train, tr.opt, cfg, epoch, pos, step)
+            cm += confusion(y, out.detach().argmax(1), len(tr.classes))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert int(cm.sum()) == len(epoch.order)
+
+
 # -------------------------------------------------------------------------------------------- augment
 
 

@@ -99,6 +99,10 @@ def serve(parent: int) -> int:
         return 130
     except BrokenPipeError:  # the parent is gone before the result could be sent
         return 1
+    except BaseException:
+        if _interrupted.is_set() and not _busy.is_set():
+            return 130  # stopped while importing, where a library may turn the interrupt into its own error
+        raise
     finally:
         for f in (sys.stdout, sys.stderr):
             try:
@@ -130,6 +134,7 @@ def _stop_with_parent(parent: int) -> None:
 def _raise_interrupt(signum, frame):
     """KeyboardInterrupt, unless one is being handled already: a second signal (Ctrl-C reaches the whole process
     group, and the parent then sends SIGTERM) must not cut short the saving of the last finished epoch."""
+    _interrupted.set()
     if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
         raise KeyboardInterrupt
 
@@ -151,6 +156,7 @@ def _read(inp, messages: queue.Queue) -> None:
 
 _gone = threading.Event()  # the parent is gone
 _busy = threading.Event()  # a job is under way
+_interrupted = threading.Event()  # told to stop by a signal
 
 
 def _parent_gone() -> None:

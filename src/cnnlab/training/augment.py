@@ -19,12 +19,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cnnlab.config import AugmentConfig
+from cnnlab.training.batching import to_device
 
 JPEG_QUALITY = (30, 95)  # re-encoding quality range, inclusive
 ERASE_AREA = (0.02, 0.2)  # random erasing: fraction of the image blacked out
 
 # Copies made by random oversampling get at least this, so that they are not identical repeats.
 COPY_AUGMENT = AugmentConfig(hflip=True, rotate=10.0, translate=0.05, scale_min=0.9, brightness=0.1)
+
+
+def _per_image(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """One value an image (B), shaped to multiply the batch `x` (B x 1 x 1 x 1), on its device and in its dtype."""
+    return to_device(values.view(-1, 1, 1, 1), x.device, x.dtype)
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
@@ -141,27 +147,27 @@ class Augmenter:
         else:
             for flip, dim in ((c.hflip, -1), (c.vflip, -2)):
                 if flip:
-                    pick = d.coin("hflip" if dim == -1 else "vflip", 0.5).view(-1, 1, 1, 1).to(x.device)
+                    pick = to_device(d.coin("hflip" if dim == -1 else "vflip", 0.5).view(-1, 1, 1, 1), x.device)
                     x = torch.where(pick, x.flip(dim), x)
                     masks = None if masks is None else torch.where(pick, masks.flip(dim), masks)
         if c.brightness:
-            x = x * d.uniform("brightness", 1 - c.brightness, 1 + c.brightness).view(-1, 1, 1, 1).to(x)
+            x = x * _per_image(d.uniform("brightness", 1 - c.brightness, 1 + c.brightness), x)
         if c.contrast:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * d.uniform("contrast", 1 - c.contrast, 1 + c.contrast).view(-1, 1, 1, 1).to(x) + mean
+            x = (x - mean) * _per_image(d.uniform("contrast", 1 - c.contrast, 1 + c.contrast), x) + mean
         if c.brightness or c.contrast:
             x = x.clamp(0, 1)
         if c.gamma:
             log_g = math.log1p(c.gamma)
-            x = x.clamp_min(1e-6) ** torch.exp(d.uniform("gamma", -log_g, log_g)).view(-1, 1, 1, 1).to(x)
+            x = x.clamp_min(1e-6) ** _per_image(torch.exp(d.uniform("gamma", -log_g, log_g)), x)
         if c.blur:
-            pick = d.coin("blur", c.blur).view(-1, 1, 1, 1).to(x.device)
+            pick = to_device(d.coin("blur", c.blur).view(-1, 1, 1, 1), x.device)
             x = torch.where(pick, _smooth(x), x)
         if c.sharpness:
             # factor 0 = smoothed, 1 = unchanged, 2 = sharpened: sources differ in sharpness and noise, and
             # a model should not read the class from how crisp a scan is
             smooth = _smooth(x)
-            factor = d.uniform("sharpness", 1 - c.sharpness, 1 + c.sharpness).view(-1, 1, 1, 1).to(x)
+            factor = _per_image(d.uniform("sharpness", 1 - c.sharpness, 1 + c.sharpness), x)
             x = (smooth + factor * (x - smooth)).clamp(0, 1)
         if c.jpeg:
             x = self._jpeg(x, d)
@@ -181,7 +187,7 @@ class Augmenter:
         ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
         rows = (ys >= top[:, None]) & (ys < (top + eh)[:, None])
         cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])
-        mask = (rows[:, :, None] & cols[:, None, :] & pick[:, None, None]).unsqueeze(1).to(x.device)
+        mask = to_device((rows[:, :, None] & cols[:, None, :] & pick[:, None, None]).unsqueeze(1), x.device)
         return x.masked_fill(mask, 0.0)
 
     def _jpeg(self, x: torch.Tensor, d: Draws) -> torch.Tensor:
@@ -205,7 +211,7 @@ class Augmenter:
         """Gaussian noise, added after normalisation so its scale is independent of the data."""
         if not self.cfg.noise:
             return x
-        return x + self.cfg.noise * as_draws(draws, x.shape[0]).normal(x.shape[1:]).to(x)
+        return x + self.cfg.noise * to_device(as_draws(draws, x.shape[0]).normal(x.shape[1:]), x.device, x.dtype)
 
     def _affine(
         self, x: torch.Tensor, masks: torch.Tensor | None, d: Draws
@@ -218,9 +224,8 @@ class Augmenter:
         fx = torch.where(d.coin("hflip", 0.5), -1.0, 1.0) if c.hflip else torch.ones(n)
         fy = torch.where(d.coin("vflip", 0.5), -1.0, 1.0) if c.vflip else torch.ones(n)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        theta = torch.stack(
-            [torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1
-        ).to(x)
+        theta = torch.stack([torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1)
+        theta = to_device(theta, x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         warp = lambda t: F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # noqa: E731
         return warp(x), None if masks is None else warp(masks.to(x.dtype))

@@ -65,12 +65,21 @@ def steps_per_epoch(images: ImageSet, n_classes: int, imbalance: str, batch_size
     return len(batches(images, order, batch_size))
 
 
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`t` on `device` (in `dtype` if given). A CPU tensor bound for a GPU goes through pinned memory and does not
+    wait: a copy from ordinary (pageable) memory first waits for the GPU to finish the work queued before it, so
+    the small per-batch tensors (indices, labels, augmentation draws) would stall every step on the host."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t.to(device=device, dtype=dtype)
+
+
 def gather(images: ImageSet, idx: torch.Tensor) -> torch.Tensor:
     """The uint8 images at `idx`: indexed in memory (on the set's device), read from the store when mapped."""
     if images.mapped:
         return images.images.gather(idx)
     if isinstance(images.images, torch.Tensor):
-        return images.images[idx.to(images.images.device)]  # indexing keeps channels_last strides
+        return images.images[to_device(idx, images.images.device)]  # indexing keeps channels_last strides
     return torch.stack([images.images[i] for i in idx.tolist()])
 
 

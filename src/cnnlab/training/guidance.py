@@ -18,6 +18,7 @@ from cnnlab.data.boxes import box_mask, decoded_boxes, file_record, read_boxes
 from cnnlab.data.cache import ImageSet
 from cnnlab.data.decode import DecodeSettings
 from cnnlab.errors import UserError
+from cnnlab.training.batching import to_device
 from cnnlab.training.models import guidance_parts
 
 
@@ -33,10 +34,10 @@ class BoxMasks:
     def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The masks (float, B x 1 x H x W) and has-box flags of the images `idx`, on `device`."""
         if isinstance(self.images, torch.Tensor):
-            masks = self.images[idx.to(self.images.device)]
+            masks = self.images[to_device(idx, self.images.device)]
         else:
             masks = torch.stack([self.images[i] for i in idx.tolist()])
-        return masks.to(device).float(), self.has_box[idx].to(device)
+        return to_device(masks, device).float(), to_device(self.has_box[idx], device)
 
 
 def box_masks(boxes_csv: str, root: Path, train: ImageSet, prep: DecodeSettings) -> BoxMasks:

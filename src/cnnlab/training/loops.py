@@ -14,7 +14,7 @@ import torch
 from cnnlab.config import Config
 from cnnlab.data.cache import ImageSet
 from cnnlab.training.augment import Draws, mixup_draw
-from cnnlab.training.batching import batches, epoch_indices, gather
+from cnnlab.training.batching import batches, epoch_indices, gather, to_device
 from cnnlab.training.engine import Engine
 from cnnlab.training.guidance import BoxGuidance
 from cnnlab.training.metrics import confusion, recalls, scores
@@ -79,16 +79,17 @@ def train_step(
     t0, ranks = time.perf_counter(), eng.ranks
     mine = pos[ranks.share(len(pos))]
     x, masks, has_box = _inputs(eng, images, epoch, mine, guide)
-    y = images.labels.index_select(0, epoch.order[mine]).to(eng.device, non_blocking=True)
+    y = to_device(images.labels.index_select(0, epoch.order[mine]), eng.device)
     wait = time.perf_counter() - t0
     lam, partner = mixup_draw(cfg.augment.mixup, len(pos), epoch.batch_generator(step))
     if partner is not None:  # partners are drawn over the whole batch: another rank's images are made here too
         partner = partner[ranks.share(len(pos))]
         if ranks.world == 1:
-            x_mix, y_mix = x.index_select(0, partner.to(x.device)), y.index_select(0, partner.to(y.device))
+            partner = to_device(partner, x.device)
+            x_mix, y_mix = x.index_select(0, partner), y.index_select(0, partner)
         else:
             x_mix = _inputs(eng, images, epoch, pos[partner], None)[0]
-            y_mix = images.labels.index_select(0, epoch.order[pos[partner]]).to(eng.device)
+            y_mix = to_device(images.labels.index_select(0, epoch.order[pos[partner]]), eng.device)
         x = lam * x + (1 - lam) * x_mix
     with eng.autocast():
         out = eng.trained(x)

@@ -11,9 +11,11 @@ import torch
 
 
 def confusion(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """n x n counts, rows = true class, columns = predicted class."""
+    """n x n counts, rows = true class, columns = predicted class. Counted where the labels are, without a host
+    sync (on a GPU, `bincount` first reads the largest index back to size its output)."""
     idx = y_true.to(torch.long) * n_classes + y_pred.to(torch.long)
-    return torch.bincount(idx, minlength=n_classes * n_classes).view(n_classes, n_classes)
+    counts = torch.zeros(n_classes * n_classes, dtype=torch.long, device=idx.device)
+    return counts.scatter_add_(0, idx, torch.ones_like(idx)).view(n_classes, n_classes)
 
 
 def scores(cm: torch.Tensor) -> dict[str, float]:

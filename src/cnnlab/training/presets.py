@@ -8,6 +8,7 @@ import torch
 
 from cnnlab.config import AugmentConfig
 from cnnlab.training.augment import COPY_AUGMENT, Augmenter, Draws, as_draws
+from cnnlab.training.batching import to_device
 
 NORMALIZE_POLICIES = ("dataset", "image", "equalize")
 
@@ -96,7 +97,7 @@ class TrainInput(EvalInput):
             if self.augment.active:
                 x, masks = self.augment.pixels_and_masks(x, masks, g)
             else:
-                pick = copies.view(-1, 1, 1, 1).to(x.device)
+                pick = to_device(copies.view(-1, 1, 1, 1), x.device)
                 moved, moved_masks = self.copy_augment.pixels_and_masks(x, masks, g)
                 x = torch.where(pick, moved, x)
                 masks = None if masks is None else torch.where(pick, moved_masks, masks)
