@@ -3,7 +3,8 @@
     python benchmarks/epoch_speed.py --data ../shared/datasets/brain-tumor-mri [--limit 150] [--epochs 2] [--json]
 
 (a) the assignment's way: torchvision ImageFolder with ToTensor() then Resize((128, 128)), decoding every JPEG
-    every epoch, DataLoader(batch_size=256, shuffle=True), the BatchNorm+Dropout CNN in float32, Adam,
+    every epoch, DataLoader(batch_size=256, shuffle=True), the BatchNorm+Dropout CNN in float32 made of torch.nn's
+    own layers (nn.Sequential, nn.Dropout; cnnlab's own versions are part of (b)), Adam,
     class-weighted cross-entropy, predictions pulled to numpy every batch for the epoch's F1.
 (b) cnnlab: the decode-once cache (timed cold, in a fresh cache folder), tensors batched in memory,
     channels_last, the configured precision, cnnlab's own train_one_epoch.
@@ -46,6 +47,14 @@ def _subset(samples, n_classes: int, limit: int | None):
     return out
 
 
+def torch_layers(model: nn.Sequential) -> nn.Sequential:
+    """The same network (layers, weights) made of torch.nn's own modules, as the assignment writes it: an
+    nn.Sequential with nn.Dropout, not cnnlab's cheaper CPU versions (training/layers.py)."""
+    plain = [nn.Dropout(m.p) if isinstance(m, nn.Dropout) else m for m in model]
+    assert all(type(m).__module__.startswith("torch.nn") for m in plain), plain
+    return nn.Sequential(*plain)
+
+
 def seed_pipeline(train_dir: Path, keep: set[str], n_classes: int, weights: torch.Tensor, epochs: int) -> list[float]:
     """The assignment's loop, reproduced (its notebook's code is not copied; the pipeline is the same)."""
     from sklearn.metrics import f1_score
@@ -58,7 +67,7 @@ def seed_pipeline(train_dir: Path, keep: set[str], n_classes: int, weights: torc
     ds.imgs = ds.samples
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True)
     torch.manual_seed(0)
-    model = build(Config().model, 3, n_classes, SIZE)
+    model = torch_layers(build(Config().model, 3, n_classes, SIZE))
     criterion = nn.CrossEntropyLoss(weight=weights)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
@@ -127,7 +136,7 @@ def reset_peak_rss() -> None:
 def flops_per_image(n_classes: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build(Config().model, 3, n_classes, SIZE)
+    model = torch_layers(build(Config().model, 3, n_classes, SIZE))  # the network's own count, whatever runs it
     x = torch.randn(8, 3, SIZE, SIZE)
     with FlopCounterMode(display=False) as fc:
         model(x).sum().backward()

@@ -1,5 +1,5 @@
-"""Numbers that must not change by accident: histories and test scores recorded by cnnlab 0.3.0 (before it, by 0.2.0
-and the code before the redesign; see make_golden.py and CHANGELOG.md).
+"""Numbers that must not change by accident: histories and test scores recorded by cnnlab 0.4.0 (before it, by 0.3.0,
+0.2.0 and the code before the redesign; see make_golden.py and CHANGELOG.md).
 
 tests/training/golden/make_golden.py wrote them, one folder per kernel set (see its docstring). Two comparisons:
 

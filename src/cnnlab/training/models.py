@@ -11,7 +11,7 @@ from torch import nn
 
 from cnnlab.config import ModelConfig
 from cnnlab.errors import UserError, nearest
-from cnnlab.training.layers import Dropout
+from cnnlab.training.layers import Dropout, Sequential
 from cnnlab.training.model_sources import (
     REGISTERED_IN,
     build_external,
@@ -244,7 +244,8 @@ def simple_cnn(
 ) -> nn.Sequential:
     """The assignment's CNN: two conv/pool blocks and two linear layers; BatchNorm and Dropout optional.
 
-    At 128 px with the defaults: 128 -conv4-> 125 -pool3-> 41 -conv4-> 38 -pool3-> 12, 64*12*12 = 9216.
+    At 128 px with the defaults: 128 -conv4-> 125 -pool3-> 41 -conv4-> 38 -pool3-> 12, 64*12*12 = 9216. A
+    `layers.Sequential`: training on the CPU, each convolution and its pooling run as one cheaper step.
     """
     p = cfg.dropout
 
@@ -258,7 +259,7 @@ def simple_cnn(
     flat = _flat_size(features, in_channels, image_size)
     head = [nn.Linear(flat, cfg.hidden)] + ([Dropout(p)] if dropout else [])
     head += [activation(cfg.activation), nn.Linear(cfg.hidden, n_classes)]
-    return nn.Sequential(*features, *head)
+    return Sequential(*features, *head)
 
 
 for _name, _bn, _do in [

@@ -1,7 +1,8 @@
 """Record the golden figures of tests/training/test_golden.py, for the kernel set of this process.
 
-The goldens are the figures of cnnlab 0.3.0, the version whose Dropout draws its CPU mask from 16 random bits a
-value (CHANGELOG.md). Before it they were those of 0.2.0 (augmentation drawn per image), and before that those of
+The goldens are the figures of cnnlab 0.4.0, the version whose assignment network trains each convolution and its
+max-pooling as one step on the CPU (its bias added after the pooling; CHANGELOG.md). Before it they were those of
+0.3.0 (Dropout's CPU mask from 16 random bits a value), 0.2.0 (augmentation drawn per image), and before that those of
 the code before the redesign (commit 698ef8c), which the tree matched to the last digit on the sets recorded then;
 each of those versions changed the numbers on purpose and re-recorded them. Record with this tree:
 
