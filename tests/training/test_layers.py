@@ -131,6 +131,8 @@ def test_what_is_observed_or_not_trained_on_the_cpu_takes_the_plain_order():
     assert seen == [torch.Size([2, 4, 7, 7])]  # the hook saw the whole convolution, uncropped
     handle.remove()
     assert fusable(conv, pool)
+    one = torch.randn(3, 9, 9)  # unbatched: C x H x W in, C x H x W out
+    torch.testing.assert_close(fused.train()(one), nn.Sequential(conv, pool)(one), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(fused.eval()(x), nn.Sequential(conv, pool)(x), rtol=0, atol=0)  # evaluation: plain
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: plain (the moved bias would round otherwise)
         torch.testing.assert_close(fused.train()(x), nn.Sequential(conv, pool)(x), rtol=0, atol=0)

@@ -111,7 +111,7 @@ def conv_then_max_pool(x: torch.Tensor, conv: nn.Conv2d, pool: nn.MaxPool2d) -> 
         pool.dilation,
         pool.ceil_mode,
     )
-    return y + conv.bias.to(y.dtype).view(1, -1, 1, 1)
+    return y + conv.bias.to(y.dtype).view(-1, 1, 1)  # C x 1 x 1: a batch or one unbatched image
 
 
 def _rows_read(n: int, conv: nn.Conv2d, pool: nn.MaxPool2d, dim: int) -> int:
