@@ -30,6 +30,7 @@ from cnnlab.config import Config, parse_sets
 from cnnlab.data.cache import load_images
 from cnnlab.data.decode import DecodeSettings
 from cnnlab.data.folders import Dataset, scan
+from cnnlab.studies.reports import machine
 from cnnlab.training.models import build
 from cnnlab.training.optimization import class_weights
 from cnnlab.training.preparation import RunData, channel_stats
@@ -108,6 +109,7 @@ def cnnlab_pipeline(cfg: Config, ds: Dataset, samples, epochs: int) -> dict:
         times.append(time.perf_counter() - t0)
         waits.append(r["data_wait_s"])
     return {
+        "engine": trainer.eng.describe(cfg.train.precision),
         "times": times[1:],
         "waits": waits[1:],
         "cold_decode_s": cold,
@@ -141,6 +143,24 @@ def flops_per_image(n_classes: int) -> float:
     with FlopCounterMode(display=False) as fc:
         model(x).sum().backward()
     return fc.get_total_flops() / 8
+
+
+# The CPU features an epoch's speed depends on: AVX2 or AVX-512, native bf16 (AVX-512 BF16, AMX).
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def kernels() -> dict:
+    """What this process runs: the CPU's SIMD flags (lscpu's), and the kernel levels ATen, oneDNN and MKL were
+    allowed (the AVX2 emulation caps them with ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS)."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = []
+    return {
+        "cpu_flags": [f for f in FLAGS if f in flags],
+        "aten": torch.backends.cpu.get_cpu_capability(),
+        **{k.lower(): os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ},
+    }
 
 
 def main(argv=None) -> dict:
@@ -192,6 +212,8 @@ def main(argv=None) -> dict:
     flop = flops_per_image(n_classes)
     s_ours = float(np.mean(ours["times"]))
     result = {
+        "machine": machine(),
+        "kernels": kernels(),
         "data": str(ds.root),
         "images": len(samples),
         "limit": args.limit,
@@ -200,6 +222,7 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(),
         "sets": args.sets,
         "seed_s_per_epoch": float(np.mean(seed_times)) if seed_times else None,
+        "cnnlab_engine": ours["engine"],
         "cnnlab_s_per_epoch": s_ours,
         "ratio": float(np.mean(seed_times)) / s_ours if seed_times else None,
         "seed_images_per_s": len(samples) / float(np.mean(seed_times)) if seed_times else None,
