@@ -172,3 +172,30 @@ def test_sigterm_stops_a_study_trained_in_this_process_in_one_line(eclipse, tmp_
     assert p.returncode == 128 + signal.SIGTERM, out + err
     assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM"), err
     assert all(len(list(csv.DictReader(open(h)))) > 0 for h in (tmp_path / "S").glob("runs/*/history.csv"))
+
+
+_STOPPED_WHILE_STARTING = """
+import os, sys, threading
+from cnnlab.studies import worker
+
+class Interrupted(threading.Thread):
+    def start(self):  # where SIGTERM's handler raised in a CI run: a worker stopped as it started its threads
+        raise KeyboardInterrupt
+
+threading.Thread = Interrupted
+sys.exit(worker.serve(os.getppid()))
+"""
+
+
+def test_a_worker_stopped_while_it_sets_itself_up_exits_quietly():
+    """A command that stops at a user error stops the workers it has just started: a signal that lands before a
+    worker waits for its first job must end it like one that lands later, with no traceback in the command's output."""
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_WHILE_STARTING],
+        input=b"",
+        capture_output=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert done.returncode == 130, done.stderr.decode()
+    assert b"Traceback" not in done.stderr, done.stderr.decode()

@@ -234,6 +234,8 @@ class _Worker:
                 from cnnlab.studies.worker import serve
 
                 code = serve(parent)
+            except KeyboardInterrupt:  # Ctrl-C (the whole process group) before serve could take it: quietly
+                code = 130
             except BaseException:  # noqa: BLE001
                 import traceback
 

@@ -51,19 +51,13 @@ def _setting(msg: tuple) -> bool:
 
 
 def serve(parent: int) -> int:
-    """Run jobs from stdin until told to stop, or until the parent is gone; the exit code."""
-    _stop_with_parent(parent)
-    # The protocol keeps the original stdin and stdout; fd 1 (print, C libraries) then goes to stderr.
-    inp, out = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    os.dup2(2, 1)
-    messages: queue.Queue = queue.Queue()
-    threading.Thread(target=_read, args=(inp, messages), daemon=True, name="cnnlab-worker-stdin").start()
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="cnnlab-worker-parent").start()
+    """Run jobs from stdin until told to stop, or until the parent is gone; the exit code. A signal that arrives
+    while it sets itself up (a command that stops at a user error stops its workers at once) ends it as quietly as
+    one that arrives later."""
     doing = ""
     try:
+        _stop_with_parent(parent)
+        out, messages = _connect(parent)
         from cnnlab.studies.jobs import import_run_modules, set_epoch_hook
 
         import_run_modules()  # while the parent still reads its configs (a forked worker has them already)
@@ -109,6 +103,21 @@ def serve(parent: int) -> int:
                 f.flush()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _connect(parent: int) -> tuple:
+    """The parent's pipes: -> (the output the replies go to, the queue the stdin reader fills). The protocol keeps
+    the original stdin and stdout; fd 1 (print, C libraries) then goes to stderr. A watchdog thread stops this
+    worker if the parent is gone."""
+    inp, out = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    messages: queue.Queue = queue.Queue()
+    threading.Thread(target=_read, args=(inp, messages), daemon=True, name="cnnlab-worker-stdin").start()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="cnnlab-worker-parent").start()
+    return out, messages
 
 
 def _send(out, message) -> None:
