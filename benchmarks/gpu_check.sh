@@ -7,25 +7,26 @@
 #
 # DATA: the MRI set, or a copy of it with the long side cut to 256 px at JPEG quality 90 (about 49 MB: what fits
 # in a device machine's carry). OLD_SRC: the `src` folder of an older commit, to time its study beside this one's
-# (`git archive COMMIT src | tar -x -C old`, then pass old/src). OUT: where the figures go (default gpu-check-out).
+# (`mkdir gpu-old; git archive COMMIT src | tar -x -C gpu-old`; pass gpu-old/src). OUT: default gpu-check-out.
 #
 # --prepare writes gpu-data/mri (that copy, from MRI_DATA) and gpu-wheels/ (cnnlab's pure-Python dependencies, which
 # a bare GPU machine with torch may lack; it has no internet). All three folders are git-ignored: name gpu-data,
-# gpu-wheels and old (if any) in the device tool's `carry`. cnnlab itself runs from this tree's src/ (PYTHONPATH),
+# gpu-wheels and gpu-old (if any) in the device tool's `carry`. cnnlab itself runs from this tree's src/ (PYTHONPATH),
 # the wheels from OUT/pylib; a missing module is named before anything runs.
 #
 # 1. nvidia-smi and torch's view of the card;
 # 2. the tests marked gpu (`pytest -m gpu`);
 # 3. benchmarks/epoch_speed.py on CUDA (cnnlab's pipeline only: the assignment's runs on the CPU), with the
 #    network's FLOPs an image, hence the achieved TFLOP/s;
-# 4. `cnnlab study assignment --set device=cuda` with this tree, and with OLD_SRC when given, each timed from start
+# 4. one run alone, and the same run beside three others in a `--jobs 4` study on the card: histories compared;
+# 5. `cnnlab study assignment --set device=cuda` with this tree, and with OLD_SRC when given, each timed from start
 #    to exit, with the GPU's utilisation sampled every half second (nvidia-smi) while it runs: mean and peak,
 #    and the sum of the runs' own training loops (history.csv epoch_s) against the wall clock.
 # Every figure lands in OUT/summary.txt, the raw outputs beside it.
 set -uo pipefail
 PY=${PYTHON:-python}
 if [ "${1:-}" = "" ] || [ "${1:-}" = "--help" ]; then
-    sed -n '2,24p' "$0"
+    sed -n '2,25p' "$0"
     exit 2
 fi
 if [ "$1" = "--prepare" ]; then
