@@ -55,7 +55,7 @@ fi
 DATA=$1
 OLD_SRC=${2:-}
 OUT=${3:-gpu-check-out}
-# DEVICE=cpu CHECK_SETS="--set image_size=32 --set epochs=2" runs the same steps on the CPU: how the script itself is
+# DEVICE=cpu CHECK_SETS="--set epochs=2" runs the same steps on the CPU: how the script itself is
 # tested where there is no GPU (the figures then mean nothing).
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
