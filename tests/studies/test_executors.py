@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import make_shapes, one_line_error, run_cli
+from conftest import RAY_TEMP, in_own_process, make_shapes, one_line_error, run_cli
 
 from cnnlab.config import Config
 from cnnlab.errors import UserError
@@ -66,12 +66,15 @@ def test_gpu_shares_follow_the_device_and_the_cluster():
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """A Ray on this machine's CPUs (2 at least: a study's runs with --jobs auto fit on it) for this module, its
-    session files in a pytest tmp folder, shut down at the end."""
+    """A Ray on this machine's CPUs (2 at least: a study's runs with --jobs auto fit on it), shut down at the end.
+    A test using it runs in a pytest of its own (conftest.py, own_process): this session never becomes a Ray
+    driver, which Ray ends at once if one of its daemons dies. There it starts its own Ray, its session files in
+    the folder this session chose for that test (to quote Ray's logs if that happens)."""
     ray = pytest.importorskip("ray")
-    temp = tmp_path_factory.mktemp("ray")
-    if len(str(temp)) > 40:  # Ray's sockets, temp/session_<40 chars>/sockets/plasma_store, must fit in 107 bytes
-        temp = Path(tempfile.mkdtemp(prefix="cnnlab-ray-", dir="/tmp"))
+    if not in_own_process():
+        yield None  # the test itself runs in its own process
+        return
+    temp = Path(os.environ.get(RAY_TEMP) or tempfile.mkdtemp(prefix="cnnlab-ray-", dir="/tmp"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("ray-cache")))  # the workers' decode cache
         ray.init(
@@ -86,7 +89,6 @@ def local_ray(tmp_path_factory):
         try:
             yield ray
         finally:
-            # `temp` is left to pytest: Ray's node agents may still be stopping (they exit by themselves).
             ray.shutdown()
 
 
