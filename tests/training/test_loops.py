@@ -73,7 +73,7 @@ def dark_and_bright(n_per_class: int = 16, size: int = 8, seed: int = 0, bright:
 
 def setup(cfg: Config, images: ImageSet, seed: int = 0):
     eng = make_engine(cfg, tiny_cnn(seed), MEAN, STD)
-    opt = Optimization.build(eng.model, cfg, steps_per_epoch=4, weight=None, fp16=False)
+    opt = Optimization.build(eng.model, cfg, total_steps=4, weight=None, fp16=False)
     return eng, opt
 
 
@@ -123,7 +123,7 @@ def test_training_steps_the_optimizer_once_a_batch():
     cfg = config(batch_size=8, scheduler="onecycle", epochs=1)
     train = dark_and_bright(8, seed=4, bright=9)  # 17 images -> 8 + 9 (a last batch of one joins the one before)
     eng = make_engine(cfg, tiny_cnn(), MEAN, STD)
-    opt = Optimization.build(eng.model, cfg, steps_per_epoch=2, weight=None, fp16=False)
+    opt = Optimization.build(eng.model, cfg, total_steps=2, weight=None, fp16=False)
     train_one_epoch(eng, train, opt, 2, cfg, 0)
     assert opt.optimizer.state_dict()["state"][0]["step"] == 2
     assert opt.scheduler.last_epoch == 2

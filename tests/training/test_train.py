@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_line_error, run_cli
+from conftest import make_shapes, one_line_error, run_cli
 from sklearn.metrics import f1_score
 
 from cnnlab.config import Config, parse_sets
@@ -124,6 +124,31 @@ def test_same_config_and_seed_give_the_same_history(eclipse, tmp_path):
     assert _strip_timing(ha) == _strip_timing(hb)
     fit(_cfg(eclipse, mixup=0.4, jpeg=0.3, erase=0.3, seed=4), tmp_path / "c", Reporter.quiet())
     assert _strip_timing(read_history(tmp_path / "c" / "history.csv")) != _strip_timing(ha)
+
+
+def test_onecycle_ends_with_the_run_when_resampled_sizes_vary_the_batches(tmp_path):
+    # resize=keep and oversampling, the minority class in two sizes: each epoch's copies set the size buckets,
+    # so its number of batches. OneCycle's length is the sum of every epoch's own count: its schedule ends with
+    # the run's last step (counted from epoch 1's alone, it stopped short or stepped past its end).
+    from cnnlab.training.preparation import prepare_run_data
+    from cnnlab.training.trainer import Trainer
+
+    data = make_shapes(tmp_path / "d", splits=(("train", 14),), classes=("a", "b"), seed=1)
+    make_shapes(tmp_path / "w", splits=(("train", 6),), classes=("b",), size=(56, 40), seed=2)
+    for f in sorted((data / "train" / "b").iterdir())[4:]:
+        f.unlink()
+    for f in (tmp_path / "w" / "train" / "b").iterdir():
+        f.rename(data / "train" / "b" / f"wide {f.name}")
+    cfg = _cfg(data, resize="keep", imbalance="oversample", scheduler="onecycle", model="resnet", width=8, depth=1)
+    cfg = cfg.update({"batch_size": 3, "epochs": 6, "seed": 0, "threads": 1})
+    tr = Trainer.build(cfg, prepare_run_data(cfg))
+    assert len(set(tr.steps)) > 1, tr.steps  # the case at hand: not every epoch has as many batches
+    done = []
+    for _ in range(cfg.train.epochs):
+        tr.run_epoch()
+        done.append(int(tr.opt.optimizer.state_dict()["state"][0]["step"]))
+    assert [b - a for a, b in zip([0, *done], done, strict=False)] == tr.steps
+    assert tr.opt.scheduler.last_epoch == tr.opt.scheduler.total_steps == sum(tr.steps)
 
 
 def test_weight_ema_follows_every_step(eclipse, tmp_path):

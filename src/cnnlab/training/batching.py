@@ -60,11 +60,6 @@ def batches(images: ImageSet, order: torch.Tensor, batch_size: int) -> list[torc
     return sorted(out, key=lambda b: int(b[0]))  # interleave buckets deterministically
 
 
-def steps_per_epoch(images: ImageSet, n_classes: int, imbalance: str, batch_size: int) -> int:
-    order = epoch_indices(images.labels, n_classes, imbalance, torch.Generator().manual_seed(0))[0]
-    return len(batches(images, order, batch_size))
-
-
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """`t` on `device` (in `dtype` if given). A CPU tensor bound for a GPU goes through pinned memory and does not
     wait: a copy from ordinary (pageable) memory first waits for the GPU to finish the work queued before it, so

@@ -34,8 +34,9 @@ NO_WARMUP = ("plateau", "onecycle")  # schedulers that do not combine with warmu
 MONITORS = ("val_f1", "val_loss", "val_acc")  # what early stopping, best.pt and the plateau scheduler follow
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """-> (scheduler, when) with when in {'epoch', 'step', 'metric'}."""
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total_steps: int):
+    """-> (scheduler, when) with when in {'epoch', 'step', 'metric'}; `total_steps`, the optimizer steps of the
+    whole run, sets OneCycle's length."""
     s, epochs = cfg.schedule, cfg.train.epochs
     lrs = torch.optim.lr_scheduler
     if s.scheduler == "plateau":
@@ -44,7 +45,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
             opt, mode=mode, factor=s.plateau_factor, patience=s.plateau_patience, min_lr=s.min_lr
         ), "metric"
     if s.scheduler == "onecycle":
-        return lrs.OneCycleLR(opt, max_lr=cfg.optim.lr, total_steps=epochs * steps_per_epoch), "step"
+        return lrs.OneCycleLR(opt, max_lr=cfg.optim.lr, total_steps=total_steps), "step"
     main = {
         "none": lambda: lrs.LambdaLR(opt, lambda e: 1.0),
         "step": lambda: lrs.StepLR(opt, s.step_size, s.step_gamma),
@@ -110,10 +111,10 @@ class Optimization:
 
     @classmethod
     def build(
-        cls, model: nn.Module, cfg: Config, steps_per_epoch: int, weight: torch.Tensor | None, fp16: bool
+        cls, model: nn.Module, cfg: Config, total_steps: int, weight: torch.Tensor | None, fp16: bool
     ) -> Optimization:
         opt = OPTIMIZERS[cfg.optim.optimizer](model.parameters(), cfg.optim)
-        sched, when = make_scheduler(opt, cfg, steps_per_epoch)
+        sched, when = make_scheduler(opt, cfg, total_steps)
         ema = (
             torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_avg_fn(cfg.train.ema))
             if cfg.train.ema

@@ -28,12 +28,12 @@ from cnnlab.errors import UserError
 from cnnlab.files import LOCK, FolderLock, output_folder
 from cnnlab.reporting.reporter import Reporter
 from cnnlab.training import run_folder
-from cnnlab.training.batching import place, steps_per_epoch
+from cnnlab.training.batching import batches, place
 from cnnlab.training.checks import check_config
 from cnnlab.training.distributed import SOLO, Ranks, join
 from cnnlab.training.engine import Engine, make_engine
 from cnnlab.training.guidance import BoxGuidance
-from cnnlab.training.loops import train_one_epoch, validate_epoch
+from cnnlab.training.loops import EpochOrder, train_one_epoch, validate_epoch
 from cnnlab.training.models import build
 from cnnlab.training.optimization import Optimization, class_weights
 from cnnlab.training.preparation import RunData, prepare_run_data
@@ -42,6 +42,20 @@ from cnnlab.training.run_folder import RunWriter, TensorBoard
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def epoch_steps(train: ImageSet, n_classes: int, cfg: Config) -> list[int]:
+    """The optimizer steps of epochs 1 to cfg.train.epochs, from the orders those epochs draw: one count for
+    fixed-size images, or a set used whole; with resize = keep and over- or undersampling, the size buckets, so
+    the number of batches, follow the images each epoch draws."""
+
+    def steps(epoch: int) -> int:
+        order = EpochOrder.draw(train.labels, n_classes, cfg.data.imbalance, epoch_seed(cfg.train.seed, epoch))
+        return len(batches(train, order.order, cfg.train.batch_size))
+
+    if isinstance(train.images, list) and cfg.data.imbalance in ("oversample", "undersample"):
+        return [steps(e) for e in range(1, cfg.train.epochs + 1)]
+    return [steps(1)] * cfg.train.epochs
 
 
 @dataclass
@@ -78,7 +92,7 @@ class Trainer:
     val: ImageSet
     mean: torch.Tensor
     std: torch.Tensor
-    steps: int  # optimizer steps an epoch
+    steps: list[int]  # optimizer steps of each epoch (epoch_steps)
     guide: BoxGuidance | None = None  # box-guided training's localisation term
     history: list[dict] = field(default_factory=list)
     best: Best = None
@@ -97,8 +111,8 @@ class Trainer:
         for images in (p.train, p.val):
             place(images, eng.device, cfg.train.channels_last)
         weight = class_weights(p.train.labels, n_classes) if cfg.data.imbalance == "weights" else None
-        steps = steps_per_epoch(p.train, n_classes, cfg.data.imbalance, cfg.train.batch_size)
-        opt = Optimization.build(eng.model, cfg, steps, weight, eng.autocast_dtype == torch.float16)
+        steps = epoch_steps(p.train, n_classes, cfg)
+        opt = Optimization.build(eng.model, cfg, sum(steps), weight, eng.autocast_dtype == torch.float16)
         guide = BoxGuidance(eng.model, cfg.loss.box_weight, p.boxes) if p.boxes is not None else None
         return cls(
             cfg,
@@ -132,7 +146,9 @@ class Trainer:
         monitored score improved)."""
         epoch, t = self.epoch + 1, self.cfg.train
         t0 = time.perf_counter()
-        bar = (reporter or Reporter.quiet()).bar(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", unit="step")
+        bar = (reporter or Reporter.quiet()).bar(
+            total=self.steps[epoch - 1], desc=f"epoch {epoch}/{t.epochs}", unit="step"
+        )
         tr = self.train_epoch(epoch, bar)
         bar.close()
         self.opt.sync_ema_buffers()
