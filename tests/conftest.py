@@ -109,12 +109,12 @@ def cnnlab_env() -> dict:
 
 
 # --- Tests in a process of their own -------------------------------------------------------------------------------
-# A Ray driver ends its whole process with exit code 1 (C++ `_Exit`, no Python exception) when a Ray daemon under it
-# dies: its raylet, or an agent the raylet shares its fate with. In this process that would end the whole session
-# without a report (a CI run once stopped that way, mid-suite). So a test marked `own_process` runs alone in a new
-# `python -m pytest <its id>` with a Ray temp folder chosen here: its outcome is reported as its own, and a child
-# that ended without a result fails with its output and the errors in Ray's logs, after one retry (said in the
-# warnings summary).
+# Ray ends its driver's whole process with exit code 1 (C++ `_Exit`, no Python exception) when the driver loses its
+# GCS: 60 s after `gcs_server` was killed, here (a lost raylet or agent made ray.get raise instead). In this process
+# that would end the whole session without a report (a CI run once stopped that way, mid-suite). So a test marked
+# `own_process` runs alone in a new `python -m pytest <its id>` with a Ray temp folder chosen here: its outcome is
+# reported as its own, and a child that ended without a result fails with its output and the errors in Ray's logs,
+# after one retry (said in the warnings summary).
 
 OWN_PROCESS = "CNNLAB_TEST_OWN_PROCESS"  # set in the child: run the test itself
 RAY_TEMP = "CNNLAB_TEST_RAY_TEMP"  # the child's Ray session folder (short: Ray's socket paths must fit 107 bytes)
@@ -150,7 +150,7 @@ def _run_alone(item) -> tuple[str, str]:
     """('passed' | 'failed' | 'skipped' | 'crashed', what to say) of `item` run in a new pytest process."""
     work = Path(tempfile.mkdtemp(prefix="cnnlab-own-", dir="/tmp" if os.path.isdir("/tmp") else None))
     report = work / "report.xml"
-    cmd = [sys.executable, "-m", "pytest", item.nodeid, "-p", "no:cacheprovider", "-q", "-rs"]
+    cmd = [sys.executable, "-m", "pytest", item.nodeid, "-p", "no:cacheprovider", "-q"]
     cmd += [f"--junit-xml={report}", f"--basetemp={work / 'tmp'}"]
     env = {**os.environ, OWN_PROCESS: "1", RAY_TEMP: str(work / "ray")}
     try:

@@ -68,8 +68,8 @@ def test_gpu_shares_follow_the_device_and_the_cluster():
 def local_ray(tmp_path_factory):
     """A Ray on this machine's CPUs (2 at least: a study's runs with --jobs auto fit on it), shut down at the end.
     A test using it runs in a pytest of its own (conftest.py, own_process): this session never becomes a Ray
-    driver, which Ray ends at once if one of its daemons dies. There it starts its own Ray, its session files in
-    the folder this session chose for that test (to quote Ray's logs if that happens)."""
+    driver, whose process Ray ends without a report if it loses its GCS. There it starts its own Ray, its session
+    files in the folder this session chose for that test (to quote Ray's logs if that happens)."""
     ray = pytest.importorskip("ray")
     if not in_own_process():
         yield None  # the test itself runs in its own process
